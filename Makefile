@@ -1,0 +1,35 @@
+# Two commands for a newcomer: `make run` and `make test`. Everything else is optional.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test bench score clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP) $@
+
+run: $(STAMP)  ## create .venv, install, start the demo (embedded broker + worker + traffic)
+	$(BIN)/spendwatch demo
+
+test: $(DEV_STAMP)  ## install dev extras and run the whole suite (starts its own broker)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)  ## throughput and latency against a naive baseline, same run
+	$(BIN)/spendwatch bench
+
+score: $(STAMP)  ## detector scorecard on generated scenarios (and ../shared/data when present)
+	$(BIN)/spendwatch score
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info

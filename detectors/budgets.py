@@ -1,0 +1,94 @@
+"""Budget thresholds per period: one alert per threshold per period, never twice."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from detectors.money import fmt_usd, usd_to_micros
+from schemas.alerts import Alert
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    daily_usd: float | None = Field(default=None, gt=0)
+    monthly_usd: float | None = Field(default=None, gt=0)
+
+    def micros(self, period: str) -> int | None:
+        usd = self.daily_usd if period == "day" else self.monthly_usd
+        return None if usd is None else usd_to_micros(usd)
+
+
+class BudgetConfig(BaseModel):
+    """`[budgets]` in the config file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    thresholds: list[int] = Field(default_factory=lambda: [50, 75, 90, 100])
+    workflows: dict[str, Budget] = Field(default_factory=dict)
+    teams: dict[str, Budget] = Field(default_factory=dict)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _sorted_percentages(cls, v: list[int]) -> list[int]:
+        if not v or any(not 0 < t <= 1000 for t in v):
+            raise ValueError("thresholds are percentages of the budget between 1 and 1000, e.g. [50, 75, 90, 100]")
+        return sorted(set(v))
+
+
+def severity_for(pct: int) -> str:
+    return "critical" if pct >= 100 else "warning" if pct >= 90 else "info"
+
+
+def crossed_thresholds(
+    spent: int, budget: int, thresholds: list[int], fired: set[str], period_key: str
+) -> list[int]:
+    """Thresholds reached by `spent` in `period_key` that have not fired yet (marks them fired)."""
+    out = []
+    for t in thresholds:
+        tag = f"{period_key}:{t}"
+        if spent * 100 >= budget * t and tag not in fired:
+            fired.add(tag)
+            out.append(t)
+    return out
+
+
+def budget_alert(
+    *,
+    scope: str,
+    name: str,
+    workflow: str,
+    period: str,
+    period_key: str,
+    threshold: int,
+    spent: int,
+    budget: int,
+    ts: float,
+    evidence: dict,
+    team: str | None = None,
+) -> Alert:
+    """The alert for one crossed threshold; its id is stable per (subject, period, threshold)."""
+    pct = spent * 100 / budget
+    label = "daily" if period == "day" else "monthly"
+    return Alert(
+        alert_id=f"budget:{scope}:{name}:{period_key}:{threshold}",
+        kind="budget",
+        severity=severity_for(threshold),  # type: ignore[arg-type]
+        workflow=workflow,
+        team=team,
+        ts=ts,
+        summary=(
+            f"{scope} {name} has spent {fmt_usd(spent)} of its {label} budget "
+            f"{fmt_usd(budget)} ({pct:.0f}%, crossed {threshold}%) in {period_key}"
+        ),
+        evidence={
+            "scope": scope,
+            "period": period,
+            "period_key": period_key,
+            "threshold_pct": threshold,
+            "spent_usd": spent / 1e6,
+            "budget_usd": budget / 1e6,
+            "pct": round(pct, 2),
+            **evidence,
+        },
+    )

@@ -1,0 +1,72 @@
+"""Spend counters: a fixed vector of integers, and event-time rolling windows of them.
+
+A counter vector is a plain list `[cost_micros, input, output, cached, calls, errors]`:
+cheap to add, exact, and JSON-friendly for the table changelog.
+"""
+
+from __future__ import annotations
+
+COST, INPUT, OUTPUT, CACHED, CALLS, ERRORS = range(6)
+FIELDS = ("cost_micros", "input_tokens", "output_tokens", "cached_tokens", "calls", "errors")
+WIDTH = len(FIELDS)
+
+
+def zero() -> list[int]:
+    return [0] * WIDTH
+
+
+def add_into(acc: list[int], vec: list[int]) -> None:
+    for i in range(WIDTH):
+        acc[i] += vec[i]
+
+
+def as_dict(vec: list[int]) -> dict[str, int]:
+    return dict(zip(FIELDS, vec))
+
+
+class RollingWindow:
+    """Sum of counter vectors over the last `span` seconds of event time.
+
+    Kept as `buckets` sparse buckets of `span / buckets` seconds each (a sliding
+    window to one bucket's precision), so memory per entity is bounded.
+
+    >>> w = RollingWindow(span=60, buckets=12)
+    >>> w.add(1000.0, [5, 1, 1, 0, 1, 0]); w.add(1059.0, [7, 1, 1, 0, 1, 0])
+    >>> w.total(1059.0)[0], w.total(1110.0)[0]
+    (12, 7)
+    """
+
+    __slots__ = ("width", "buckets", "data")
+
+    def __init__(self, span: float, buckets: int = 12, data: dict[int, list[int]] | None = None):
+        self.width = span / buckets
+        self.buckets = buckets
+        self.data: dict[int, list[int]] = data if data is not None else {}
+
+    def add(self, ts: float, vec: list[int]) -> None:
+        idx = int(ts // self.width)
+        cur = self.data.get(idx)
+        if cur is None:
+            self.data[idx] = list(vec)
+        else:
+            add_into(cur, vec)
+
+    def total(self, now: float) -> list[int]:
+        lo = int(now // self.width) - self.buckets
+        acc = zero()
+        for idx, vec in self.data.items():
+            if idx > lo:
+                add_into(acc, vec)
+        return acc
+
+    def prune(self, now: float) -> None:
+        lo = int(now // self.width) - self.buckets
+        for idx in [i for i in self.data if i <= lo]:
+            del self.data[idx]
+
+    def dump(self) -> dict[str, list[int]]:
+        return {str(k): v for k, v in self.data.items()}
+
+    @classmethod
+    def load(cls, span: float, buckets: int, data: dict[str, list[int]]) -> RollingWindow:
+        return cls(span, buckets, {int(k): v for k, v in data.items()})

@@ -1,0 +1,187 @@
+"""The engine: events in, alerts out, in event time. Live and replay drive this same object."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from detectors.budgets import BudgetConfig, budget_alert, crossed_thresholds
+from detectors.counters import CACHED, COST
+from detectors.money import usd_to_micros
+from detectors.periods import PeriodClock
+from detectors.pricing import PriceBook
+from detectors.rollup import TeamState
+from detectors.workflow import WorkflowState
+from schemas.alerts import Alert
+from schemas.events import OutcomeEvent, UsageEvent
+
+Event = UsageEvent | OutcomeEvent
+
+
+@dataclass
+class Output:
+    """What one batch produced: alerts, team snapshots to route, and rejected events."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    late: list[tuple[Event, str]] = field(default_factory=list)
+    duplicates: int = 0
+    accepted: int = 0
+    touched: set[str] = field(default_factory=set)
+
+
+class Monitor:
+    """Prices, deduplicates and aggregates events per workflow and checks budgets.
+
+    `load_workflow` / `load_team` let the stream layer rebuild state from its
+    tables after a restart; in replay they are absent and state starts empty.
+    """
+
+    def __init__(
+        self,
+        budgets: BudgetConfig | None = None,
+        prices: PriceBook | None = None,
+        timezone: str = "UTC",
+        dedup_window: float = 3600.0,
+        load_workflow: Callable[[str], WorkflowState | None] | None = None,
+        load_team: Callable[[str], TeamState | None] | None = None,
+    ):
+        self.budgets = budgets or BudgetConfig()
+        self.prices = prices or PriceBook()
+        self.clock = PeriodClock(timezone)
+        self.dedup_window = dedup_window
+        self.workflows: dict[str, WorkflowState] = {}
+        self.teams: dict[str, TeamState] = {}
+        self._load_workflow = load_workflow
+        self._load_team = load_team
+
+    def workflow(self, name: str) -> WorkflowState:
+        st = self.workflows.get(name)
+        if st is None:
+            st = (self._load_workflow and self._load_workflow(name)) or WorkflowState(name)
+            self.workflows[name] = st
+        return st
+
+    def team(self, name: str) -> TeamState:
+        st = self.teams.get(name)
+        if st is None:
+            st = (self._load_team and self._load_team(name)) or TeamState(name)
+            self.teams[name] = st
+        return st
+
+    def process(self, events: Iterable[Event], out: Output | None = None) -> Output:
+        """Apply a batch of events; budgets are checked once per touched workflow."""
+        out = out or Output()
+        teams_touched: dict[str, set[str]] = {}
+        clock_keys = self.clock.keys
+        for ev in events:
+            st = self.workflow(ev.workflow)
+            if ev.ts < st.watermark - self.dedup_window:
+                out.late.append((ev, f"late: ts is more than {self.dedup_window:.0f}s behind the workflow's "
+                                     "event time, beyond the dedup window, so it cannot be counted exactly once"))
+                continue
+            if st.seen(ev.event_id, ev.ts):
+                out.duplicates += 1
+                continue
+            out.accepted += 1
+            out.touched.add(ev.workflow)
+            keys = clock_keys(ev.ts)
+            if ev.type == "outcome":
+                st.add_outcome(keys, usd_to_micros(ev.value_usd) if ev.value_usd else 0)
+                continue
+            priced = self.prices.price(ev)
+            if priced.source == "fallback":
+                st.unpriced += 1
+            vec = [priced.micros, ev.input_tokens, ev.output_tokens, ev.cache_read_tokens,
+                   1, 1 if ev.status != "ok" else 0]
+            st.add_usage(ev.ts, keys, vec, ev.team, ev.model, ev.agent_id)
+            if ev.team is not None:
+                teams_touched.setdefault(ev.workflow, set()).add(ev.team)
+        for name in out.touched:
+            st = self.workflows[name]
+            out.alerts.extend(self._check_workflow_budget(st))
+            for team in teams_touched.get(name, ()):
+                out.snapshots.append(self._snapshot(st, team))
+            st.prune(self.dedup_window, self._keep_periods(st.watermark))
+        return out
+
+    def merge_snapshots(self, snapshots: Iterable[dict[str, Any]]) -> list[Alert]:
+        """Fold workflow→team snapshots into team totals and check team budgets."""
+        alerts: list[Alert] = []
+        touched: dict[str, float] = {}
+        for snap in snapshots:
+            if self.team(snap["team"]).merge(snap):
+                touched[snap["team"]] = max(touched.get(snap["team"], 0.0), snap["ts"])
+        for name, ts in touched.items():
+            alerts.extend(self._check_team_budget(self.teams[name], ts))
+            self.teams[name].prune(self._keep_periods(ts))
+        return alerts
+
+    def _keep_periods(self, now: float) -> set[str]:
+        day, month = self.clock.keys(now)
+        prev_day, prev_month = self.clock.keys(self.clock.bounds(day)[0] - 1)
+        return {day, month, prev_day, prev_month}
+
+    def _snapshot(self, st: WorkflowState, team: str) -> dict[str, Any]:
+        entity = st.by["team"][team]
+        return {"team": team, "workflow": st.name, "ts": st.watermark,
+                "periods": {k: v[COST] for k, v in entity.periods.items()}}
+
+    def _check_workflow_budget(self, st: WorkflowState) -> list[Alert]:
+        budget = self.budgets.workflows.get(st.name)
+        if budget is None:
+            return []
+        alerts = []
+        for period, key in zip(("day", "month"), self.clock.keys(st.watermark)):
+            limit = budget.micros(period)
+            if limit is None:
+                continue
+            spent = st.period_cost(key)
+            for t in crossed_thresholds(spent, limit, self.budgets.thresholds, st.fired, key):
+                alerts.append(budget_alert(
+                    scope="workflow", name=st.name, workflow=st.name, period=period, period_key=key,
+                    threshold=t, spent=spent, budget=limit, ts=st.watermark,
+                    team=next(iter(st.by["team"]), None),
+                    evidence=self._burn_evidence(st, key, period),
+                ))
+        return alerts
+
+    def _check_team_budget(self, team: TeamState, ts: float) -> list[Alert]:
+        budget = self.budgets.teams.get(team.name)
+        if budget is None:
+            return []
+        alerts = []
+        for period, key in zip(("day", "month"), self.clock.keys(ts)):
+            limit = budget.micros(period)
+            if limit is None:
+                continue
+            spent = team.total(key)
+            for t in crossed_thresholds(spent, limit, self.budgets.thresholds, team.fired, key):
+                top = team.top_workflows(key)
+                alerts.append(budget_alert(
+                    scope="team", name=team.name, workflow=top[0][0] if top else "*", period=period,
+                    period_key=key, threshold=t, spent=spent, budget=limit, ts=ts, team=team.name,
+                    evidence={"top_workflows": top, **self._forecast(spent, key, ts)},
+                ))
+        return alerts
+
+    def _burn_evidence(self, st: WorkflowState, key: str, period: str) -> dict[str, Any]:
+        hour = st.spend.window("1h", st.watermark)
+        minute = st.spend.window("1m", st.watermark)
+        totals = st.totals(key)
+        return {
+            "top_models": st.top("model", key),
+            "top_agents": st.top("agent", key),
+            "burn_usd_per_hour": hour[COST] / 1e6,
+            "burn_usd_per_min_last_minute": minute[COST] / 1e6,
+            "calls": totals[4],
+            "cached_tokens": totals[CACHED],
+            **self._forecast(st.period_cost(key), key, st.watermark),
+        }
+
+    def _forecast(self, spent: int, key: str, now: float) -> dict[str, Any]:
+        """Linear end-of-period projection from the share of the period elapsed."""
+        start, end = self.clock.bounds(key)
+        elapsed = max(now - start, 60.0)
+        return {"forecast_usd": round(spent / 1e6 * (end - start) / elapsed, 2)}

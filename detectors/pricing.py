@@ -1,0 +1,149 @@
+"""Cost per usage event from the genai-prices offline catalog, cached per model.
+
+`calc_price` costs ~130 µs a call; a `Rate` resolved once per (provider, model)
+prices an event in well under a microsecond with the same result, tiers
+included. All arithmetic is integer: rates in pico-USD per token, costs rounded
+half up to micro-USD once per event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import TieredPrices
+
+from detectors.money import usd_to_micros
+
+PICO_PER_MICRO = 1_000_000
+
+
+def _pico(per_mtok: Decimal | float | str) -> int:
+    """$/MTok equals µUSD/token, so pico-USD per token is $/MTok × 10^6."""
+    return int(Decimal(str(per_mtok)) * PICO_PER_MICRO)
+
+
+@dataclass(frozen=True)
+class TieredRate:
+    """A per-token price whose level is set by the prompt size (cliff tiers)."""
+
+    base: int
+    tiers: tuple[tuple[int, int], ...] = ()  # (prompt tokens above which, pico/token)
+
+    def at(self, prompt_tokens: int) -> int:
+        for start, price in reversed(self.tiers):
+            if prompt_tokens > start:
+                return price
+        return self.base
+
+    @classmethod
+    def from_catalog(cls, value: Decimal | TieredPrices | None, default: TieredRate | None = None) -> TieredRate | None:
+        if value is None:
+            return default
+        if isinstance(value, TieredPrices):
+            return cls(_pico(value.base), tuple((t.start, _pico(t.price)) for t in value.tiers))
+        return cls(_pico(value))
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Prices of one model: input, output, cache read and cache write."""
+
+    input: TieredRate
+    output: TieredRate
+    cache_read: TieredRate
+    cache_write: TieredRate
+    source: str = "catalog"
+
+    @classmethod
+    def flat(cls, input_per_mtok: float, output_per_mtok: float, cache_read_per_mtok: float | None = None,
+             cache_write_per_mtok: float | None = None, source: str = "override") -> Rate:
+        inp = TieredRate(_pico(input_per_mtok))
+        return cls(
+            input=inp,
+            output=TieredRate(_pico(output_per_mtok)),
+            cache_read=TieredRate(_pico(cache_read_per_mtok)) if cache_read_per_mtok is not None else inp,
+            cache_write=TieredRate(_pico(cache_write_per_mtok)) if cache_write_per_mtok is not None else inp,
+            source=source,
+        )
+
+    def cost_pico(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> int:
+        uncached = input_tokens - cache_read - cache_write
+        return (
+            uncached * self.input.at(input_tokens)
+            + cache_read * self.cache_read.at(input_tokens)
+            + cache_write * self.cache_write.at(input_tokens)
+            + output_tokens * self.output.at(input_tokens)
+        )
+
+    def cost_micros(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> int:
+        pico = self.cost_pico(input_tokens, output_tokens, cache_read, cache_write)
+        return (pico + PICO_PER_MICRO // 2) // PICO_PER_MICRO
+
+
+def catalog_rate(model: str, provider: str | None, at: datetime | None = None) -> Rate | None:
+    """Resolve a model in the bundled genai-prices snapshot (never fetched at run time)."""
+    try:
+        prov, info = get_snapshot().find_provider_model(model, None, provider, None)
+    except LookupError:
+        return None
+    prices = info.get_prices(at or datetime.now(UTC))
+    inp = TieredRate.from_catalog(prices.input_mtok)
+    out = TieredRate.from_catalog(prices.output_mtok)
+    if inp is None or out is None:
+        return None
+    return Rate(
+        input=inp,
+        output=out,
+        cache_read=TieredRate.from_catalog(prices.cache_read_mtok, inp),
+        cache_write=TieredRate.from_catalog(prices.cache_write_mtok, inp),
+        source=f"genai-prices:{prov.id}/{info.id}",
+    )
+
+
+@dataclass
+class Priced:
+    micros: int
+    source: str  # "caller", "override", "genai-prices:...", "fallback"
+
+
+@dataclass
+class PriceBook:
+    """Prices usage events: caller's `cost_usd` > overrides > catalog > fallback rate.
+
+    Unknown models are priced at the fallback rate, never at $0, and counted in
+    `unpriced` so the operator sees which names to add to the overrides.
+    """
+
+    overrides: dict[str, Rate] = field(default_factory=dict)
+    fallback: Rate = field(default_factory=lambda: Rate.flat(10.0, 30.0, source="fallback"))
+    unpriced: dict[str, int] = field(default_factory=dict)
+    _cache: dict[tuple[str | None, str], Rate] = field(default_factory=dict, repr=False)
+
+    def rate(self, model: str, provider: str | None = None) -> Rate:
+        key = (provider, model)
+        rate = self._cache.get(key)
+        if rate is None:
+            rate = (
+                self.overrides.get(f"{provider}/{model}")
+                or self.overrides.get(model)
+                or catalog_rate(model, provider)
+                or self.fallback
+            )
+            self._cache[key] = rate
+        return rate
+
+    def price(self, event: Any) -> Priced:
+        """Cost of one usage event in micro-USD, and where the price came from."""
+        if event.cost_usd is not None:
+            return Priced(usd_to_micros(event.cost_usd), "caller")
+        rate = self.rate(event.model, event.provider)
+        if rate is self.fallback:
+            self.unpriced[event.model] = self.unpriced.get(event.model, 0) + 1
+        return Priced(
+            rate.cost_micros(event.input_tokens, event.output_tokens, event.cache_read_tokens, event.cache_write_tokens),
+            rate.source,
+        )

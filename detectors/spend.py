@@ -1,0 +1,66 @@
+"""Spend of one entity (a workflow, or a team, model or agent within it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detectors.counters import RollingWindow, add_into, zero
+
+WINDOWS: dict[str, tuple[float, int]] = {"1m": (60.0, 12), "1h": (3600.0, 12), "24h": (86400.0, 24)}
+"""Rolling windows kept for every entity: name -> (span seconds, buckets)."""
+
+
+class EntitySpend:
+    """Rolling 1 min / 1 h / 24 h windows plus day and month period totals."""
+
+    __slots__ = ("windows", "periods", "last_ts")
+
+    def __init__(self) -> None:
+        self.windows = {name: RollingWindow(span, n) for name, (span, n) in WINDOWS.items()}
+        self.periods: dict[str, list[int]] = {}
+        self.last_ts = 0.0
+
+    def add(self, ts: float, period_keys: tuple[str, str], vec: list[int]) -> None:
+        for w in self.windows.values():
+            w.add(ts, vec)
+        for key in period_keys:
+            cur = self.periods.get(key)
+            if cur is None:
+                self.periods[key] = list(vec)
+            else:
+                add_into(cur, vec)
+        if ts > self.last_ts:
+            self.last_ts = ts
+
+    def window(self, name: str, now: float) -> list[int]:
+        return self.windows[name].total(now)
+
+    def period(self, key: str) -> list[int]:
+        return self.periods.get(key) or zero()
+
+    def prune(self, now: float, keep_periods: set[str]) -> None:
+        for w in self.windows.values():
+            w.prune(now)
+        for key in [k for k in self.periods if k not in keep_periods]:
+            del self.periods[key]
+
+    @property
+    def empty(self) -> bool:
+        return not self.periods and not any(w.data for w in self.windows.values())
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "w": {name: w.dump() for name, w in self.windows.items()},
+            "p": self.periods,
+            "t": self.last_ts,
+        }
+
+    @classmethod
+    def load(cls, doc: dict[str, Any]) -> EntitySpend:
+        spend = cls()
+        spend.windows = {
+            name: RollingWindow.load(span, n, doc["w"].get(name, {})) for name, (span, n) in WINDOWS.items()
+        }
+        spend.periods = doc["p"]
+        spend.last_ts = doc["t"]
+        return spend

@@ -1,0 +1,109 @@
+"""All state of one workflow: dedup window, spend by entity, outcomes, fired budgets.
+
+This is exactly what one Faust table value holds, so a single changelog record
+carries the totals *and* the event ids they already include: a redelivered or
+duplicated event is recognised after a crash as well as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detectors.counters import COST, zero
+from detectors.spend import EntitySpend
+
+DIMENSIONS = ("team", "model", "agent")
+
+
+class WorkflowState:
+    __slots__ = ("name", "offset", "watermark", "dedup", "spend", "by", "outcomes", "fired", "unpriced")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.offset = -1  # last source offset applied (idempotence against redelivery)
+        self.watermark = 0.0  # highest event time seen
+        self.dedup: dict[str, float] = {}  # event_id -> ts, within the dedup window
+        self.spend = EntitySpend()
+        self.by: dict[str, dict[str, EntitySpend]] = {d: {} for d in DIMENSIONS}
+        self.outcomes: dict[str, list[int]] = {}  # period key -> [count, value_micros]
+        self.fired: set[str] = set()
+        self.unpriced = 0
+
+    def seen(self, event_id: str, ts: float) -> bool:
+        """True if this event was already counted; otherwise remember it."""
+        if event_id in self.dedup:
+            return True
+        self.dedup[event_id] = ts
+        if ts > self.watermark:
+            self.watermark = ts
+        return False
+
+    def add_usage(self, ts: float, keys: tuple[str, str], vec: list[int], team: str | None, model: str,
+                  agent: str | None) -> None:
+        self.spend.add(ts, keys, vec)
+        for dim, name in (("team", team), ("model", model), ("agent", agent)):
+            if name is not None:
+                entity = self.by[dim].get(name)
+                if entity is None:
+                    entity = self.by[dim][name] = EntitySpend()
+                entity.add(ts, keys, vec)
+
+    def add_outcome(self, keys: tuple[str, str], value_micros: int) -> None:
+        for key in keys:
+            cur = self.outcomes.setdefault(key, [0, 0])
+            cur[0] += 1
+            cur[1] += value_micros
+
+    def top(self, dim: str, period_key: str, n: int = 3) -> list[list[Any]]:
+        """The `n` biggest spenders of a dimension in a period: [[name, usd], ...]."""
+        ranked = sorted(
+            ((e.period(period_key)[COST], name) for name, e in self.by[dim].items()), reverse=True
+        )
+        return [[name, cost / 1e6] for cost, name in ranked[:n] if cost > 0]
+
+    def period_cost(self, key: str) -> int:
+        return self.spend.period(key)[COST]
+
+    def prune(self, horizon: float, keep_periods: set[str]) -> None:
+        """Forget event ids older than the dedup horizon and idle entities."""
+        now = self.watermark
+        if self.dedup and min(self.dedup.values()) < now - horizon:
+            self.dedup = {k: t for k, t in self.dedup.items() if t >= now - horizon}
+        self.spend.prune(now, keep_periods)
+        for entities in self.by.values():
+            for name in list(entities):
+                entities[name].prune(now, keep_periods)
+                if entities[name].empty:
+                    del entities[name]
+        for key in [k for k in self.outcomes if k not in keep_periods]:
+            del self.outcomes[key]
+        self.fired = {f for f in self.fired if f.split(":", 1)[0] in keep_periods}
+
+    def totals(self, period_key: str) -> list[int]:
+        return self.spend.period(period_key) if period_key in self.spend.periods else zero()
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "offset": self.offset,
+            "watermark": self.watermark,
+            "dedup": self.dedup,
+            "spend": self.spend.dump(),
+            "by": {d: {n: e.dump() for n, e in ents.items()} for d, ents in self.by.items()},
+            "outcomes": self.outcomes,
+            "fired": sorted(self.fired),
+            "unpriced": self.unpriced,
+        }
+
+    @classmethod
+    def load(cls, doc: dict[str, Any]) -> WorkflowState:
+        st = cls(doc["name"])
+        st.offset = doc["offset"]
+        st.watermark = doc["watermark"]
+        st.dedup = doc["dedup"]
+        st.spend = EntitySpend.load(doc["spend"])
+        st.by = {d: {n: EntitySpend.load(e) for n, e in doc["by"].get(d, {}).items()} for d in DIMENSIONS}
+        st.outcomes = doc["outcomes"]
+        st.fired = set(doc["fired"])
+        st.unpriced = doc["unpriced"]
+        return st

@@ -1,0 +1,35 @@
+"""The alert wire model: what fired, for whom, how much, and what was done."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Kind = Literal["budget", "burn_rate", "spike", "loop", "zombie", "unpriced"]
+Severity = Literal["info", "warning", "critical"]
+Action = Literal["none", "shadow", "warn", "kill"]
+
+
+class Alert(BaseModel):
+    """One firing (or resolution) of a detector for one subject.
+
+    `alert_id` is stable for the same condition (e.g. one budget threshold in one
+    period), so sinks can deduplicate and update instead of posting twice.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    alert_id: str
+    kind: Kind
+    severity: Severity
+    workflow: str
+    ts: float = Field(description="event time at which the alert fired (epoch seconds)")
+    summary: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    action: Action = "none"
+    team: str | None = None
+    agent_id: str | None = None
+    run_id: str | None = None
+    status: Literal["firing", "resolved"] = "firing"
+    undo: str | None = Field(default=None, description="exact command that undoes the action")

@@ -1,0 +1,6 @@
+"""spendwatch: real-time LLM spend monitor. The client SDK services import lives here."""
+
+from spendwatch.emitter import UsageEmitter
+from spendwatch.usage import usage_event, usage_from_anthropic, usage_from_openai
+
+__all__ = ["UsageEmitter", "usage_event", "usage_from_anthropic", "usage_from_openai"]

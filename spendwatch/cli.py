@@ -1,0 +1,184 @@
+"""`spendwatch` command line. Every subcommand's --help says what it does and shows an example."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+EPILOG = """examples:
+  spendwatch demo                         embedded broker + worker + traffic, live console
+  spendwatch demo --duration 60           the same, exits after 60 s and prints the alerts raised
+  spendwatch worker --broker kafka://kafka:9092 --config spendwatch.toml
+  spendwatch broker                       a local Kafka-compatible broker for development
+  spendwatch emit events.jsonl --broker kafka://127.0.0.1:9092
+  spendwatch schema export schemas-out/   JSON Schema files for publishers in other languages
+"""
+
+
+class CliError(Exception):
+    """A user mistake; printed as one line with what to do, exit status 2."""
+
+
+def _broker_arg(value: str) -> str:
+    body = value.split("://", 1)[-1]
+    for part in body.split(","):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a broker address; use kafka://HOST:PORT")
+    return value if "://" in value else f"kafka://{value}"
+
+
+def _positive(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be > 0")
+    return v
+
+
+def _settings(path: Path | None):  # type: ignore[no-untyped-def]
+    from spendwatch.config import ConfigError, load_settings
+
+    try:
+        return load_settings(path)
+    except ConfigError as err:
+        raise CliError(str(err)) from None
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from spendwatch.runner import default_store, run
+
+    settings = _settings(args.config)
+    run(settings, args.broker, store=default_store(args.data_dir), loglevel=args.log_level)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from spendwatch.demo import demo_settings, produce_traffic, summary_table
+    from spendwatch.runner import run
+    from rich.live import Live
+
+    console = Console()
+    settings = demo_settings(_settings(args.config))
+    started = time.time()
+
+    async def live_summary(worker):  # type: ignore[no-untyped-def]
+        with Live(summary_table(worker, started), console=console, refresh_per_second=2) as live:
+            while True:
+                await asyncio.sleep(0.5)
+                live.update(summary_table(worker, started))
+
+    worker = run(settings, args.broker, console=console, tasks=[produce_traffic, live_summary],
+                 duration=args.duration)
+    counts = worker.stats.alerts
+    console.print(f"\nalerts raised: {sum(counts.values())} "
+                  + (" ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "(none)"))
+    console.print(f"events accepted: {worker.stats.accepted:,}, duplicates dropped: {worker.stats.duplicates}, "
+                  f"dead-lettered: {worker.stats.deadletters}")
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streams.broker import EmbeddedBroker
+
+    with EmbeddedBroker(port=args.port) as broker:
+        print(f"Tansu broker listening on {broker.bootstrap}  (use --broker {broker.url}); Ctrl-C stops it",
+              flush=True)
+        try:
+            assert broker.proc is not None
+            broker.proc.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    from spendwatch.emit import emit_lines
+
+    stream = sys.stdin.buffer if str(args.file) == "-" else None
+    if stream is None and not args.file.exists():
+        raise CliError(f"{args.file}: no such file")
+    with (stream or open(args.file, "rb")) as fh:
+        sent, bad = asyncio.run(emit_lines(fh, args.broker, args.topic, skip_bad=args.skip_bad))
+    print(f"published {sent} events to {args.topic}" + (f", skipped {bad} bad lines" if bad else ""))
+    return 0
+
+
+def cmd_schema_export(args: argparse.Namespace) -> int:
+    from schemas.export import export_json_schemas
+
+    for path in export_json_schemas(args.dir):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spendwatch", description="Real-time LLM spend monitor: prices token-usage events from Kafka, keeps "
+        "rolling spend per workflow, team, model and agent, and alerts within seconds.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str, func) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=func)
+        return sp
+
+    broker_help = "Kafka bootstrap, kafka://HOST:PORT[,HOST:PORT]"
+    w = add("worker", "Run a worker: consume usage events, keep spend, publish alerts (for real deployments).",
+            cmd_worker)
+    w.add_argument("--broker", type=_broker_arg, help=broker_help + " (default: start the embedded broker)")
+    w.add_argument("--config", type=Path, help="TOML config file (budgets, pricing, topics, Slack)")
+    w.add_argument("--data-dir", type=Path, help="keep tables in RocksDB here (default: in memory, rebuilt "
+                   "from changelog topics on start)")
+    w.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+    d = add("demo", "Embedded broker + worker + built-in traffic with a live console; fires a budget alert "
+            "within a minute.", cmd_demo)
+    d.add_argument("--duration", type=_positive, metavar="SECONDS", help="stop after this long and print the "
+                   "alerts raised, counted by kind (default: run until Ctrl-C)")
+    d.add_argument("--config", type=Path, help="TOML config file (default: demo budgets)")
+    d.add_argument("--broker", type=_broker_arg, help=broker_help + " (default: embedded)")
+
+    b = add("broker", "Run the embedded Kafka-compatible broker (Tansu) alone and print its address.", cmd_broker)
+    b.add_argument("--port", type=int, help="port to listen on (default: a free one)")
+
+    e = add("emit", "Publish usage/outcome events from a JSONL file (or - for stdin) to Kafka.", cmd_emit)
+    e.add_argument("file", type=Path, help="JSONL: one event object or array of events per line; - for stdin")
+    e.add_argument("--broker", type=_broker_arg, required=True, help=broker_help)
+    e.add_argument("--topic", default="spendwatch.usage", help="usage topic (default: %(default)s)")
+    e.add_argument("--skip-bad", action="store_true", help="skip and count invalid lines instead of stopping")
+
+    s = add("schema", "Wire-contract tools.", None)
+    ssub = s.add_subparsers(dest="schema_command", required=True, metavar="SUBCOMMAND")
+    x = ssub.add_parser("export", help="write JSON Schema files for the wire models into DIR",
+                        description="Write JSON Schema files (usage, outcome, alert, control) into DIR.")
+    x.add_argument("dir", type=Path)
+    x.set_defaults(func=cmd_schema_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as err:
+        print(f"spendwatch: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # last resort: one clear line instead of a traceback
+        from streams.broker import BrokerError
+
+        if isinstance(err, BrokerError):
+            print(f"spendwatch: error: {err}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,118 @@
+"""`spendwatch demo`: embedded broker + worker + built-in traffic + live console.
+
+The traffic is a handful of workflows, teams and models with realistic token
+sizes; one workflow has a small daily budget so a budget alert fires within
+the first minute. A few duplicates and malformed records show dedup and the
+dead-letter topic at work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from rich.table import Table
+
+from detectors.budgets import Budget
+from detectors.counters import CALLS, COST, ERRORS
+from detectors.money import fmt_usd
+from spendwatch.config import Settings
+from streams.app import Worker
+
+
+@dataclass(frozen=True)
+class Profile:
+    workflow: str
+    team: str
+    models: tuple[tuple[str, str], ...]  # (provider, model)
+    rate: float  # calls per second
+    prompt: tuple[int, int]  # log-uniform range of input tokens
+    completion: tuple[int, int]
+    agents: int = 3
+
+
+PROFILES = (
+    Profile("support-bot", "cx", (("anthropic", "claude-sonnet-4-5"), ("openai", "gpt-4o-mini")), 12, (2_000, 30_000),
+            (150, 900)),
+    Profile("code-review", "eng", (("openai", "gpt-4o"),), 4, (8_000, 60_000), (300, 2_000)),
+    Profile("rag-search", "search", (("google", "gemini-2.5-flash"),), 20, (1_000, 12_000), (50, 400)),
+    Profile("sales-agent", "growth", (("openai", "gpt-4.1"), ("openai", "gpt-4.1-mini")), 3, (3_000, 20_000),
+            (200, 1_200)),
+)
+
+
+def demo_settings(base: Settings) -> Settings:
+    """Give the demo budgets small enough to cross within a minute, unless the config sets its own."""
+    if not base.budgets.workflows and not base.budgets.teams:
+        base.budgets.workflows = {"support-bot": Budget(daily_usd=8.0, monthly_usd=200.0),
+                                  "code-review": Budget(daily_usd=40.0)}
+        base.budgets.teams = {"search": Budget(daily_usd=10.0)}
+    return base
+
+
+def _loguniform(rng: random.Random, lo: int, hi: int) -> int:
+    return int(lo * (hi / lo) ** rng.random())
+
+
+def make_event(rng: random.Random, p: Profile, now: float) -> dict[str, Any]:
+    provider, model = rng.choice(p.models)
+    prompt = _loguniform(rng, *p.prompt)
+    cached = int(prompt * rng.uniform(0.0, 0.6)) if provider != "google" else 0
+    agent = rng.randrange(p.agents)
+    return {
+        "type": "usage", "event_id": uuid.UUID(int=rng.getrandbits(128)).hex, "ts": now, "workflow": p.workflow,
+        "team": p.team, "provider": provider, "model": model, "input_tokens": prompt,
+        "output_tokens": _loguniform(rng, *p.completion), "cache_read_tokens": cached,
+        "agent_id": f"{p.workflow}-agent-{agent}", "run_id": f"{p.workflow}-run-{int(now // 30)}-{agent}",
+        "status": "error" if rng.random() < 0.02 else "ok", "latency_ms": rng.uniform(300, 9000),
+    }
+
+
+async def produce_traffic(worker: Worker, seed: int = 7, speed: float = 1.0) -> None:
+    """Publish live traffic through the worker's own producer until cancelled."""
+    rng = random.Random(seed)
+    topic = worker.usage
+    tick = 0.25
+    while True:
+        now = time.time()
+        sent: list[dict[str, Any]] = []
+        for p in PROFILES:
+            n = int(p.rate * tick * speed + rng.random())
+            batch = [make_event(rng, p, now) for _ in range(n)]
+            if batch:
+                await topic.send(key=p.workflow.encode(), value=orjson.dumps(batch))
+                sent.extend(batch)
+        if sent and rng.random() < 0.05:  # an SDK retry: the same events again
+            dup = sent[:3]
+            await topic.send(key=dup[0]["workflow"].encode(), value=orjson.dumps(dup))
+        if rng.random() < 0.02:  # a broken publisher
+            await topic.send(key=b"support-bot", value=b'{"type":"usage","event_id":"x","input_tokens":-5}')
+        await asyncio.sleep(tick)
+
+
+def summary_table(worker: Worker, started: float) -> Table:
+    """Live spend per workflow: today, last minute, last hour, calls, errors."""
+    mon = worker.monitor
+    table = Table(title="spendwatch — live spend (event time)", expand=False)
+    for col in ("workflow", "team", "today", "last 1 min", "last 1 h", "calls", "errors", "top model"):
+        table.add_column(col, justify="right" if col not in ("workflow", "team", "top model") else "left")
+    for name in sorted(mon.workflows):
+        st = mon.workflows[name]
+        day, _ = mon.clock.keys(st.watermark)
+        today = st.totals(day)
+        top = st.top("model", day, 1)
+        table.add_row(name, ", ".join(st.by["team"]) or "—", fmt_usd(today[COST]),
+                      fmt_usd(st.spend.window("1m", st.watermark)[COST]),
+                      fmt_usd(st.spend.window("1h", st.watermark)[COST]),
+                      f"{today[CALLS]:,}", f"{today[ERRORS]:,}", top[0][0] if top else "—")
+    s = worker.stats
+    elapsed = max(time.time() - started, 1e-9)
+    alerts = ", ".join(f"{k}: {v}" for k, v in sorted(s.alerts.items())) or "none yet"
+    table.caption = (f"{s.accepted:,} events ({s.accepted / elapsed:,.0f}/s) · {s.duplicates} duplicates dropped · "
+                     f"{s.deadletters} dead-lettered · alerts: {alerts}")
+    return table

@@ -1,0 +1,78 @@
+"""Run the Faust worker in this process, with or without the embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import faust
+from rich.console import Console
+
+from spendwatch.config import Settings
+from streams.app import Worker, build_app
+from streams.broker import EmbeddedBroker
+from streams.sinks import Sink
+from streams.sinks.console import ConsoleSink
+from streams.sinks.slack import SlackSink
+
+log = logging.getLogger("spendwatch")
+
+
+def make_sinks(settings: Settings, console: Console) -> list[Sink]:
+    sinks: list[Sink] = [ConsoleSink(console)]
+    s = settings.slack
+    if s.webhook_url() or (s.token() and s.channel):
+        sinks.append(SlackSink(token=s.token(), channel=s.channel, webhook_url=s.webhook_url(), base_url=s.base_url))
+    elif s.channel:
+        log.warning("slack.channel is set but $%s is empty: Slack alerts are off", s.token_env)
+    return sinks
+
+
+def run(
+    settings: Settings,
+    broker: str | None,
+    *,
+    store: str = "memory://",
+    console: Console | None = None,
+    tasks: list[Callable[[Worker], Awaitable[None]]] = (),  # type: ignore[assignment]
+    duration: float | None = None,
+    loglevel: str = "warning",
+) -> Worker:
+    """Start (embedded broker,) worker and `tasks`; return when stopped (Ctrl-C, SIGTERM or `duration`)."""
+    console = console or Console()
+    with ExitStack() as stack:
+        if broker is None:
+            embedded = stack.enter_context(EmbeddedBroker())
+            broker = embedded.url
+            console.print(f"[dim]embedded Tansu broker on {embedded.bootstrap} (memory storage)[/]")
+        worker = build_app(settings, broker, make_sinks(settings, console), store=store)
+        for task in tasks:
+            worker.app.task(_bind(task, worker))
+        if duration is not None:
+            @worker.app.task
+            async def stop_after() -> None:
+                await asyncio.sleep(duration)
+                signal.raise_signal(signal.SIGTERM)
+        fw = faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        try:
+            fw.execute_from_commandline()
+        except SystemExit as exit_:
+            if exit_.code not in (0, None):
+                raise
+    return worker
+
+
+def _bind(task: Callable[[Worker], Awaitable[None]], worker: Worker) -> Callable[[], Awaitable[None]]:
+    async def bound() -> None:
+        await task(worker)
+    bound.__name__ = getattr(task, "__name__", "task")
+    bound.__qualname__ = bound.__name__
+    return bound
+
+
+def default_store(data_dir: Path | None) -> str:
+    return f"rocksdb://{data_dir}" if data_dir else "memory://"

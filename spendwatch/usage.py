@@ -1,0 +1,59 @@
+"""Build wire-contract usage events from provider SDK responses.
+
+OpenAI counts cached tokens inside `prompt_tokens` and reasoning inside
+`completion_tokens` (as the contract does). Anthropic reports cache tokens
+*beside* `input_tokens`, so they are added here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for name in path:
+        if obj is None:
+            return None
+        obj = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+    return obj
+
+
+def _usage_of(response: Any) -> Any:
+    usage = _get(response, "usage")
+    return usage if usage is not None else response
+
+
+def usage_event(*, workflow: str, model: str, input_tokens: int, output_tokens: int, **fields: Any) -> dict[str, Any]:
+    """A usage event dict with a fresh `event_id` and `ts` = now unless given; None fields are left out."""
+    event = {"type": "usage", "event_id": fields.pop("event_id", None) or uuid.uuid4().hex,
+             "ts": fields.pop("ts", None) or time.time(), "workflow": workflow, "model": model,
+             "input_tokens": int(input_tokens), "output_tokens": int(output_tokens)}
+    event.update({k: v for k, v in fields.items() if v is not None})
+    return event
+
+
+def usage_from_openai(response: Any, *, workflow: str, model: str | None = None, **fields: Any) -> dict[str, Any]:
+    """From an OpenAI chat/responses result (object or dict) or its `usage`."""
+    u = _usage_of(response)
+    inp = _get(u, "prompt_tokens") or _get(u, "input_tokens") or 0
+    out = _get(u, "completion_tokens") or _get(u, "output_tokens") or 0
+    cached = (_get(u, "prompt_tokens_details", "cached_tokens") or _get(u, "input_tokens_details", "cached_tokens")
+              or 0)
+    reasoning = (_get(u, "completion_tokens_details", "reasoning_tokens")
+                 or _get(u, "output_tokens_details", "reasoning_tokens") or 0)
+    return usage_event(workflow=workflow, model=model or _get(response, "model") or "unknown", provider="openai",
+                       input_tokens=inp, output_tokens=out, cache_read_tokens=cached or None,
+                       reasoning_tokens=reasoning or None, **fields)
+
+
+def usage_from_anthropic(response: Any, *, workflow: str, model: str | None = None, **fields: Any) -> dict[str, Any]:
+    """From an Anthropic Messages result (object or dict) or its `usage`; cache tokens added to input."""
+    u = _usage_of(response)
+    read = _get(u, "cache_read_input_tokens") or 0
+    write = _get(u, "cache_creation_input_tokens") or 0
+    return usage_event(workflow=workflow, model=model or _get(response, "model") or "unknown", provider="anthropic",
+                       input_tokens=(_get(u, "input_tokens") or 0) + read + write,
+                       output_tokens=_get(u, "output_tokens") or 0,
+                       cache_read_tokens=read or None, cache_write_tokens=write or None, **fields)

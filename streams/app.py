@@ -1,0 +1,180 @@
+"""The Faust app: topics, tables and the three agents (ingest, rollup, notify).
+
+Each agent takes records in batches, hands them to the pure core and writes
+each table key once per batch. The notifier has an agent of its own, so a slow
+or failing Slack never delays detection.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from faust.streams import _current_event  # the table's changelog partition comes from the current event
+
+from detectors.monitor import Monitor
+from detectors.rollup import TeamState
+from detectors.workflow import WorkflowState
+from schemas.alerts import Alert
+from spendwatch.config import Settings
+from streams.ingest import Ingestor, Record
+from streams.notifier import Notifier
+from streams.sinks import Sink
+
+log = logging.getLogger("spendwatch.worker")
+
+
+@dataclass
+class Stats:
+    """Counters the console summary and the periodic log line read."""
+
+    records: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    redelivered: int = 0
+    deadletters: int = 0
+    rerouted: int = 0
+    alerts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Worker:
+    app: faust.App
+    monitor: Monitor
+    stats: Stats
+    notifier: Notifier
+    usage: faust.TopicT
+
+
+def _in_context_of(event: Any) -> None:
+    _current_event.set(weakref.ref(event))
+
+
+def build_app(
+    settings: Settings,
+    broker: str,
+    sinks: Sequence[Sink],
+    *,
+    app_id: str = "spendwatch",
+    store: str = "memory://",
+    on_alert: Callable[[Alert], None] | None = None,
+) -> Worker:
+    app = faust.App(
+        app_id,
+        broker=broker,
+        store=store,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.topics.partitions,
+        producer_enable_idempotence=False,  # Tansu rejects InitProducerId; event-id dedup covers retries
+        web_enabled=False,
+        broker_session_timeout=10,
+        consumer_auto_offset_reset="earliest",
+    )
+    t = settings.topics
+    usage = app.topic(t.usage, key_type=bytes, value_type=bytes, partitions=t.partitions)
+    alerts_topic = app.topic(t.alerts, key_type=bytes, value_type=bytes, partitions=t.partitions)
+    deadletter = app.topic(t.deadletter, key_type=bytes, value_type=bytes, partitions=t.partitions)
+    rollups = app.topic(t.rollups, key_type=bytes, value_type=bytes, partitions=t.partitions)
+    workflows = app.Table("workflows", key_type=bytes, value_type=bytes, partitions=t.partitions)
+    teams = app.Table("teams", key_type=bytes, value_type=bytes, partitions=t.partitions)
+    ledger_table = app.Table("alert-ledger", key_type=bytes, value_type=bytes, partitions=t.partitions)
+
+    def load_workflow(name: str) -> WorkflowState | None:
+        raw = workflows.get(name.encode())
+        return WorkflowState.load(orjson.loads(raw)) if raw else None
+
+    def load_team(name: str) -> TeamState | None:
+        raw = teams.get(name.encode())
+        return TeamState.load(orjson.loads(raw)) if raw else None
+
+    monitor = Monitor(settings.budgets, settings.price_book(), settings.timezone, settings.dedup_window_s,
+                      load_workflow=load_workflow, load_team=load_team)
+    ingestor = Ingestor(monitor, t.usage)
+    stats = Stats()
+    notifier = Notifier(sinks, _LedgerView(ledger_table))
+
+    async def publish_alerts(alerts: list[Alert]) -> None:
+        for alert in alerts:
+            stats.alerts[alert.kind] = stats.alerts.get(alert.kind, 0) + 1
+            await alerts_topic.send(key=alert.workflow.encode(), value=alert.model_dump_json().encode())
+            if on_alert:
+                on_alert(alert)
+
+    @app.agent(usage, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            records = [Record(e.message.key, e.value, e.message.partition, e.message.offset) for e in events]
+            fx = ingestor.handle(records)
+            by_offset = {(e.message.partition, e.message.offset): e for e in events}
+            for wf, rec in fx.dirty.items():
+                _in_context_of(by_offset[(rec.partition, rec.offset)])
+                workflows[wf.encode()] = orjson.dumps(monitor.workflows[wf].dump())
+            for value in fx.deadletters:
+                await deadletter.send(value=value)
+            for key, value in fx.reroutes:
+                await usage.send(key=key, value=value)
+            for snap in fx.snapshots:
+                await rollups.send(key=snap["team"].encode(), value=orjson.dumps(snap))
+            await publish_alerts(fx.alerts)
+            stats.records += len(records)
+            stats.accepted += fx.accepted
+            stats.duplicates += fx.duplicates
+            stats.redelivered += fx.redelivered
+            stats.deadletters += len(fx.deadletters)
+            stats.rerouted += len(fx.reroutes)
+
+    @app.agent(rollups, name="rollup")
+    async def rollup(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(1000, within=0.2):
+            alerts = monitor.merge_snapshots(orjson.loads(e.value) for e in events)
+            last = {e.message.key: e for e in events}
+            for key, event in last.items():
+                _in_context_of(event)
+                teams[key] = orjson.dumps(monitor.team(key.decode()).dump())
+            await publish_alerts(alerts)
+
+    @app.agent(alerts_topic, name="notify")
+    async def notify(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await notifier.deliver(Alert.model_validate_json(event.value))
+
+    @app.on_partitions_revoked.connect
+    async def forget_cached_state(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        monitor.workflows.clear()
+        monitor.teams.clear()
+
+    return Worker(app, monitor, stats, notifier, usage)
+
+
+class _LedgerView:
+    """The notification ledger as a str→str mapping over a bytes table."""
+
+    def __init__(self, table: Any):
+        self.table = table
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.table.get(key.encode()) is not None
+
+    def __getitem__(self, key: str) -> str:
+        raw = self.table.get(key.encode())
+        if raw is None:
+            raise KeyError(key)
+        return raw.decode()
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.table[key.encode()] = value.encode()
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key.encode()]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (k.decode() for k in self.table.keys())
+
+    def __len__(self) -> int:
+        return len(self.table)

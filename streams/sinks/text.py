@@ -1,0 +1,41 @@
+"""Alert wording shared by every sink, so console and Slack say the same thing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.alerts import Alert
+
+SEVERITY_EMOJI = {"info": ":large_blue_circle:", "warning": ":warning:", "critical": ":rotating_light:"}
+KIND_TITLE = {
+    "budget": "Budget threshold crossed",
+    "burn_rate": "Budget burning too fast",
+    "spike": "Spend spike",
+    "loop": "Runaway agent loop",
+    "zombie": "Zombie agent",
+    "unpriced": "Unpriced model",
+}
+
+
+def title(alert: Alert) -> str:
+    head = KIND_TITLE.get(alert.kind, alert.kind)
+    if alert.status == "resolved":
+        return f"Resolved: {head}"
+    return f"{head} — {alert.severity}"
+
+
+def who(alert: Alert) -> list[tuple[str, str]]:
+    pairs = [("workflow", alert.workflow), ("team", alert.team), ("agent", alert.agent_id), ("run", alert.run_id)]
+    return [(k, v) for k, v in pairs if v]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, list):
+        return ", ".join(f"{a} ${b:,.2f}" if isinstance(b, float) else str(a) for a, b in value) or "—"
+    return str(value)
+
+
+def evidence_lines(alert: Alert, limit: int = 10) -> list[tuple[str, str]]:
+    return [(k.replace("_", " "), _fmt(v)) for k, v in list(alert.evidence.items())[:limit]]
