@@ -64,11 +64,14 @@ class WorkflowState:
     def period_cost(self, key: str) -> int:
         return self.spend.period(key)[COST]
 
-    def prune(self, horizon: float, keep_periods: set[str]) -> None:
-        """Forget event ids older than the dedup horizon and idle entities."""
+    def prune(self, horizon: float, keep_periods: set[str], max_ids: int = 20_000) -> None:
+        """Forget event ids older than the dedup horizon (or beyond `max_ids`) and idle entities."""
         now = self.watermark
         if self.dedup and min(self.dedup.values()) < now - horizon:
             self.dedup = {k: t for k, t in self.dedup.items() if t >= now - horizon}
+        if len(self.dedup) > max_ids:  # bound the table value: keep the newest ids
+            keep = sorted(self.dedup.items(), key=lambda kv: kv[1])[-max_ids:]
+            self.dedup = dict(keep)
         self.spend.prune(now, keep_periods)
         for entities in self.by.values():
             for name in list(entities):

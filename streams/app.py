@@ -8,6 +8,7 @@ or failing Slack never delays detection.
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,14 @@ class Worker:
     usage: faust.TopicT
 
 
+def fatal(agent: str) -> None:
+    """Stop the process before Faust acks the failed batch (it acks on the way out of
+    `take_events`): a restarted worker redelivers it and dedup keeps totals exact."""
+    log.critical("%s agent failed; exiting so the batch is redelivered", agent, exc_info=True)
+    logging.shutdown()
+    os._exit(70)
+
+
 def _in_context_of(event: Any) -> None:
     _current_event.set(weakref.ref(event))
 
@@ -75,6 +84,7 @@ def build_app(
         web_enabled=False,
         broker_session_timeout=10,
         consumer_auto_offset_reset="earliest",
+        producer_max_request_size=8_000_000,  # table values can outgrow 1 MB on very busy workflows
     )
     t = settings.topics
     usage = app.topic(t.usage, key_type=bytes, value_type=bytes, partitions=t.partitions)
@@ -109,35 +119,47 @@ def build_app(
     @app.agent(usage, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            records = [Record(e.message.key, e.value, e.message.partition, e.message.offset) for e in events]
-            fx = ingestor.handle(records)
-            by_offset = {(e.message.partition, e.message.offset): e for e in events}
-            for wf, rec in fx.dirty.items():
-                _in_context_of(by_offset[(rec.partition, rec.offset)])
-                workflows[wf.encode()] = orjson.dumps(monitor.workflows[wf].dump())
-            for value in fx.deadletters:
-                await deadletter.send(value=value)
-            for key, value in fx.reroutes:
-                await usage.send(key=key, value=value)
-            for snap in fx.snapshots:
-                await rollups.send(key=snap["team"].encode(), value=orjson.dumps(snap))
-            await publish_alerts(fx.alerts)
-            stats.records += len(records)
-            stats.accepted += fx.accepted
-            stats.duplicates += fx.duplicates
-            stats.redelivered += fx.redelivered
-            stats.deadletters += len(fx.deadletters)
-            stats.rerouted += len(fx.reroutes)
+            try:
+                await ingest_batch(events)
+            except Exception:
+                fatal("ingest")
+
+    async def ingest_batch(events: list[Any]) -> None:
+        records = [Record(e.message.key, e.value, e.message.partition, e.message.offset) for e in events]
+        fx = ingestor.handle(records)
+        by_offset = {(e.message.partition, e.message.offset): e for e in events}
+        for wf, rec in fx.dirty.items():
+            _in_context_of(by_offset[(rec.partition, rec.offset)])
+            workflows[wf.encode()] = orjson.dumps(monitor.workflows[wf].dump())
+        for value in fx.deadletters:
+            await deadletter.send(value=value)
+        for key, value in fx.reroutes:
+            await usage.send(key=key, value=value)
+        for snap in fx.snapshots:
+            await rollups.send(key=snap["team"].encode(), value=orjson.dumps(snap))
+        await publish_alerts(fx.alerts)
+        stats.records += len(records)
+        stats.accepted += fx.accepted
+        stats.duplicates += fx.duplicates
+        stats.redelivered += fx.redelivered
+        stats.deadletters += len(fx.deadletters)
+        stats.rerouted += len(fx.reroutes)
 
     @app.agent(rollups, name="rollup")
     async def rollup(stream: faust.StreamT) -> None:
         async for events in stream.take_events(1000, within=0.2):
-            alerts = monitor.merge_snapshots(orjson.loads(e.value) for e in events)
-            last = {e.message.key: e for e in events}
-            for key, event in last.items():
-                _in_context_of(event)
-                teams[key] = orjson.dumps(monitor.team(key.decode()).dump())
-            await publish_alerts(alerts)
+            try:
+                await rollup_batch(events)
+            except Exception:
+                fatal("rollup")
+
+    async def rollup_batch(events: list[Any]) -> None:
+        alerts = monitor.merge_snapshots(orjson.loads(e.value) for e in events)
+        last = {e.message.key: e for e in events}
+        for key, event in last.items():
+            _in_context_of(event)
+            teams[key] = orjson.dumps(monitor.team(key.decode()).dump())
+        await publish_alerts(alerts)
 
     @app.agent(alerts_topic, name="notify")
     async def notify(stream: faust.StreamT) -> None:

@@ -7,6 +7,7 @@ dedup and aggregation are the Monitor's.
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -36,16 +37,26 @@ class Effects:
     redelivered: int = 0
 
 
+DEADLETTER_KEEP_BYTES = 64_000
+
+
 def deadletter(topic: str, rec: Record, reason: str, event: Any = None) -> bytes:
-    """A dead-letter value that keeps the whole original record, so nothing is lost."""
+    """A dead-letter value with the reason and the original record.
+
+    Records over `DEADLETTER_KEEP_BYTES` keep a prefix plus size and SHA-256: the
+    whole record stays in the source topic at the given partition and offset.
+    """
+    value = rec.value[:DEADLETTER_KEEP_BYTES]
     try:
-        original: Any = rec.value.decode()
+        original: Any = value.decode()
         encoding = "utf-8"
     except UnicodeDecodeError:
-        original, encoding = base64.b64encode(rec.value).decode(), "base64"
+        original, encoding = base64.b64encode(value).decode(), "base64"
     doc = {"reason": reason, "topic": topic, "partition": rec.partition, "offset": rec.offset,
            "key": rec.key.decode(errors="replace") if rec.key else None,
            "record": original, "encoding": encoding}
+    if len(rec.value) > DEADLETTER_KEEP_BYTES:
+        doc.update(truncated=True, bytes=len(rec.value), sha256=hashlib.sha256(rec.value).hexdigest())
     if event is not None:
         doc["event"] = event
     return orjson.dumps(doc)

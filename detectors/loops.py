@@ -1,0 +1,246 @@
+"""Runaway agent loops: one alert per run that repeats itself or burns far past normal.
+
+Two kinds of evidence, both checked per event in O(1):
+
+- Fingerprints (the action a step performed) repeating, after OpenHands' stuck
+  detector: the same action 4× in a row, the same failing action 3×, A/B
+  alternation over 6 steps, an A/B/C cycle over 9, or a 16-step tail with at
+  most 3 distinct actions. Runs without fingerprints get one weaker version:
+  5 identical output sizes in a row, which is what a deterministic model
+  repeating itself looks like (never more than 3 in 500 real SWE-agent runs).
+- Volume, for silent loops: a run's LLM calls, tokens, context size or spend
+  beyond `z` log-sigmas of what the workflow's finished runs reach, learned
+  online per workflow (`LogBaseline`) from generous priors. Runs are heavy-
+  tailed (a long productive run is 3–4× the median), so the limit is a ratio
+  in log space, not a count.
+
+Re-polling the same action 2–3 times is normal and does not fire. Alerts are
+emitted on `tick`, so a burst of events costs one alert, not one per event.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from detectors.detector import Event, LogBaseline, alert_id
+from detectors.money import fmt_usd
+from schemas.alerts import Alert
+
+REPEAT = 4
+REPEAT_ERROR = 3
+ALTERNATION = 6
+CYCLE = 9
+WINDOW = 16
+FEW_DISTINCT = 3
+ECHO = 5
+ECHO_MIN_TOKENS = 20
+FEATURES = ("calls", "tokens", "context", "usd")
+PRIORS: dict[str, tuple[float, float]] = {
+    "calls": (20.0, 0.7),
+    "tokens": (300_000.0, 1.2),
+    "context": (30_000.0, 0.8),
+    "usd": (0.5, 1.2),
+}
+"""Cold-start (median, log-sigma) of a finished run: at z = 4.5 a new workflow
+alerts only past ~470 calls, 66M tokens, 1.1M context or $110 per run."""
+
+
+class Run:
+    """What the detector keeps per run: counters and the last WINDOW fingerprints (< 2 KB)."""
+
+    __slots__ = (
+        "agent", "team", "start", "last", "step", "calls", "tokens", "context", "micros",
+        "recent", "same", "same_err", "alt", "cycle", "echo", "last_out", "flag", "fired", "ended",
+    )  # fmt: skip
+
+    def __init__(self, ts: float, agent: str | None, team: str | None):
+        self.agent, self.team = agent, team
+        self.start = self.last = ts
+        self.step = self.calls = self.tokens = self.context = self.micros = 0
+        self.recent: deque[str] = deque(maxlen=WINDOW)
+        self.same = self.same_err = self.alt = self.cycle = self.echo = self.last_out = 0
+        self.flag: tuple[str, int, int, str | None] | None = None  # (rule, loop start step, repeats, fingerprint)
+        self.fired = False
+        self.ended: float | None = None  # ts of the run's outcome
+
+    def values(self) -> tuple[float, float, float, float]:
+        return (self.calls, self.tokens, self.context, self.micros / 1e6)
+
+    def fingerprint_rule(self, fp: str, error: bool) -> tuple[str, int, int, str | None] | None:
+        rec, step = self.recent, self.step
+        last = rec[-1] if rec else None
+        if fp == last:
+            self.same += 1
+            self.same_err = self.same_err + 1 if error else 0
+        else:
+            self.same, self.same_err = 1, int(error)
+        self.alt = self.alt + 1 if len(rec) >= 2 and fp == rec[-2] and fp != last else 0
+        self.cycle = self.cycle + 1 if len(rec) >= 3 and fp == rec[-3] and fp not in (last, rec[-2]) else 0
+        rec.append(fp)
+        if self.same_err >= REPEAT_ERROR:
+            return ("repeated failing action", step - self.same_err + 1, self.same_err, fp)
+        if self.same >= REPEAT:
+            return ("repeated action", step - self.same + 1, self.same, fp)
+        if self.alt >= ALTERNATION - 2:
+            return ("A/B alternation", step - self.alt - 1, self.alt + 2, fp)
+        if self.cycle >= CYCLE - 3:
+            return ("3-step cycle", step - self.cycle - 2, self.cycle + 3, fp)
+        if len(rec) == WINDOW and step % 4 == 0:
+            distinct = len(set(rec))
+            if distinct <= FEW_DISTINCT:
+                return (f"{distinct} distinct actions in {WINDOW} steps", step - WINDOW + 1, WINDOW, fp)
+        return None
+
+    def echo_rule(self, output_tokens: int) -> tuple[str, int, int, str | None] | None:
+        if output_tokens < ECHO_MIN_TOKENS:
+            self.echo = 0
+            return None
+        self.echo = self.echo + 1 if output_tokens == self.last_out else 1
+        self.last_out = output_tokens
+        if self.echo >= ECHO:
+            return (f"identical {output_tokens}-token outputs", self.step - self.echo + 1, self.echo, None)
+        return None
+
+
+class WorkflowLoops:
+    """Per-workflow state: active runs, what finished runs reach, and runs flagged since the last tick."""
+
+    __slots__ = ("runs", "baselines", "limits", "pending")
+
+    def __init__(self, priors: dict[str, tuple[float, float]], z: float):
+        self.runs: dict[str, Run] = {}
+        self.baselines = {f: LogBaseline(*priors[f]) for f in FEATURES}
+        self.limits: tuple[float, ...] = ()
+        self.pending: list[str] = []
+        self.refresh(z)
+
+    def refresh(self, z: float) -> None:
+        self.limits = tuple(self.baselines[f].limit(z) for f in FEATURES)
+
+    def learn(self, run: Run, z: float) -> None:
+        for f, x in zip(FEATURES, run.values()):
+            self.baselines[f].learn_one(x)
+        self.refresh(z)
+
+
+class LoopDetector:
+    """Flags runaway runs (subject `run_id`); one alert per run.
+
+    >>> from schemas.events import UsageEvent
+    >>> det = LoopDetector()
+    >>> def call(step, fp):
+    ...     return UsageEvent(type="usage", event_id=f"e{step}", ts=1_740_000_000.0 + 5 * step, workflow="coder",
+    ...                       model="gpt-4o", run_id="run-1", step=step, input_tokens=2000 + 500 * step,
+    ...                       output_tokens=150, fingerprint=fp)
+    >>> for step, fp in enumerate(["ls", "cat a.py", "pytest", "pytest", "pytest"], 1):
+    ...     det.observe(call(step, fp), cost_micros=4000)
+    >>> det.tick(1_740_000_030.0)  # a re-poll three times is normal
+    []
+    >>> det.observe(call(6, "pytest"), cost_micros=4000)
+    >>> [(a.kind, a.run_id, a.evidence["repeats"], a.evidence["loop_start_step"]) for a in det.tick(1_740_000_040.0)]
+    [('loop', 'run-1', 4, 3)]
+    """
+
+    kind = "loop"
+
+    def __init__(self, z: float = 4.5, idle: float = 900.0, min_calls: int = 20, sweep_every: float = 60.0,
+                 priors: dict[str, tuple[float, float]] | None = None):
+        self.z, self.idle, self.min_calls, self.sweep_every = z, idle, min_calls, sweep_every
+        self.priors = priors or PRIORS
+        self.workflows: dict[str, WorkflowLoops] = {}
+        self.swept = 0.0
+
+    def observe(self, event: Event, cost_micros: int) -> None:
+        rid = event.run_id
+        if rid is None:
+            return
+        wf = self.workflows.get(event.workflow)
+        if wf is None:
+            wf = self.workflows[event.workflow] = WorkflowLoops(self.priors, self.z)
+        run = wf.runs.get(rid)
+        if event.type == "outcome":
+            if run is not None and run.ended is None:
+                run.ended = event.ts
+                if not run.fired and run.flag is None:
+                    wf.learn(run, self.z)
+            return
+        if run is None:
+            run = wf.runs[rid] = Run(event.ts, event.agent_id, event.team)
+        if event.ts > run.last:
+            run.last = event.ts
+        if run.ended is not None:
+            return  # spending after the run ended is the zombie detector's case
+        run.step = event.step if event.step is not None else run.step + 1
+        run.calls += 1
+        run.tokens += event.input_tokens + event.output_tokens
+        if event.input_tokens > run.context:
+            run.context = event.input_tokens
+        run.micros += cost_micros
+        if run.flag is not None:
+            return
+        fp = event.fingerprint
+        if fp is not None:
+            flag = run.fingerprint_rule(fp, event.status != "ok")
+        elif event.status == "ok":
+            flag = run.echo_rule(event.output_tokens)
+        else:
+            flag = None
+        if flag is None and run.calls >= self.min_calls:
+            for i, (x, lim) in enumerate(zip(run.values(), wf.limits)):
+                if x > lim:
+                    flag = (f"{FEATURES[i]} far beyond this workflow's runs", 0, 0, None)
+                    break
+        if flag is not None:
+            run.flag = flag
+            wf.pending.append(rid)
+
+    def tick(self, now: float) -> list[Alert]:
+        alerts = []
+        sweep = now - self.swept >= self.sweep_every
+        for name, wf in self.workflows.items():
+            for rid in wf.pending:
+                run = wf.runs[rid]
+                if not run.fired:
+                    run.fired = True
+                    alerts.append(self._alert(name, rid, run, wf, now))
+            wf.pending.clear()
+            if sweep:
+                self._sweep(wf, now)
+        if sweep:
+            self.swept = now
+        return alerts
+
+    def _sweep(self, wf: WorkflowLoops, now: float) -> None:
+        """Runs idle for `idle` seconds are over: learn from those that ended quietly, then forget them."""
+        for rid in [rid for rid, run in wf.runs.items() if now - run.last > self.idle]:
+            run = wf.runs.pop(rid)
+            if run.ended is None and not run.fired and run.flag is None:
+                wf.learn(run, self.z)
+
+    def _alert(self, workflow: str, rid: str, run: Run, wf: WorkflowLoops, now: float) -> Alert:
+        rule, since, repeats, fp = run.flag  # type: ignore[misc]
+        minutes = max(run.last - run.start, 60.0) / 60.0
+        usd_per_min = run.micros / 1e6 / minutes
+        typical = {f: round(b.typical(), 6) for f, b in wf.baselines.items()}
+        evidence = {
+            "rule": rule, "steps": run.step, "calls": run.calls, "tokens": run.tokens,
+            "context_tokens": run.context, "usd": round(run.micros / 1e6, 6), "usd_per_min": round(usd_per_min, 6),
+            "duration_s": round(run.last - run.start, 1), "run_start": run.start, "typical_run": typical,
+        }  # fmt: skip
+        burn = f"{fmt_usd(run.micros)} burned, {fmt_usd(round(usd_per_min * 1e6))}/min"
+        if since:
+            evidence.update(repeats=repeats, loop_start_step=since, fingerprint=fp)
+            what = f"{rule} ({repeats}× from step {since}{f', action {fp}' if fp else ''})"
+            severity = "critical"
+        else:
+            feature = rule.split(" ", 1)[0]
+            value = dict(zip(FEATURES, run.values()))[feature]
+            evidence.update(feature=feature, value=value, limit=round(wf.limits[FEATURES.index(feature)], 6),
+                            ratio_to_typical=round(value / max(typical[feature], 1e-9), 1))
+            what = f"silent loop? {feature} {value:,.4g} is {evidence['ratio_to_typical']}× a typical run"
+            severity = "warning"
+        return Alert(
+            alert_id=alert_id("loop", workflow, rid), kind="loop", severity=severity, workflow=workflow,  # type: ignore[arg-type]
+            ts=now, team=run.team, agent_id=run.agent, run_id=rid, evidence=evidence,
+            summary=f"run {rid} in {workflow}: {what}; {run.step} steps, {burn}",
+        )

@@ -1,0 +1,193 @@
+"""Zombie agents: spending with nothing to show for it.
+
+Two cases, both judged on `tick` because what gives a zombie away is time
+passing without an outcome:
+
+- An agent (subject `agent_id`) that keeps calling models for far longer
+  than its own normal gap between outcomes. Gaps are measured in *active*
+  time (time between calls counts up to `active_cap`), so an agent that was
+  idle overnight is not a zombie when it wakes; they are learned per agent in
+  log space (`LogBaseline`), from a prior that fits outcome gaps of minutes.
+  Only agents that have produced an outcome are judged: an agent that never
+  reports outcomes has no normal to compare with.
+- An agent still spending on a run after that run's outcome (its work is done):
+  `post_calls` calls over at least `post_seconds` after the outcome.
+"""
+
+from __future__ import annotations
+
+from detectors.detector import Event, LogBaseline, alert_id
+from detectors.money import fmt_usd
+from schemas.alerts import Alert
+
+
+class Agent:
+    """Per-agent state: spend since the last outcome and what gaps between outcomes look like."""
+
+    __slots__ = ("team", "last_outcome", "last_call", "active", "calls", "micros", "gaps", "fired")
+
+    def __init__(self, team: str | None, prior: tuple[float, float, float]):
+        self.team = team
+        self.last_outcome: float | None = None
+        self.last_call: float | None = None
+        self.active = 0.0  # active seconds since the last outcome
+        self.calls = self.micros = 0
+        self.gaps = LogBaseline(*prior)
+        self.fired = False  # alerted in the current episode (since last_outcome)
+
+
+class EndedRun:
+    """A run whose outcome arrived, watched for calls that come after it."""
+
+    __slots__ = ("agent", "team", "ended", "calls", "micros", "last", "fired")
+
+    def __init__(self, agent: str | None, ended: float):
+        self.agent, self.team, self.ended = agent, None, ended
+        self.calls = self.micros = 0
+        self.last = ended
+        self.fired = False
+
+
+class WorkflowZombies:
+    __slots__ = ("agents", "ended")
+
+    def __init__(self) -> None:
+        self.agents: dict[str, Agent] = {}
+        self.ended: dict[str, EndedRun] = {}
+
+
+class ZombieDetector:
+    """Flags agents spending without outcomes (subject `agent_id`).
+
+    >>> from schemas.events import OutcomeEvent, UsageEvent
+    >>> det = ZombieDetector()
+    >>> T0 = 1_740_960_000.0
+    >>> def call(ts):
+    ...     return UsageEvent(type="usage", event_id=f"u{ts}", ts=T0 + ts, workflow="inbox", model="gpt-4o-mini",
+    ...                       agent_id="watcher-1", input_tokens=3000, output_tokens=200)
+    >>> def done(ts):
+    ...     return OutcomeEvent(type="outcome", event_id=f"o{ts}", ts=T0 + ts, workflow="inbox", outcome="mail_sorted",
+    ...                         agent_id="watcher-1")
+    >>> for t in range(0, 6 * 3600, 60):  # an outcome every 10 minutes for six hours
+    ...     det.observe(call(float(t)), cost_micros=900)
+    ...     if t % 600 == 300:
+    ...         det.observe(done(float(t)), cost_micros=0)
+    >>> [a for t in range(6 * 3600, 7 * 3600, 60) for a in det.tick(T0 + t)]
+    []
+    >>> alerts = []
+    >>> for t in range(6 * 3600, 12 * 3600, 60):  # calls go on, outcomes stop
+    ...     det.observe(call(float(t)), cost_micros=900)
+    ...     alerts += det.tick(T0 + t)
+    >>> [(a.kind, a.agent_id) for a in alerts], 3600 < alerts[0].evidence["minutes_without_outcome"] * 60 < 4 * 3600
+    ([('zombie', 'watcher-1')], True)
+    """
+
+    kind = "zombie"
+
+    def __init__(self, z: float = 2.3, min_ratio: float = 4.0, min_gap: float = 1800.0, active_cap: float = 300.0,
+                 still: float = 600.0, min_calls: int = 10, post_calls: int = 3, post_seconds: float = 60.0,
+                 forget: float = 86_400.0, every: float = 60.0, prior: tuple[float, float, float] = (600.0, 1.3, 3.0)):
+        self.z, self.min_ratio, self.min_gap, self.active_cap = z, min_ratio, min_gap, active_cap
+        self.still, self.min_calls, self.post_calls, self.post_seconds = still, min_calls, post_calls, post_seconds
+        self.forget, self.every, self.prior = forget, every, prior
+        self.workflows: dict[str, WorkflowZombies] = {}
+        self.checked = 0.0
+
+    def observe(self, event: Event, cost_micros: int) -> None:
+        wf = self.workflows.get(event.workflow)
+        if wf is None:
+            wf = self.workflows[event.workflow] = WorkflowZombies()
+        aid, rid, ts = event.agent_id, event.run_id, event.ts
+        agent = None
+        if aid is not None:
+            agent = wf.agents.get(aid)
+            if agent is None:
+                agent = wf.agents[aid] = Agent(getattr(event, "team", None), self.prior)
+        if event.type == "outcome":
+            if rid is not None and rid not in wf.ended:
+                wf.ended[rid] = EndedRun(aid, ts)
+            if agent is not None:
+                if agent.last_outcome is not None and not agent.fired:
+                    agent.gaps.learn_one(max(agent.active, 1.0))
+                agent.last_outcome, agent.active, agent.calls, agent.micros, agent.fired = ts, 0.0, 0, 0, False
+            return
+        if rid is not None:
+            run = wf.ended.get(rid)
+            if run is not None and ts >= run.ended:
+                run.calls += 1
+                run.micros += cost_micros
+                run.team = event.team
+                if ts > run.last:
+                    run.last = ts
+        if agent is not None:
+            if agent.last_call is not None and ts > agent.last_call:
+                agent.active += min(ts - agent.last_call, self.active_cap)
+            if agent.last_call is None or ts > agent.last_call:
+                agent.last_call = ts
+            agent.calls += 1
+            agent.micros += cost_micros
+
+    def limit(self, agent: Agent) -> float:
+        """Active seconds without an outcome beyond which this agent is a zombie."""
+        return max(agent.gaps.limit(self.z), self.min_ratio * agent.gaps.typical(), self.min_gap)
+
+    def tick(self, now: float) -> list[Alert]:
+        if now - self.checked < self.every:
+            return []
+        self.checked = now
+        alerts = []
+        for name, wf in self.workflows.items():
+            for aid in list(wf.agents):
+                agent = wf.agents[aid]
+                if agent.last_call is not None and now - agent.last_call > self.forget:
+                    del wf.agents[aid]
+                elif self._is_zombie(agent, now):
+                    agent.fired = True
+                    alerts.append(self._agent_alert(name, aid, agent, now))
+            for rid in list(wf.ended):
+                run = wf.ended[rid]
+                if not run.fired and run.calls >= self.post_calls and run.last - run.ended >= self.post_seconds:
+                    run.fired = True
+                    alerts.append(self._run_alert(name, rid, run, now))
+                elif now - run.last > self.still:
+                    del wf.ended[rid]
+        return alerts
+
+    def _is_zombie(self, agent: Agent, now: float) -> bool:
+        return (
+            agent.last_outcome is not None and not agent.fired and agent.calls >= self.min_calls
+            and agent.last_call is not None and now - agent.last_call <= self.still
+            and agent.active > self.limit(agent)
+        )  # fmt: skip
+
+    def _agent_alert(self, workflow: str, aid: str, agent: Agent, now: float) -> Alert:
+        since = agent.last_outcome or now
+        minutes = agent.active / 60.0
+        usd_per_min = agent.micros / 1e6 / max(minutes, 1.0)
+        typical = agent.gaps.typical() / 60.0
+        return Alert(
+            alert_id=alert_id("zombie", workflow, aid, since), kind="zombie", severity="warning",
+            workflow=workflow, ts=now, team=agent.team, agent_id=aid,
+            summary=(f"agent {aid} in {workflow} has spent {fmt_usd(agent.micros)} over {minutes:.0f} active min "
+                     f"without an outcome (normally one every {typical:.0f} min); "
+                     f"{fmt_usd(round(usd_per_min * 1e6))}/min"),
+            evidence={
+                "reason": "no outcome", "last_outcome_ts": since, "minutes_without_outcome": round(minutes, 1),
+                "typical_gap_min": round(typical, 1), "limit_min": round(self.limit(agent) / 60.0, 1),
+                "calls": agent.calls, "usd": round(agent.micros / 1e6, 6), "usd_per_min": round(usd_per_min, 6),
+            },
+        )  # fmt: skip
+
+    def _run_alert(self, workflow: str, rid: str, run: EndedRun, now: float) -> Alert:
+        minutes = (run.last - run.ended) / 60.0
+        subject = run.agent or rid
+        return Alert(
+            alert_id=alert_id("zombie", workflow, f"{subject}:{rid}"), kind="zombie", severity="warning",
+            workflow=workflow, ts=now, team=run.team, agent_id=run.agent, run_id=rid,
+            summary=(f"{'agent ' + run.agent if run.agent else 'run ' + rid} in {workflow} is still spending "
+                     f"on run {rid} {minutes:.0f} min after its outcome: {run.calls} calls, {fmt_usd(run.micros)}"),
+            evidence={
+                "reason": "spending after run ended", "run_ended_ts": run.ended, "calls_after_end": run.calls,
+                "usd_after_end": round(run.micros / 1e6, 6), "minutes_after_end": round(minutes, 1),
+            },
+        )  # fmt: skip

@@ -1,0 +1,1 @@
+"""Replay recorded LLM traffic through spendwatch, as wire-contract events."""

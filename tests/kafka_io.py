@@ -1,0 +1,67 @@
+"""Tiny real-Kafka helpers for tests: publish records, read a whole topic."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name, partitions, 1)])
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            await admin.close()
+
+    asyncio.run(go())
+
+
+def publish(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    async def go() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8_000_000)
+        await producer.start()
+        try:
+            futures = [await producer.send(topic, value, key=key) for key, value in records]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record currently in `topic`, in partition order (no consumer group)."""
+
+    async def go() -> list[tuple[bytes | None, bytes | None]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            if not tps:
+                return []
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            out: list[tuple[bytes | None, bytes | None]] = []
+            for tp in tps:
+                while await consumer.position(tp) < end[tp]:
+                    batch = await consumer.getmany(tp, timeout_ms=1000)
+                    for msg in batch.get(tp, []):
+                        out.append((msg.key, msg.value))
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())

@@ -1,0 +1,185 @@
+"""End to end on the embedded broker: exact totals, dead letters, one Slack message per threshold.
+
+10,000 usage events with known prices, 500 duplicates and 100 malformed
+records go through a real worker process. Half-way the worker is killed with
+SIGKILL and a new one takes over from the changelog: totals must still be
+exact to the micro-dollar.
+"""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+from genai_prices import Usage, calc_price
+
+from detectors.counters import CALLS, COST, INPUT, OUTPUT
+from detectors.money import usd_to_micros
+from detectors.workflow import WorkflowState
+from tests.conftest import wait_for
+from tests.kafka_io import create_topic, publish, read_all
+
+DAY = 1_768_435_200.0  # 2026-01-15 00:00 UTC
+WORKFLOWS = {"support-bot": "cx", "code-review": "eng", "rag-search": "search", "triage": "cx", "batch-etl": "data"}
+MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-5"),
+          ("google", "gemini-2.5-pro")]
+BUDGETS = {"support-bot": 30.0, "code-review": 20.0, "triage": 400.0}
+TEAM_BUDGET = ("cx", 60.0)
+
+
+def make_events(n: int, seed: int = 1) -> list[dict]:
+    rng = random.Random(seed)
+    names = list(WORKFLOWS)
+    events = []
+    for i in range(n):
+        wf = names[i % len(names)]
+        provider, model = MODELS[rng.randrange(len(MODELS))]
+        inp = rng.randrange(100, 40_000)
+        ev = {"type": "usage", "event_id": f"ev-{i}", "ts": DAY + 36_000 + i * 0.3, "workflow": wf,
+              "team": WORKFLOWS[wf], "provider": provider, "model": model, "input_tokens": inp,
+              "output_tokens": rng.randrange(1, 2_000), "cache_read_tokens": rng.randrange(0, inp // 2),
+              "agent_id": f"{wf}-a{i % 7}", "run_id": f"{wf}-r{i // 40}"}
+        if i % 97 == 0:
+            ev["model"], ev["provider"] = "in-house-llm-7b", "self-hosted"  # unknown: fallback rate
+            del ev["cache_read_tokens"]
+        if i % 101 == 0:
+            ev["cost_usd"] = 0.0123  # the caller knows its price
+        if i % 53 == 0:
+            ev["status"] = "error"
+        events.append(ev)
+    return events
+
+
+def truth_micros(ev: dict) -> int:
+    """Independent ground truth: genai-prices' own calculator, fallback $10/$30 per MTok, caller cost wins."""
+    if "cost_usd" in ev:
+        return usd_to_micros(ev["cost_usd"])
+    if ev["model"] == "in-house-llm-7b":
+        usd = Decimal(ev["input_tokens"]) * 10 / 10**6 + Decimal(ev["output_tokens"]) * 30 / 10**6
+    else:
+        usage = Usage(input_tokens=ev["input_tokens"], output_tokens=ev["output_tokens"],
+                      cache_read_tokens=ev.get("cache_read_tokens", 0))
+        usd = calc_price(usage, ev["model"], provider_id=ev["provider"]).total_price
+    return usd_to_micros(usd)
+
+
+MALFORMED = [
+    b"{not json",
+    b'{"type":"usage","event_id":"m","ts":1768471200,"workflow":"support-bot","model":"gpt-4o",'
+    b'"input_tokens":-5,"output_tokens":1}',
+    b'{"type":"usage","event_id":"m","ts":1768471200,"workflow":"support-bot","model":"gpt-4o"}',
+    b'{"type":"refund","event_id":"m","ts":1768471200,"workflow":"support-bot"}',
+    b'{"type":"usage","event_id":"m","ts":1768471200000,"workflow":"support-bot","model":"gpt-4o",'
+    b'"input_tokens":5,"output_tokens":1}',
+    b'"just a string"',
+    b'{"type":"usage","event_id":"m","ts":1768471200,"workflow":"support-bot","model":"gpt-4o",'
+    b'"input_tokens":5,"output_tokens":1,"cache_read_tokens":9}',
+    b"\xff\xfe binary garbage",
+    b'{"type":"usage","event_id":"' + b"x" * 2_000_000 + b'"}',  # oversize record
+    b'{"type":"outcome","event_id":"m","ts":"yesterday","workflow":"support-bot","outcome":"resolved"}',
+]
+
+
+def records_for(events: list[dict], rng: random.Random) -> list[tuple[bytes, bytes]]:
+    """Group events by workflow into JSON arrays of 1..50 events, as SDK emitters batch."""
+    by_wf: dict[str, list[dict]] = {}
+    for ev in events:
+        by_wf.setdefault(ev["workflow"], []).append(ev)
+    out = []
+    for wf, evs in by_wf.items():
+        i = 0
+        while i < len(evs):
+            n = rng.choice([1, 1, 5, 20, 50])
+            chunk = evs[i:i + n]
+            out.append((wf.encode(), orjson.dumps(chunk[0] if n == 1 else chunk)))
+            i += n
+    return out
+
+
+def worker_totals(bootstrap: str) -> dict[str, WorkflowState]:
+    latest: dict[bytes, bytes] = {}
+    for key, value in read_all(bootstrap, "spendwatch-workflows-changelog"):
+        if key is not None and value is not None:
+            latest[key] = value
+    return {k.decode(): WorkflowState.load(orjson.loads(v)) for k, v in latest.items()}
+
+
+def test_exact_totals_dead_letters_and_one_slack_message_per_threshold(broker, fake_slack, spawn, tmp_path: Path):
+    rng = random.Random(7)
+    events = make_events(10_000)
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(
+        'timezone = "UTC"\n'
+        + "".join(f'[budgets.workflows.{wf}]\ndaily_usd = {usd}\n' for wf, usd in BUDGETS.items())
+        + f'[budgets.teams.{TEAM_BUDGET[0]}]\ndaily_usd = {TEAM_BUDGET[1]}\n'
+        + f'[slack]\nchannel = "#llm-spend"\nbase_url = "{fake_slack.base_url}"\n'
+    )
+    for topic in ("spendwatch.usage", "spendwatch.alerts", "spendwatch.deadletter", "spendwatch.rollups"):
+        create_topic(broker.bootstrap, topic)
+    env = {"SLACK_BOT_TOKEN": fake_slack.token}
+    args = ("worker", "--broker", broker.url, "--config", str(config))
+
+    # Phase 1: a fifth of the traffic, then the worker dies without warning.
+    first = events[:2_000]
+    publish(broker.bootstrap, "spendwatch.usage", records_for(first, rng))
+    w1 = spawn(*args, env=env, log="worker1.log")
+    wait_for(lambda: sum(s.spend.periods.get("2026-01-15", [0] * 6)[CALLS]
+                         for s in worker_totals(broker.bootstrap).values()) >= 2_000, 120, "phase 1 totals")
+    w1.kill()
+    w1.wait()
+
+    # Phase 2: the rest, 500 duplicates (some of phase 1, some of phase 2), 100 malformed records.
+    rest = events[2_000:]
+    dups = rng.sample(events[:9_000], 500)
+    records = records_for(rest, rng) + [(ev["workflow"].encode(), orjson.dumps(ev)) for ev in dups]
+    malformed = [(b"support-bot", MALFORMED[i % len(MALFORMED)]) for i in range(100)]
+    publish(broker.bootstrap, "spendwatch.usage", records + malformed)
+    spawn(*args, env=env, log="worker2.log")
+
+    truth: dict[str, list[int]] = {}
+    for ev in events:
+        t = truth.setdefault(ev["workflow"], [0, 0, 0, 0])
+        t[0] += truth_micros(ev)
+        t[1] += ev["input_tokens"]
+        t[2] += ev["output_tokens"]
+        t[3] += 1
+
+    def caught_up() -> dict[str, WorkflowState] | None:
+        states = worker_totals(broker.bootstrap)
+        calls = {wf: s.spend.periods.get("2026-01-15", [0] * 6)[CALLS] for wf, s in states.items()}
+        progress.update(calls)
+        return states if sum(calls.values()) >= 10_000 else None
+
+    progress: dict[str, int] = {}
+    states = wait_for(caught_up, 180, "all 10,000 events counted", describe=lambda: progress)
+    for wf, (cost, inp, out, calls) in truth.items():
+        got = states[wf].spend.periods["2026-01-15"]
+        assert (got[COST], got[INPUT], got[OUTPUT], got[CALLS]) == (cost, inp, out, calls), wf
+        assert got == states[wf].spend.periods["2026-01"]
+
+    deadletters = wait_for(lambda: (r := read_all(broker.bootstrap, "spendwatch.deadletter")) and len(r) >= 100
+                           and r, 60, "100 dead letters")
+    assert len(deadletters) == 100
+    reasons = [orjson.loads(v)["reason"] for _, v in deadletters]
+    assert all(reasons)
+    assert any("not valid JSON" in r for r in reasons)
+    assert any("over the 1000000-byte limit" in r for r in reasons)
+    assert any("input_tokens" in r and "greater than or equal to 0" in r for r in reasons)
+
+    # One Slack message per threshold crossed, workflow and team budgets alike.
+    expected = {f"budget:workflow:{wf}:2026-01-15:{t}" for wf, usd in BUDGETS.items() for t in (50, 75, 90, 100)
+                if truth[wf][0] * 100 >= usd_to_micros(usd) * t}
+    team_spend = sum(v[0] for wf, v in truth.items() if WORKFLOWS[wf] == TEAM_BUDGET[0])
+    expected |= {f"budget:team:cx:2026-01-15:{t}" for t in (50, 75, 90, 100)
+                 if team_spend * 100 >= usd_to_micros(TEAM_BUDGET[1]) * t}
+    assert len(expected) >= 6  # the scenario must cross several thresholds to mean anything
+
+    def posted_ids() -> list[str]:
+        return [m["blocks"][-1]["elements"][0]["text"].split("`")[1] for m in fake_slack.messages]
+
+    wait_for(lambda: set(posted_ids()) >= expected, 60, "Slack messages")
+    import time
+    time.sleep(3)  # anything extra would arrive now
+    assert sorted(posted_ids()) == sorted(expected)
