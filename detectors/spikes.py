@@ -28,18 +28,26 @@ TAIL_SIGMAS = 2.58
 class SeriesScorer:
     """Causal anomaly score in [0, 1] for one series of (ts, value) samples.
 
+    The expected log value is a local level (a clipped EWMA: `alpha` per
+    sample) plus a smooth hour-of-day profile (`slots` knots over `period`,
+    interpolated; it learns `gamma` of a slot's residual per slot-width of
+    samples, so per-minute and hourly series learn it equally fast). The
+    spread is the larger of a mean absolute deviation and the series' own 99th
+    percentile residual, so a series with normal bursts has to exceed its
+    usual bursts. z = 5 sigmas scores 0.5. `offset` is the noise floor added
+    before the log (None: a tenth of the typical value in the warm-up).
+
     >>> s = SeriesScorer(offset=1.0, warmup=10)
     >>> for i in range(120):
     ...     s.learn_one(i * 60.0, 100 + (i % 7))
     >>> round(s.score_one(120 * 60.0, 104), 2), round(s.score_one(120 * 60.0, 600), 2)
-    (0.02, 1.0)
+    (0.0, 1.0)
     """
 
     __slots__ = (
-        "period", "slots", "alpha", "gamma", "beta", "offset", "direction", "warmup", "clip",
-        "protect", "adapt_after", "min_scale", "z_half",
-        "tail_q", "tail_rate",
-        "level", "season", "scale", "tail", "n", "streak", "_buffer",
+        "period", "slots", "alpha", "gamma", "beta", "offset", "direction", "warmup", "clip", "protect",
+        "adapt_after", "min_scale", "z_half", "tail_rate",
+        "level", "season", "scale", "tail", "n", "streak", "last_ts", "_buffer",
     )  # fmt: skip
 
     def __init__(
@@ -47,36 +55,42 @@ class SeriesScorer:
         period: float = 86_400.0,
         slots: int = 24,
         alpha: float = 0.05,
-        gamma: float = 0.1,
+        gamma: float = 0.3,
         beta: float = 0.03,
         offset: float | None = None,
         direction: Literal["up", "both"] = "up",
         warmup: int = 30,
         clip: float = 3.0,
-        protect: float = 6.0,
+        protect: float = 5.0,
         adapt_after: int = 120,
         min_scale: float = 0.02,
         z_half: float = 5.0,
-        tail_q: float = 0.99,
-        tail_rate: float = 0.05,
+        tail_rate: float = 0.2,
     ):
         self.period, self.slots = period, slots
         self.alpha, self.gamma, self.beta = alpha, gamma, beta
         self.offset = offset
         self.direction = direction
         self.warmup, self.clip, self.protect, self.adapt_after = warmup, clip, protect, adapt_after
-        self.min_scale, self.z_half = min_scale, z_half
-        self.tail_q, self.tail_rate = tail_q, tail_rate
-        self.tail = 0.0  # the tail_q quantile of |residual|, tracked by stochastic approximation
+        self.min_scale, self.z_half, self.tail_rate = min_scale, z_half, tail_rate
         self.level = 0.0
         self.season = [0.0] * slots
-        self.scale = 0.0
+        self.scale = 0.0  # mean absolute residual
+        self.tail = 0.0  # 99th percentile of |residual|, by stochastic approximation
         self.n = 0
         self.streak = 0  # consecutive anomalous samples not learned
+        self.last_ts: float | None = None
         self._buffer: list[tuple[float, float]] | None = [] if offset is None else None
 
-    def _slot(self, ts: float) -> int:
-        return int(ts % self.period * self.slots // self.period)
+    def _knots(self, ts: float) -> tuple[int, int, float]:
+        """The two profile knots around `ts` and the weight of the second."""
+        pos = (ts % self.period) * self.slots / self.period - 0.5
+        i = math.floor(pos)
+        return i % self.slots, (i + 1) % self.slots, pos - i
+
+    def _season(self, ts: float) -> float:
+        i, j, w = self._knots(ts)
+        return (1.0 - w) * self.season[i] + w * self.season[j]
 
     def _y(self, value: float) -> float:
         return math.log(max(value, 0.0) + self.offset)  # type: ignore[operator]
@@ -88,13 +102,13 @@ class SeriesScorer:
         """The value this series is expected to take at `ts`."""
         if self.offset is None or self.n == 0:
             return 0.0
-        return max(math.exp(self.level + self.season[self._slot(ts)]) - self.offset, 0.0)
+        return max(math.exp(self.level + self._season(ts)) - self.offset, 0.0)
 
     def zscore(self, ts: float, value: float) -> float:
         """Robust sigmas between `value` and its expected level (log space; + above)."""
         if self.n < self.warmup:
             return 0.0
-        return (self._y(value) - self.level - self.season[self._slot(ts)]) / self._sigma()
+        return (self._y(value) - self.level - self._season(ts)) / self._sigma()
 
     def score_one(self, ts: float, value: float) -> float:
         z = self.zscore(ts, value)
@@ -108,36 +122,38 @@ class SeriesScorer:
                 self._fit_buffer()
             return
         y = self._y(value)
+        dt = 0.0 if self.last_ts is None else max(ts - self.last_ts, 0.0)
+        self.last_ts = ts
         if self.n == 0:
             self.level, self.n = y, 1
             return
-        slot = self._slot(ts)
         sigma = self._sigma()
-        e = y - self.level - self.season[slot]
-        z = e / sigma
-        if self.tail <= 0.0:
-            self.tail = abs(e)
-        elif abs(e) > self.tail:
-            self.tail *= math.exp(self.tail_rate * self.tail_q)
-        else:
-            self.tail *= math.exp(-self.tail_rate * (1.0 - self.tail_q))
-        if self.n >= self.warmup and (z if self.direction == "up" else abs(z)) >= self.protect:
-            self.streak += 1
-            if self.streak <= self.adapt_after:
-                return  # protect the baseline; a shift that outlasts adapt_after is learned
-        else:
-            self.streak = 0
-        lim = self.clip * sigma
+        e = y - self.level - self._season(ts)
+        warm = self.n >= self.warmup
+        if warm:
+            if self.tail == 0.0:
+                self.tail = TAIL_SIGMAS * SIGMA_PER_MAD * self.scale
+            self.tail *= math.exp(self.tail_rate * (0.99 if abs(e) > self.tail else -0.01))
+            if (e if self.direction == "up" else abs(e)) >= self.protect * sigma:
+                self.streak += 1
+                if self.streak <= self.adapt_after:
+                    return  # protect the baseline; a shift that outlasts adapt_after is learned
+            else:
+                self.streak = 0
+        lim = self.clip * sigma if warm else math.inf
         ec = min(max(e, -lim), lim)
         a = max(self.alpha, 1.0 / (self.n + 1))
         self.level += a * ec
-        self.season[slot] += self.gamma * (1.0 - a) * ec
+        i, j, w = self._knots(ts)
+        g = self.gamma * min(dt * self.slots / self.period, 1.0) * (1.0 - a) * ec
+        self.season[i] += (1.0 - w) * g
+        self.season[j] += w * g
         b = max(self.beta, 1.0 / (self.n + 1))
-        self.scale += b * (min(abs(e), lim if self.n >= self.warmup else abs(e)) - self.scale)
+        self.scale += b * (min(abs(e), lim) - self.scale)
         self.n += 1
 
     def _fit_buffer(self) -> None:
-        """Pick the log offset from the first values' typical size, then learn them."""
+        """Pick the log offset from the warm-up values' typical size, then learn them."""
         buf, self._buffer = self._buffer or [], None
         mags = sorted(abs(v) for _, v in buf)
         self.offset = max(0.1 * mags[len(mags) // 2], 0.01 * mags[-1], 1e-9)
@@ -145,23 +161,64 @@ class SeriesScorer:
             self.learn_one(ts, value)
 
 
-FEATURES = ("spend", "calls", "tokens_per_call", "error_rate")
-OFFSETS = {"spend": 0.01, "calls": 1.0, "tokens_per_call": 200.0, "error_rate": 0.02}
-"""Noise floors in each feature's unit (USD/min, calls/min, tokens, fraction): a change
-from 0 to 0.001 USD/min is not a spike, so the log transform adds these."""
+class ErrorRateScorer:
+    """Score in [0, 1] for the share of failed calls in an interval, given how many calls there were.
+
+    Errors are counts, so a log-normal level is the wrong yardstick: with 1% errors
+    and 50 calls, 0 or 3 failures are both normal. The score is a Poisson z-score of
+    the error count against the learned rate, `(k − n·p) / √(n·p + 1)`; a share under
+    `min_rate` never scores, and anomalous intervals are not learned.
+
+    >>> s = ErrorRateScorer()
+    >>> for _ in range(100):
+    ...     s.learn_one(1, 100)
+    >>> s.score_one(3, 100), round(s.score_one(45, 150), 2)
+    (0.0, 0.99)
+    """
+
+    __slots__ = ("alpha", "warmup", "min_rate", "z_half", "protect", "rate", "n")
+
+    def __init__(self, alpha: float = 0.02, warmup: int = 30, min_rate: float = 0.1, z_half: float = 5.0,
+                 protect: float = 0.5):
+        self.alpha, self.warmup, self.min_rate, self.z_half, self.protect = alpha, warmup, min_rate, z_half, protect
+        self.rate = 0.0
+        self.n = 0
+
+    def zscore(self, errors: float, calls: float) -> float:
+        if self.n < self.warmup or calls <= 0 or errors < self.min_rate * calls:
+            return 0.0
+        mu = calls * self.rate
+        return (errors - mu) / math.sqrt(mu + 1.0)
+
+    def score_one(self, errors: float, calls: float) -> float:
+        z = max(self.zscore(errors, calls), 0.0)
+        return z * z / (z * z + self.z_half * self.z_half)
+
+    def learn_one(self, errors: float, calls: float) -> None:
+        if calls <= 0 or self.score_one(errors, calls) >= self.protect:
+            return
+        self.n += 1
+        self.rate += max(self.alpha, 1.0 / self.n) * (errors / calls - self.rate)
+
+
+FEATURES = ("spend", "calls", "tokens_per_call")
+OFFSETS = {"spend": 0.01, "calls": 1.0, "tokens_per_call": 200.0}
+"""Noise floors in each feature's unit (USD/min, calls/min, tokens): a change from 0
+to 0.001 USD/min is not a spike, so the log transform adds these."""
 
 
 class WorkflowSpikes:
-    """Per-workflow state: open interval counters, the trailing window, one scorer per feature."""
+    """Per-workflow state: open interval counters, the trailing window, the scorers."""
 
-    __slots__ = ("team", "open", "next", "window", "scorers", "incident", "quiet")
+    __slots__ = ("team", "open", "next", "window", "scorers", "errors", "incident", "quiet")
 
-    def __init__(self, first: int, smooth: int, scorer: dict[str, float | int]):
+    def __init__(self, first: int, max_window: int, scorer: dict[str, float | int]):
         self.team: str | None = None
         self.open: dict[int, list[float]] = {}  # interval index -> [micros, calls, input tokens, errors]
         self.next = first  # the next interval index to close
-        self.window: deque[list[float]] = deque(maxlen=smooth)
+        self.window: deque[list[float]] = deque(maxlen=max_window)
         self.scorers = {f: SeriesScorer(offset=OFFSETS[f], **scorer) for f in FEATURES}  # type: ignore[arg-type]
+        self.errors = ErrorRateScorer()
         self.incident: float | None = None  # start of the open incident
         self.quiet = 0  # intervals since the incident last scored anomalous
 
@@ -169,12 +226,15 @@ class WorkflowSpikes:
 class SpikeDetector:
     """Spend spikes and level shifts per workflow (subject `workflow`), one alert per incident.
 
-    Every `interval` seconds of event time each workflow's features over the
-    last `smooth` intervals (spend rate, call rate, input tokens per call,
-    error rate) are scored by a `SeriesScorer` each; the workflow's score is
-    the highest, and the alert names what moved: a traffic surge (calls), a
-    retry storm (errors with calls), context bloat (tokens per call) or a
-    pricier mix (spend alone), with the ratio to baseline.
+    Every `interval` seconds of event time each workflow's features over its
+    trailing window are scored; the window is the last `smooth` intervals, or
+    more (up to `max_window`) until it holds `min_calls` calls, so a quiet
+    workflow is judged on enough calls to tell a spike from chance. Scored are spend rate, call rate and input tokens
+    per call by a `SeriesScorer` each, the error rate by an `ErrorRateScorer`.
+    The workflow's score is the highest, and the alert names what moved: a
+    retry storm (errors with calls), an error spike (errors alone), context
+    bloat (tokens per call), a traffic surge (calls) or a pricier mix (spend
+    alone), each with its ratio to baseline.
 
     >>> from schemas.events import UsageEvent
     >>> det = SpikeDetector()
@@ -193,9 +253,11 @@ class SpikeDetector:
 
     kind = "spike"
 
-    def __init__(self, interval: float = 60.0, smooth: int = 5, threshold: float = 0.5, grace: float = 5.0,
-                 cooldown: int = 15, min_usd_per_min: float = 0.01, scorer: dict[str, float | int] | None = None):
+    def __init__(self, interval: float = 60.0, smooth: int = 5, min_calls: int = 60, max_window: int = 30,
+                 threshold: float = 0.5, grace: float = 5.0, cooldown: int = 15, min_usd_per_min: float = 0.01,
+                 scorer: dict[str, float | int] | None = None):
         self.interval, self.smooth, self.threshold, self.grace = interval, smooth, threshold, grace
+        self.min_calls, self.max_window = min_calls, max_window
         self.cooldown, self.min_usd_per_min = cooldown, min_usd_per_min
         self.scorer = scorer or {}
         self.workflows: dict[str, WorkflowSpikes] = {}
@@ -206,7 +268,7 @@ class SpikeDetector:
         idx = int(event.ts // self.interval)
         wf = self.workflows.get(event.workflow)
         if wf is None:
-            wf = self.workflows[event.workflow] = WorkflowSpikes(idx, self.smooth, self.scorer)
+            wf = self.workflows[event.workflow] = WorkflowSpikes(idx, self.max_window, self.scorer)
         wf.team = event.team or wf.team
         acc = wf.open.get(max(idx, wf.next))  # a late event counts in the first open interval
         if acc is None:
@@ -226,21 +288,30 @@ class SpikeDetector:
         return alerts
 
     def _close(self, name: str, wf: WorkflowSpikes) -> Alert | None:
+        """Score and learn one finished interval; an alert if it opens an incident."""
         start = wf.next * self.interval
         wf.window.append(wf.open.pop(wf.next, [0.0, 0.0, 0.0, 0.0]))
         wf.next += 1
-        micros, calls, tokens, errors = (sum(col) for col in zip(*wf.window))
-        minutes = len(wf.window) * self.interval / 60.0
+        micros = calls = tokens = errors = 0.0
+        n = 0
+        for vec in reversed(wf.window):
+            if n >= self.smooth and calls >= self.min_calls:
+                break
+            micros, calls, tokens, errors = micros + vec[0], calls + vec[1], tokens + vec[2], errors + vec[3]
+            n += 1
+        minutes = n * self.interval / 60.0
         values = {"spend": micros / 1e6 / minutes, "calls": calls / minutes}
         if calls:
-            values["tokens_per_call"], values["error_rate"] = tokens / calls, errors / calls
+            values["tokens_per_call"] = tokens / calls
         ts = start + self.interval
         scores = {f: wf.scorers[f].score_one(ts, x) for f, x in values.items()}
+        scores["error_rate"] = wf.errors.score_one(errors, calls)
         moved = {f: (x, wf.scorers[f].expected(ts)) for f, x in values.items()}
+        moved["error_rate"] = (errors / calls if calls else 0.0, wf.errors.rate)
         for f, x in values.items():
             wf.scorers[f].learn_one(ts, x)
-        top = max(scores.values())
-        if top < self.threshold or values["spend"] < self.min_usd_per_min:
+        wf.errors.learn_one(errors, calls)
+        if max(scores.values()) < self.threshold or values["spend"] < self.min_usd_per_min:
             if wf.incident is not None:
                 wf.quiet += 1
                 if wf.quiet >= self.cooldown:
@@ -254,8 +325,8 @@ class SpikeDetector:
 
     def _alert(self, name: str, wf: WorkflowSpikes, ts: float, scores: dict[str, float],
                moved: dict[str, tuple[float, float]]) -> Alert:
-        hot = {f for f, s in scores.items() if s >= self.threshold}
-        ratio = {f: (x + OFFSETS[f]) / (base + OFFSETS[f]) for f, (x, base) in moved.items()}
+        hot = [f for f, s in scores.items() if s >= self.threshold]
+        ratio = {f: (x + OFFSETS.get(f, 0.01)) / (base + OFFSETS.get(f, 0.01)) for f, (x, base) in moved.items()}
         if "error_rate" in hot:
             cause = "retry storm" if ratio["calls"] >= 1.5 else "error spike"
         elif "tokens_per_call" in hot:
@@ -264,8 +335,11 @@ class SpikeDetector:
             cause = "traffic surge"
         else:
             cause = "spend spike"
+        parts = ", ".join(
+            f"error rate {moved[f][0]:.0%} (normal {moved[f][1]:.1%})" if f == "error_rate"
+            else f"{f.replace('_', ' ')} ×{ratio[f]:.1f}" for f in hot
+        )  # fmt: skip
         spend, base = moved["spend"]
-        parts = ", ".join(f"{f.replace('_', ' ')} ×{ratio[f]:.1f}" for f in FEATURES if f in hot)
         return Alert(
             alert_id=alert_id("spike", name, "workflow", wf.incident), kind="spike",
             severity="critical" if ratio["spend"] >= 5 else "warning", workflow=name, ts=ts, team=wf.team,

@@ -223,6 +223,7 @@ class _Gen:
                        fingerprint=fp if wf.fingerprints else None)
             prev_input = ctx
             obs = 300 if in_loop and loop in ("same", "same_error", "echo") else int(self.lognormal(wf.observation, 0.8))
+            obs = int(obs * prompt_x)  # context bloat: prompts and tool outputs both grow
             ctx += out + obs
             if ctx > RUN_CONTEXT_CAP:
                 ctx, prev_input = CONDENSED, 0

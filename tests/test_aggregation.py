@@ -1,0 +1,117 @@
+"""Windows, budget periods across midnight and month end, thresholds, dedup and team roll-ups."""
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from detectors.budgets import Budget, BudgetConfig
+from detectors.counters import CALLS, COST
+from detectors.monitor import Monitor
+from detectors.periods import PeriodClock
+from detectors.pricing import PriceBook, Rate
+from schemas.events import validate_event
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def ts(*args) -> float:
+    return datetime(*args, tzinfo=PARIS).timestamp()
+
+
+def ev(i, at, wf="w", cost=1.0, **kw):
+    return validate_event({"type": "usage", "event_id": f"e{i}", "ts": at, "workflow": wf, "model": "m",
+                           "input_tokens": 10, "output_tokens": 1, "cost_usd": cost, **kw})
+
+
+def monitor(**budgets):
+    cfg = BudgetConfig(workflows={k: Budget(**v) for k, v in budgets.items()})
+    return Monitor(cfg, PriceBook(fallback=Rate.flat(0, 0, source="fallback")), timezone="Europe/Paris")
+
+
+def test_day_rolls_over_at_local_midnight_not_utc():
+    m = monitor()
+    m.process([ev(1, ts(2026, 3, 31, 23, 59, 59)), ev(2, ts(2026, 4, 1, 0, 0, 1))])
+    st = m.workflows["w"]
+    assert st.period_cost("2026-03-31") == 1_000_000
+    assert st.period_cost("2026-04-01") == 1_000_000
+    assert st.period_cost("2026-03") == 1_000_000  # month end too
+    assert st.period_cost("2026-04") == 1_000_000
+
+
+def test_dst_day_is_23_hours_long():
+    clock = PeriodClock("Europe/Paris")
+    start, end = clock.bounds("2026-03-29")
+    assert end - start == 23 * 3600
+    assert clock.keys(end - 1)[0] == "2026-03-29" and clock.keys(end)[0] == "2026-03-30"
+
+
+def test_unknown_timezone_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown timezone 'Mars/Olympus'"):
+        PeriodClock("Mars/Olympus")
+
+
+def test_rolling_windows_forget_old_spend():
+    m = monitor()
+    t0 = ts(2026, 5, 1, 12)
+    m.process([ev(1, t0), ev(2, t0 + 30), ev(3, t0 + 3000)])
+    st = m.workflows["w"]
+    assert st.spend.window("1m", t0 + 3000)[COST] == 1_000_000
+    assert st.spend.window("1h", t0 + 3000)[COST] == 3_000_000
+    assert st.spend.window("24h", t0 + 3000)[CALLS] == 3
+
+
+def test_each_threshold_fires_once_per_period_and_again_next_period():
+    m = monitor(w={"daily_usd": 10})
+    day1 = ts(2026, 5, 1, 9)
+    alerts = m.process([ev(i, day1 + i, cost=1.0) for i in range(6)]).alerts
+    assert [a.evidence["threshold_pct"] for a in alerts] == [50]
+    alerts = m.process([ev(i, day1 + i, cost=1.0) for i in range(6, 12)]).alerts
+    assert [a.evidence["threshold_pct"] for a in alerts] == [75, 90, 100]
+    assert m.process([ev(99, day1 + 99)]).alerts == []  # nothing fires twice
+    day2 = ts(2026, 5, 2, 9)
+    alerts = m.process([ev(i, day2 + i, cost=2.0) for i in range(100, 103)]).alerts
+    assert [a.alert_id for a in alerts] == ["budget:workflow:w:2026-05-02:50"]
+    a = alerts[0]
+    assert a.evidence["spent_usd"] == 6.0 and a.evidence["budget_usd"] == 10.0 and a.severity == "info"
+    assert a.evidence["top_models"] == [["m", 6.0]] and "burn_usd_per_hour" in a.evidence
+
+
+def test_monthly_budget_and_critical_severity():
+    m = monitor(w={"monthly_usd": 3})
+    alerts = m.process([ev(i, ts(2026, 5, 1 + i, 9), cost=1.0) for i in range(3)]).alerts
+    assert alerts[-1].alert_id == "budget:workflow:w:2026-05:100" and alerts[-1].severity == "critical"
+
+
+def test_duplicates_never_count_twice_and_late_events_are_rejected_with_reason():
+    m = monitor()
+    t0 = ts(2026, 5, 1, 9)
+    out = m.process([ev(1, t0), ev(1, t0), ev(2, t0 + 1)])
+    assert (out.accepted, out.duplicates) == (2, 1)
+    out = m.process([ev(3, t0 + 7200), ev(4, t0 + 10)])  # e4 is 2 h behind: beyond the dedup window
+    assert out.accepted == 1 and len(out.late) == 1 and "dedup window" in out.late[0][1]
+    assert m.workflows["w"].period_cost("2026-05-01") == 3_000_000
+
+
+def test_team_budget_sums_workflows_and_ignores_redelivered_snapshots():
+    cfg = BudgetConfig(teams={"cx": Budget(daily_usd=4)})
+    m = Monitor(cfg, PriceBook(), timezone="Europe/Paris")
+    t0 = ts(2026, 5, 1, 9)
+    out = m.process([ev(1, t0, wf="a", team="cx"), ev(2, t0, wf="b", team="cx")])
+    assert [a.alert_id for a in m.merge_snapshots(out.snapshots)] == ["budget:team:cx:2026-05-01:50"]
+    assert m.merge_snapshots(out.snapshots) == []  # redelivered: no change, no alert
+    out = m.process([ev(3, t0 + 1, wf="a", team="cx", cost=2.0)])
+    alerts = m.merge_snapshots(out.snapshots + out.snapshots)
+    assert [a.alert_id for a in alerts] == ["budget:team:cx:2026-05-01:75", "budget:team:cx:2026-05-01:90",
+                                            "budget:team:cx:2026-05-01:100"]
+    assert m.teams["cx"].total("2026-05-01") == 4_000_000
+
+
+def test_state_survives_a_dump_load_round_trip():
+    from detectors.workflow import WorkflowState
+
+    m = monitor(w={"daily_usd": 10})
+    m.process([ev(i, ts(2026, 5, 1, 9) + i, agent_id=f"a{i % 2}", team="t") for i in range(6)])
+    st = m.workflows["w"]
+    again = WorkflowState.load(st.dump())
+    assert again.dump() == st.dump()

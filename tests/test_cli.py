@@ -1,0 +1,95 @@
+"""CLI and config: bad input answers with one clear line and a non-zero status, never a traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spendwatch.cli import main
+from spendwatch.config import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spendwatch", *args], cwd=ROOT, input=stdin,
+                          capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("timezone = 'Mars/Olympus'", "unknown timezone 'Mars/Olympus'"),
+    ("[budgets.workflows.w]\ndaily_usd = -5", "budgets.workflows.w.daily_usd: Input should be greater than 0"),
+    ("[budgets.workflows.w]\ndialy_usd = 5", "budgets.workflows.w.dialy_usd: Extra inputs are not permitted"),
+    ("[budgets]\nthresholds = [0, 50]", "thresholds are percentages"),
+    ("[pricing.overrides.'gpt-4o']\ninput_per_mtok = 'cheap'\noutput_per_mtok = 1",
+     "pricing.overrides.gpt-4o.input_per_mtok"),
+    ("timezone = ", "not valid TOML"),
+    ("[pricing]\noverrides_file = 'missing.toml'", "overrides_file"),
+    ("[topics]\npartitions = 0", "topics.partitions"),
+])
+def test_bad_config_files_are_explained(tmp_path, text, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="bad.toml") as err:
+        load_settings(path)
+    assert expected in str(err.value)
+
+
+def test_config_overrides_file_and_defaults(tmp_path):
+    (tmp_path / "prices.toml").write_text("['in-house-7b']\ninput_per_mtok = 0.2\noutput_per_mtok = 0.4\n")
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text("timezone = 'Asia/Tokyo'\n[pricing]\noverrides_file = 'prices.toml'\n"
+                   "[budgets.teams.cx]\nmonthly_usd = 1000\n")
+    s = load_settings(cfg)
+    assert s.timezone == "Asia/Tokyo" and s.budgets.thresholds == [50, 75, 90, 100]
+    assert s.price_book().rate("in-house-7b").source == "override:in-house-7b"
+
+
+def test_missing_config_file_via_cli_is_one_line(tmp_path):
+    r = run_cli("worker", "--broker", "kafka://127.0.0.1:1", "--config", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2
+    assert r.stderr.decode().strip() == f"spendwatch: error: {tmp_path / 'nope.toml'}: no such config file"
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["worker", "--broker", "localhost"], "is not a broker address; use kafka://HOST:PORT"),
+    (["worker", "--broker", "kafka://host:99999"], "is not a broker address"),
+    (["demo", "--duration", "-3"], "must be > 0"),
+    (["demo", "--duration", "soon"], "is not a number"),
+    (["frobnicate"], "invalid choice"),
+    (["emit"], "the following arguments are required"),
+])
+def test_bad_arguments(capsys, args, expected):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_emit_rejects_a_bad_line_by_number_and_skip_bad_counts(broker, tmp_path):
+    good = b'{"type":"usage","event_id":"a","ts":1768435200,"workflow":"w","model":"m","input_tokens":1,' \
+           b'"output_tokens":1}'
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(good + b"\n{broken\n")
+    r = run_cli("emit", str(path), "--broker", broker.url, "--topic", "cli-emit-test")
+    assert r.returncode == 2 and "line 2: not valid JSON" in r.stderr.decode() and "--skip-bad" in r.stderr.decode()
+    r = run_cli("emit", "-", "--broker", broker.url, "--topic", "cli-emit-test", "--skip-bad",
+                stdin=path.read_bytes())
+    assert r.returncode == 0, r.stderr
+    assert "published 1 events to cli-emit-test, skipped 1 bad lines" in r.stdout.decode()
+
+
+def test_emit_missing_file():
+    r = run_cli("emit", "/no/such/file.jsonl", "--broker", "kafka://127.0.0.1:9")
+    assert r.returncode == 2 and "no such file" in r.stderr.decode()
+
+
+def test_help_teaches_with_examples():
+    r = run_cli("--help")
+    assert r.returncode == 0 and b"spendwatch demo --duration 60" in r.stdout
+
+
+def test_schema_export_command(tmp_path):
+    r = run_cli("schema", "export", str(tmp_path))
+    assert r.returncode == 0 and (tmp_path / "usage_event.schema.json").exists()
