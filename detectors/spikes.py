@@ -205,20 +205,47 @@ FEATURES = ("spend", "calls", "tokens_per_call")
 OFFSETS = {"spend": 0.01, "calls": 1.0, "tokens_per_call": 200.0}
 """Noise floors in each feature's unit (USD/min, calls/min, tokens): a change from 0
 to 0.001 USD/min is not a spike, so the log transform adds these."""
+Reading = dict[str, tuple[float, float, float]]  # feature -> (score, value, baseline)
+
+
+class Horizon:
+    """The scorers of one workflow over one trailing window length (in intervals)."""
+
+    __slots__ = ("length", "scorers", "errors")
+
+    def __init__(self, length: int, scorer: dict[str, float | int]):
+        self.length = length
+        self.scorers = {f: SeriesScorer(offset=OFFSETS[f], **scorer) for f in FEATURES}  # type: ignore[arg-type]
+        self.errors = ErrorRateScorer()
+
+    def score_learn(self, ts: float, window: deque[list[float]], interval: float) -> Reading:
+        """Score the last `length` intervals of `window`, then learn them."""
+        micros = calls = tokens = errors = 0.0
+        for vec in list(window)[-self.length:]:
+            micros, calls, tokens, errors = micros + vec[0], calls + vec[1], tokens + vec[2], errors + vec[3]
+        minutes = min(self.length, len(window)) * interval / 60.0
+        values = {"spend": micros / 1e6 / minutes, "calls": calls / minutes}
+        if calls:
+            values["tokens_per_call"] = tokens / calls
+        out = {f: (self.scorers[f].score_one(ts, x), x, self.scorers[f].expected(ts)) for f, x in values.items()}
+        out["error_rate"] = (self.errors.score_one(errors, calls), errors / calls if calls else 0.0, self.errors.rate)
+        for f, x in values.items():
+            self.scorers[f].learn_one(ts, x)
+        self.errors.learn_one(errors, calls)
+        return out
 
 
 class WorkflowSpikes:
-    """Per-workflow state: open interval counters, the trailing window, the scorers."""
+    """Per-workflow state: open interval counters, the trailing intervals, one Horizon per window length."""
 
-    __slots__ = ("team", "open", "next", "window", "scorers", "errors", "incident", "quiet")
+    __slots__ = ("team", "open", "next", "window", "horizons", "incident", "quiet")
 
-    def __init__(self, first: int, max_window: int, scorer: dict[str, float | int]):
+    def __init__(self, first: int, horizons: tuple[int, ...], scorer: dict[str, float | int]):
         self.team: str | None = None
         self.open: dict[int, list[float]] = {}  # interval index -> [micros, calls, input tokens, errors]
         self.next = first  # the next interval index to close
-        self.window: deque[list[float]] = deque(maxlen=max_window)
-        self.scorers = {f: SeriesScorer(offset=OFFSETS[f], **scorer) for f in FEATURES}  # type: ignore[arg-type]
-        self.errors = ErrorRateScorer()
+        self.window: deque[list[float]] = deque(maxlen=max(horizons))
+        self.horizons = [Horizon(n, scorer) for n in horizons]
         self.incident: float | None = None  # start of the open incident
         self.quiet = 0  # intervals since the incident last scored anomalous
 
@@ -226,15 +253,16 @@ class WorkflowSpikes:
 class SpikeDetector:
     """Spend spikes and level shifts per workflow (subject `workflow`), one alert per incident.
 
-    Every `interval` seconds of event time each workflow's features over its
-    trailing window are scored; the window is the last `smooth` intervals, or
-    more (up to `max_window`) until it holds `min_calls` calls, so a quiet
-    workflow is judged on enough calls to tell a spike from chance. Scored are spend rate, call rate and input tokens
-    per call by a `SeriesScorer` each, the error rate by an `ErrorRateScorer`.
-    The workflow's score is the highest, and the alert names what moved: a
-    retry storm (errors with calls), an error spike (errors alone), context
-    bloat (tokens per call), a traffic surge (calls) or a pricier mix (spend
-    alone), each with its ratio to baseline.
+    Every `interval` seconds of event time each workflow's features are scored
+    over two trailing windows (`horizons`, in intervals): a short one that
+    catches a sharp spike within minutes, and a long one that catches a
+    sustained shift in a quiet or bursty workflow, where a few minutes hold too
+    few calls to tell a surge from chance. Spend rate, call rate and input
+    tokens per call are scored by a `SeriesScorer` each, the error rate by an
+    `ErrorRateScorer`. The workflow's score is the highest; the alert names
+    what moved: a retry storm (errors with calls), an error spike (errors
+    alone), context bloat (tokens per call), a traffic surge (calls) or a
+    pricier mix (spend alone), each with its ratio to baseline.
 
     >>> from schemas.events import UsageEvent
     >>> det = SpikeDetector()
@@ -253,11 +281,10 @@ class SpikeDetector:
 
     kind = "spike"
 
-    def __init__(self, interval: float = 60.0, smooth: int = 5, min_calls: int = 60, max_window: int = 30,
-                 threshold: float = 0.5, grace: float = 5.0, cooldown: int = 15, min_usd_per_min: float = 0.01,
+    def __init__(self, interval: float = 60.0, horizons: tuple[int, ...] = (5, 30), threshold: float = 0.5,
+                 grace: float = 5.0, cooldown: int = 15, min_usd_per_min: float = 0.01,
                  scorer: dict[str, float | int] | None = None):
-        self.interval, self.smooth, self.threshold, self.grace = interval, smooth, threshold, grace
-        self.min_calls, self.max_window = min_calls, max_window
+        self.interval, self.horizons, self.threshold, self.grace = interval, horizons, threshold, grace
         self.cooldown, self.min_usd_per_min = cooldown, min_usd_per_min
         self.scorer = scorer or {}
         self.workflows: dict[str, WorkflowSpikes] = {}
@@ -268,7 +295,7 @@ class SpikeDetector:
         idx = int(event.ts // self.interval)
         wf = self.workflows.get(event.workflow)
         if wf is None:
-            wf = self.workflows[event.workflow] = WorkflowSpikes(idx, self.max_window, self.scorer)
+            wf = self.workflows[event.workflow] = WorkflowSpikes(idx, self.horizons, self.scorer)
         wf.team = event.team or wf.team
         acc = wf.open.get(max(idx, wf.next))  # a late event counts in the first open interval
         if acc is None:
@@ -292,26 +319,14 @@ class SpikeDetector:
         start = wf.next * self.interval
         wf.window.append(wf.open.pop(wf.next, [0.0, 0.0, 0.0, 0.0]))
         wf.next += 1
-        micros = calls = tokens = errors = 0.0
-        n = 0
-        for vec in reversed(wf.window):
-            if n >= self.smooth and calls >= self.min_calls:
-                break
-            micros, calls, tokens, errors = micros + vec[0], calls + vec[1], tokens + vec[2], errors + vec[3]
-            n += 1
-        minutes = n * self.interval / 60.0
-        values = {"spend": micros / 1e6 / minutes, "calls": calls / minutes}
-        if calls:
-            values["tokens_per_call"] = tokens / calls
-        ts = start + self.interval
-        scores = {f: wf.scorers[f].score_one(ts, x) for f, x in values.items()}
-        scores["error_rate"] = wf.errors.score_one(errors, calls)
-        moved = {f: (x, wf.scorers[f].expected(ts)) for f, x in values.items()}
-        moved["error_rate"] = (errors / calls if calls else 0.0, wf.errors.rate)
-        for f, x in values.items():
-            wf.scorers[f].learn_one(ts, x)
-        wf.errors.learn_one(errors, calls)
-        if max(scores.values()) < self.threshold or values["spend"] < self.min_usd_per_min:
+        reading: Reading = {}
+        for h in wf.horizons:
+            for f, r in h.score_learn(start + self.interval, wf.window, self.interval).items():
+                if f not in reading or r[0] > reading[f][0]:
+                    reading[f] = r
+        spend = wf.horizons[0].scorers["spend"]
+        if (max(r[0] for r in reading.values()) < self.threshold
+                or max(reading["spend"][1], spend.expected(start)) < self.min_usd_per_min):  # fmt: skip
             if wf.incident is not None:
                 wf.quiet += 1
                 if wf.quiet >= self.cooldown:
@@ -321,12 +336,11 @@ class SpikeDetector:
         if wf.incident is not None:
             return None
         wf.incident = start
-        return self._alert(name, wf, ts, scores, moved)
+        return self._alert(name, wf, start + self.interval, reading)
 
-    def _alert(self, name: str, wf: WorkflowSpikes, ts: float, scores: dict[str, float],
-               moved: dict[str, tuple[float, float]]) -> Alert:
-        hot = [f for f, s in scores.items() if s >= self.threshold]
-        ratio = {f: (x + OFFSETS.get(f, 0.01)) / (base + OFFSETS.get(f, 0.01)) for f, (x, base) in moved.items()}
+    def _alert(self, name: str, wf: WorkflowSpikes, ts: float, reading: Reading) -> Alert:
+        hot = [f for f, r in reading.items() if r[0] >= self.threshold]
+        ratio = {f: (x + OFFSETS.get(f, 0.01)) / (base + OFFSETS.get(f, 0.01)) for f, (_, x, base) in reading.items()}
         if "error_rate" in hot:
             cause = "retry storm" if ratio["calls"] >= 1.5 else "error spike"
         elif "tokens_per_call" in hot:
@@ -336,18 +350,18 @@ class SpikeDetector:
         else:
             cause = "spend spike"
         parts = ", ".join(
-            f"error rate {moved[f][0]:.0%} (normal {moved[f][1]:.1%})" if f == "error_rate"
+            f"error rate {reading[f][1]:.0%} (normal {reading[f][2]:.1%})" if f == "error_rate"
             else f"{f.replace('_', ' ')} ×{ratio[f]:.1f}" for f in hot
         )  # fmt: skip
-        spend, base = moved["spend"]
+        _, spend, base = reading["spend"]
         return Alert(
             alert_id=alert_id("spike", name, "workflow", wf.incident), kind="spike",
             severity="critical" if ratio["spend"] >= 5 else "warning", workflow=name, ts=ts, team=wf.team,
             summary=(f"{cause} in {name}: {parts} vs baseline; spend {fmt_usd(round(spend * 1e6))}/min "
                      f"(normal {fmt_usd(round(base * 1e6))}/min)"),
             evidence={
-                "cause": cause, "score": round(max(scores.values()), 3), "since": wf.incident,
+                "cause": cause, "score": round(max(r[0] for r in reading.values()), 3), "since": wf.incident,
                 "features": {f: {"value": round(x, 6), "baseline": round(b, 6), "ratio": round(ratio[f], 2),
-                                 "score": round(scores[f], 3)} for f, (x, b) in moved.items()},
+                                 "score": round(sc, 3)} for f, (sc, x, b) in reading.items()},
             },
         )  # fmt: skip

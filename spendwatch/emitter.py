@@ -45,6 +45,7 @@ class UsageEmitter:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._started = False
+        self._inflight = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -63,7 +64,7 @@ class UsageEmitter:
         """Wait until everything buffered has been sent (or `timeout`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.buffer and loop.time() < deadline:
+        while (self.buffer or self._inflight) and loop.time() < deadline:
             self._wake.set()
             await asyncio.sleep(0.01)
         if self._started:
@@ -74,8 +75,7 @@ class UsageEmitter:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._started:
-            await self._producer.stop()
+        await self._producer.stop()  # also closes a producer that never reached Kafka
 
     async def _run(self) -> None:
         while True:
@@ -100,6 +100,7 @@ class UsageEmitter:
         if not take:
             return
         batch = [self.buffer.popleft() for _ in range(take)]
+        self._inflight = take
         by_workflow: dict[str, list[dict[str, Any]]] = {}
         for ev in batch:
             by_workflow.setdefault(str(ev.get("workflow", "")), []).append(ev)
@@ -115,3 +116,5 @@ class UsageEmitter:
             log.warning("spendwatch emitter send failed (%s); will retry %d events", err, take)
             self.buffer.extendleft(reversed(batch))
             await asyncio.sleep(1.0)
+        finally:
+            self._inflight = 0

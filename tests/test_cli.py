@@ -93,3 +93,8 @@ def test_help_teaches_with_examples():
 def test_schema_export_command(tmp_path):
     r = run_cli("schema", "export", str(tmp_path))
     assert r.returncode == 0 and (tmp_path / "usage_event.schema.json").exists()
+
+
+def test_example_config_in_the_repo_is_valid():
+    s = load_settings(ROOT / "spendwatch.example.toml")
+    assert s.budgets.workflows["support-bot"].daily_usd == 200
