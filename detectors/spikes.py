@@ -47,7 +47,7 @@ class SeriesScorer:
     __slots__ = (
         "period", "slots", "alpha", "gamma", "beta", "offset", "direction", "warmup", "clip", "protect",
         "adapt_after", "min_scale", "z_half", "tail_rate",
-        "level", "season", "scale", "tail", "n", "streak", "last_ts", "_buffer",
+        "level", "season", "scale", "tail", "above", "n", "streak", "last_ts", "_buffer",
     )  # fmt: skip
 
     def __init__(
@@ -60,12 +60,12 @@ class SeriesScorer:
         offset: float | None = None,
         direction: Literal["up", "both"] = "up",
         warmup: int = 30,
-        clip: float = 3.0,
+        clip: float = 2.5,
         protect: float = 5.0,
         adapt_after: int = 120,
         min_scale: float = 0.02,
         z_half: float = 5.0,
-        tail_rate: float = 0.2,
+        tail_rate: float = 0.1,
     ):
         self.period, self.slots = period, slots
         self.alpha, self.gamma, self.beta = alpha, gamma, beta
@@ -77,6 +77,7 @@ class SeriesScorer:
         self.season = [0.0] * slots
         self.scale = 0.0  # mean absolute residual
         self.tail = 0.0  # 99th percentile of |residual|, by stochastic approximation
+        self.above = False  # the last residual exceeded the tail
         self.n = 0
         self.streak = 0  # consecutive anomalous samples not learned
         self.last_ts: float | None = None
@@ -131,15 +132,13 @@ class SeriesScorer:
         e = y - self.level - self._season(ts)
         warm = self.n >= self.warmup
         if warm:
-            if self.tail == 0.0:
-                self.tail = TAIL_SIGMAS * SIGMA_PER_MAD * self.scale
-            self.tail *= math.exp(self.tail_rate * (0.99 if abs(e) > self.tail else -0.01))
             if (e if self.direction == "up" else abs(e)) >= self.protect * sigma:
                 self.streak += 1
                 if self.streak <= self.adapt_after:
                     return  # protect the baseline; a shift that outlasts adapt_after is learned
             else:
                 self.streak = 0
+            self._learn_tail(abs(e))
         lim = self.clip * sigma if warm else math.inf
         ec = min(max(e, -lim), lim)
         a = max(self.alpha, 1.0 / (self.n + 1))
@@ -148,9 +147,19 @@ class SeriesScorer:
         g = self.gamma * min(dt * self.slots / self.period, 1.0) * (1.0 - a) * ec
         self.season[i] += (1.0 - w) * g
         self.season[j] += w * g
-        b = max(self.beta, 1.0 / (self.n + 1))
-        self.scale += b * (min(abs(e), lim) - self.scale)
+        if abs(e) <= lim:
+            self.scale += max(self.beta, 1.0 / (self.n + 1)) * (abs(e) - self.scale)
         self.n += 1
+
+    def _learn_tail(self, r: float) -> None:
+        """Stochastic-approximation step towards the 99th percentile of |residual|; a run
+        of exceedances counts once, so a slow-onset incident does not widen the tail."""
+        if self.tail == 0.0:
+            self.tail = TAIL_SIGMAS * SIGMA_PER_MAD * self.scale
+        above = r > self.tail
+        if not (above and self.above):
+            self.tail *= math.exp(self.tail_rate * (0.99 if above else -0.01))
+        self.above = above
 
     def _fit_buffer(self) -> None:
         """Pick the log offset from the warm-up values' typical size, then learn them."""

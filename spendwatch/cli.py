@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Write JSON Schema files (usage, outcome, alert, control) into DIR.")
     x.add_argument("dir", type=Path)
     x.set_defaults(func=cmd_schema_export)
+
+    from spendwatch.control_cli import add_control_commands
+
+    add_control_commands(sub)
     return p
 
 
