@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import pickle
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from detectors.budgets import BudgetConfig, budget_alert, crossed_thresholds
+from detectors.detector import Detector
+from detectors.loops import LoopDetector
 from detectors.counters import CACHED, COST
 from detectors.money import usd_to_micros
 from detectors.periods import PeriodClock
 from detectors.pricing import PriceBook
 from detectors.rollup import TeamState
+from detectors.spikes import SpikeDetector
 from detectors.workflow import WorkflowState
+from detectors.zombies import ZombieDetector
 from schemas.alerts import Alert
 from schemas.events import OutcomeEvent, UsageEvent
 
@@ -31,11 +36,18 @@ class Output:
     touched: set[str] = field(default_factory=set)
 
 
-class Monitor:
-    """Prices, deduplicates and aggregates events per workflow and checks budgets.
+def default_detectors() -> list[Detector]:
+    return [LoopDetector(), ZombieDetector(), SpikeDetector()]
 
-    `load_workflow` / `load_team` let the stream layer rebuild state from its
-    tables after a restart; in replay they are absent and state starts empty.
+
+class Monitor:
+    """Prices, deduplicates and aggregates events per workflow, checks budgets, runs detectors.
+
+    Per event (`process`): O(1) pricing, dedup, counters and detector updates.
+    Per interval (`tick(now)`): the detectors' model and timeout work. `now` is
+    event time: the replay driver advances it from the data, the worker from a
+    timer. `load_*` let the stream layer rebuild state from its tables after a
+    restart; in replay they are absent and state starts empty.
     """
 
     def __init__(
@@ -46,6 +58,8 @@ class Monitor:
         dedup_window: float = 3600.0,
         load_workflow: Callable[[str], WorkflowState | None] | None = None,
         load_team: Callable[[str], TeamState | None] | None = None,
+        detectors: Sequence[Detector] | None = None,
+        load_detectors: Callable[[str], bytes | None] | None = None,
     ):
         self.budgets = budgets or BudgetConfig()
         self.prices = prices or PriceBook()
@@ -55,12 +69,17 @@ class Monitor:
         self.teams: dict[str, TeamState] = {}
         self._load_workflow = load_workflow
         self._load_team = load_team
+        self.detectors = list(detectors) if detectors is not None else default_detectors()
+        self._load_detectors = load_detectors
 
     def workflow(self, name: str) -> WorkflowState:
         st = self.workflows.get(name)
         if st is None:
             st = (self._load_workflow and self._load_workflow(name)) or WorkflowState(name)
             self.workflows[name] = st
+            blob = self._load_detectors and self._load_detectors(name)
+            if blob:
+                self.restore_detectors(name, blob)
         return st
 
     def team(self, name: str) -> TeamState:
@@ -89,6 +108,8 @@ class Monitor:
             keys = clock_keys(ev.ts)
             if ev.type == "outcome":
                 st.add_outcome(keys, usd_to_micros(ev.value_usd) if ev.value_usd else 0)
+                for det in self.detectors:
+                    det.observe(ev, 0)
                 continue
             priced = self.prices.price(ev)
             if priced.source == "fallback":
@@ -96,6 +117,8 @@ class Monitor:
             vec = [priced.micros, ev.input_tokens, ev.output_tokens, ev.cache_read_tokens,
                    1, 1 if ev.status != "ok" else 0]
             st.add_usage(ev.ts, keys, vec, ev.team, ev.model, ev.agent_id)
+            for det in self.detectors:
+                det.observe(ev, priced.micros)
             if ev.team is not None:
                 teams_touched.setdefault(ev.workflow, set()).add(ev.team)
         for name in out.touched:
@@ -105,6 +128,20 @@ class Monitor:
                 out.snapshots.append(self._snapshot(st, team))
             st.prune(self.dedup_window, self._keep_periods(st.watermark))
         return out
+
+    def tick(self, now: float) -> list[Alert]:
+        """Interval work of every detector at event time `now`."""
+        return [alert for det in self.detectors for alert in det.tick(now)]
+
+    def dump_detectors(self, workflow: str) -> bytes:
+        """One workflow's detector state (models, runs, agents), for the detectors table."""
+        return pickle.dumps({det.kind: det.workflows.get(workflow) for det in self.detectors})
+
+    def restore_detectors(self, workflow: str, blob: bytes) -> None:
+        states = pickle.loads(blob)
+        for det in self.detectors:
+            if states.get(det.kind) is not None:
+                det.workflows[workflow] = states[det.kind]
 
     def merge_snapshots(self, snapshots: Iterable[dict[str, Any]]) -> list[Alert]:
         """Fold workflow→team snapshots into team totals and check team budgets."""

@@ -170,74 +170,87 @@ class SeriesScorer:
             self.learn_one(ts, value)
 
 
-class ErrorRateScorer:
-    """Score in [0, 1] for the share of failed calls in an interval, given how many calls there were.
+class RateScorer:
+    """Score in [0, 1] for a count given its exposure: errors per call, runs per minute.
 
-    Errors are counts, so a log-normal level is the wrong yardstick: with 1% errors
-    and 50 calls, 0 or 3 failures are both normal. The score is a Poisson z-score of
-    the error count against the learned rate, `(k − n·p) / √(n·p + 1)`; a share under
-    `min_rate` never scores, and anomalous intervals are not learned.
+    Sparse counts are the wrong shape for a log-normal level: with 1% errors and 50
+    calls, 0 or 3 failures are both normal, and 0 or 2 runs in five minutes too. The
+    score is a quasi-Poisson z-score against the learned rate, `(k − n·r) / √(φ·n·r + 1)`,
+    where the dispersion φ ≥ 1 is learned too, so bursty counts need a bigger jump.
+    Counts under `min_share` of the exposure never score; anomalous ones are not learned.
 
-    >>> s = ErrorRateScorer()
-    >>> for _ in range(100):
-    ...     s.learn_one(1, 100)
+    >>> s = RateScorer(min_share=0.1)
+    >>> for k in [0, 1, 2, 1, 0, 1] * 20:
+    ...     s.learn_one(k, 100)
     >>> s.score_one(3, 100), round(s.score_one(45, 150), 2)
     (0.0, 0.99)
     """
 
-    __slots__ = ("alpha", "warmup", "min_rate", "z_half", "protect", "rate", "n")
+    __slots__ = ("alpha", "warmup", "min_share", "z_half", "protect", "rate", "dispersion", "n")
 
-    def __init__(self, alpha: float = 0.02, warmup: int = 30, min_rate: float = 0.1, z_half: float = 5.0,
-                 protect: float = 0.5):
-        self.alpha, self.warmup, self.min_rate, self.z_half, self.protect = alpha, warmup, min_rate, z_half, protect
+    def __init__(self, alpha: float = 0.02, warmup: int = 30, min_share: float = 0.0, z_half: float = 5.0,
+                 protect: float = 4.0):
+        self.alpha, self.warmup, self.min_share, self.z_half, self.protect = alpha, warmup, min_share, z_half, protect
         self.rate = 0.0
+        self.dispersion = 1.0
         self.n = 0
 
-    def zscore(self, errors: float, calls: float) -> float:
-        if self.n < self.warmup or calls <= 0 or errors < self.min_rate * calls:
+    def zscore(self, count: float, exposure: float) -> float:
+        if self.n < self.warmup or exposure <= 0 or count < self.min_share * exposure:
             return 0.0
-        mu = calls * self.rate
-        return (errors - mu) / math.sqrt(mu + 1.0)
+        mu = exposure * self.rate
+        return (count - mu) / math.sqrt(self.dispersion * mu + 1.0)
 
-    def score_one(self, errors: float, calls: float) -> float:
-        z = max(self.zscore(errors, calls), 0.0)
+    def score_one(self, count: float, exposure: float) -> float:
+        z = max(self.zscore(count, exposure), 0.0)
         return z * z / (z * z + self.z_half * self.z_half)
 
-    def learn_one(self, errors: float, calls: float) -> None:
-        if calls <= 0 or self.score_one(errors, calls) >= self.protect:
+    def learn_one(self, count: float, exposure: float) -> None:
+        if exposure <= 0 or self.zscore(count, exposure) >= self.protect:
             return
         self.n += 1
-        self.rate += max(self.alpha, 1.0 / self.n) * (errors / calls - self.rate)
+        a = max(self.alpha, 1.0 / self.n)
+        mu = exposure * self.rate
+        if self.n > 1:
+            self.dispersion = max(1.0, self.dispersion + a * (min((count - mu) ** 2 / (mu + 1.0), 25.0) - self.dispersion))
+        self.rate += a * (count / exposure - self.rate)
 
 
 FEATURES = ("spend", "calls", "tokens_per_call")
 OFFSETS = {"spend": 0.01, "calls": 1.0, "tokens_per_call": 200.0}
-"""Noise floors in each feature's unit (USD/min, calls/min, tokens): a change from 0
-to 0.001 USD/min is not a spike, so the log transform adds these."""
+"""Noise floors in each feature's unit (USD/min, calls/min, tokens): a change from 0 to
+0.001 USD/min is not a spike, so the log transform adds these."""
+MIN_CALLS = 50
+MIN_RUNS = 5
+"""Tokens per call is only judged over a window with this many calls (and, for agentic
+workflows, runs): a few long runs would otherwise look like context bloat."""
+EMPTY = (0.0, 0.0, 0.0, 0.0, 0.0)  # cost micros, calls, input tokens, errors, run starts
 Reading = dict[str, tuple[float, float, float]]  # feature -> (score, value, baseline)
 
 
 class Horizon:
     """The scorers of one workflow over one trailing window length (in intervals)."""
 
-    __slots__ = ("length", "scorers", "errors")
+    __slots__ = ("length", "scorers", "errors", "runs")
 
     def __init__(self, length: int, scorer: dict[str, float | int]):
         self.length = length
         self.scorers = {f: SeriesScorer(offset=OFFSETS[f], **scorer) for f in FEATURES}  # type: ignore[arg-type]
-        self.errors = ErrorRateScorer()
+        self.errors = RateScorer(min_share=0.1)
+        self.runs = RateScorer(alpha=0.01)  # run starts per minute: the unit of agentic traffic
 
-    def score_learn(self, ts: float, window: deque[list[float]], interval: float) -> Reading:
+    def score_learn(self, ts: float, window: deque[list[float]], interval: float, agentic: bool) -> Reading:
         """Score the last `length` intervals of `window`, then learn them."""
-        micros = calls = tokens = errors = 0.0
-        for vec in list(window)[-self.length:]:
-            micros, calls, tokens, errors = micros + vec[0], calls + vec[1], tokens + vec[2], errors + vec[3]
+        micros, calls, tokens, errors, runs = (sum(col) for col in zip(*list(window)[-self.length:]))
         minutes = min(self.length, len(window)) * interval / 60.0
         values = {"spend": micros / 1e6 / minutes, "calls": calls / minutes}
-        if calls:
+        if calls >= MIN_CALLS and (runs >= MIN_RUNS or not agentic):
             values["tokens_per_call"] = tokens / calls
         out = {f: (self.scorers[f].score_one(ts, x), x, self.scorers[f].expected(ts)) for f, x in values.items()}
         out["error_rate"] = (self.errors.score_one(errors, calls), errors / calls if calls else 0.0, self.errors.rate)
+        if agentic:
+            out["runs"] = (self.runs.score_one(runs, minutes), runs / minutes, self.runs.rate)
+            self.runs.learn_one(runs, minutes)
         for f, x in values.items():
             self.scorers[f].learn_one(ts, x)
         self.errors.learn_one(errors, calls)
@@ -247,11 +260,12 @@ class Horizon:
 class WorkflowSpikes:
     """Per-workflow state: open interval counters, the trailing intervals, one Horizon per window length."""
 
-    __slots__ = ("team", "open", "next", "window", "horizons", "incident", "quiet")
+    __slots__ = ("team", "agentic", "open", "next", "window", "horizons", "incident", "quiet")
 
     def __init__(self, first: int, horizons: tuple[int, ...], scorer: dict[str, float | int]):
         self.team: str | None = None
-        self.open: dict[int, list[float]] = {}  # interval index -> [micros, calls, input tokens, errors]
+        self.agentic = False  # has runs (calls with a step): score run starts too
+        self.open: dict[int, list[float]] = {}  # interval index -> counters, as EMPTY
         self.next = first  # the next interval index to close
         self.window: deque[list[float]] = deque(maxlen=max(horizons))
         self.horizons = [Horizon(n, scorer) for n in horizons]
@@ -291,11 +305,11 @@ class SpikeDetector:
     kind = "spike"
 
     def __init__(self, interval: float = 60.0, horizons: tuple[int, ...] = (5, 30), threshold: float = 0.5,
-                 grace: float = 5.0, cooldown: int = 15, min_usd_per_min: float = 0.01,
+                 grace: float = 5.0, cooldown: int = 15, min_excess_usd_per_min: float = 0.02,
                  scorer: dict[str, float | int] | None = None):
         self.interval, self.horizons, self.threshold, self.grace = interval, horizons, threshold, grace
-        self.cooldown, self.min_usd_per_min = cooldown, min_usd_per_min
-        self.scorer = scorer or {}
+        self.cooldown, self.min_excess_usd_per_min = cooldown, min_excess_usd_per_min
+        self.scorer = scorer or {"warmup": 120}
         self.workflows: dict[str, WorkflowSpikes] = {}
 
     def observe(self, event: Event, cost_micros: int) -> None:
@@ -308,11 +322,14 @@ class SpikeDetector:
         wf.team = event.team or wf.team
         acc = wf.open.get(max(idx, wf.next))  # a late event counts in the first open interval
         if acc is None:
-            acc = wf.open[max(idx, wf.next)] = [0.0, 0.0, 0.0, 0.0]
+            acc = wf.open[max(idx, wf.next)] = list(EMPTY)
         acc[0] += cost_micros
         acc[1] += 1
         acc[2] += event.input_tokens
         acc[3] += event.status != "ok"
+        if event.step is not None and event.step <= 1:
+            wf.agentic = True
+            acc[4] += 1
 
     def tick(self, now: float) -> list[Alert]:
         alerts = []
@@ -326,23 +343,23 @@ class SpikeDetector:
     def _close(self, name: str, wf: WorkflowSpikes) -> Alert | None:
         """Score and learn one finished interval; an alert if it opens an incident."""
         start = wf.next * self.interval
-        wf.window.append(wf.open.pop(wf.next, [0.0, 0.0, 0.0, 0.0]))
+        wf.window.append(wf.open.pop(wf.next, list(EMPTY)))
         wf.next += 1
         reading: Reading = {}
         for h in wf.horizons:
-            for f, r in h.score_learn(start + self.interval, wf.window, self.interval).items():
+            for f, r in h.score_learn(start + self.interval, wf.window, self.interval, wf.agentic).items():
                 if f not in reading or r[0] > reading[f][0]:
                     reading[f] = r
-        spend = wf.horizons[0].scorers["spend"]
-        if (max(r[0] for r in reading.values()) < self.threshold
-                or max(reading["spend"][1], spend.expected(start)) < self.min_usd_per_min):  # fmt: skip
+        if max(r[0] for r in reading.values()) < self.threshold:
             if wf.incident is not None:
                 wf.quiet += 1
                 if wf.quiet >= self.cooldown:
                     wf.incident = None
             return None
         wf.quiet = 0
-        if wf.incident is not None:
+        _, spend, base = reading["spend"]
+        costly = spend - base >= self.min_excess_usd_per_min or reading["error_rate"][0] >= self.threshold
+        if wf.incident is not None or not costly:
             return None
         wf.incident = start
         return self._alert(name, wf, start + self.interval, reading)
@@ -354,7 +371,7 @@ class SpikeDetector:
             cause = "retry storm" if ratio["calls"] >= 1.5 else "error spike"
         elif "tokens_per_call" in hot:
             cause = "context bloat"
-        elif "calls" in hot:
+        elif "calls" in hot or "runs" in hot:
             cause = "traffic surge"
         else:
             cause = "spend spike"

@@ -191,7 +191,7 @@ class _Gen:
         repoll_at = int(rng.integers(2, max(3, total))) if rng.random() < 0.25 else -1
         repoll_n = int(rng.integers(1, 3))  # 1–2 repeats: the action runs 2–3 times in a row
         cacheable = wf.provider != "google"
-        ctx = int(wf.prompt * prompt_x)
+        ctx = int(self.lognormal(wf.prompt, 0.3) * prompt_x)
         history: list[str] = []
         loop_fps = (self.fp(), self.fp())
         echo_out = int(self.lognormal(wf.completion, 0.5)) + 20

@@ -61,7 +61,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from spendwatch.demo import demo_settings, produce_traffic, summary_table
+    from spendwatch.demo import demo_settings, inject_incidents, produce_traffic, summary_table
     from spendwatch.runner import run
     from rich.live import Live
 
@@ -75,7 +75,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 await asyncio.sleep(0.5)
                 live.update(summary_table(worker, started))
 
-    worker = run(settings, args.broker, console=console, tasks=[produce_traffic, live_summary],
+    worker = run(settings, args.broker, console=console, tasks=[produce_traffic, inject_incidents, live_summary],
                  duration=args.duration)
     counts = worker.stats.alerts
     console.print(f"\nalerts raised: {sum(counts.values())} "

@@ -68,6 +68,7 @@ class Settings(_Strict):
     dedup_window_s: float = Field(default=3600.0, ge=60, le=7 * 86400)
     batch_max: int = Field(default=5000, ge=1, le=100_000)
     batch_within_s: float = Field(default=0.2, gt=0, le=10)
+    tick_every_s: float = Field(default=1.0, gt=0, le=60)
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     topics: TopicsConfig = Field(default_factory=TopicsConfig)

@@ -1,9 +1,169 @@
-"""`spendwatch kill / release / status` (filled in by the kill-switch work)."""
+"""`spendwatch kill / release / status`: signed control commands from the command line."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Coroutine
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from detectors.policy import CLI_FLAGS, MAX_TTL_S, release_command
+from spendwatch.cli import CliError, _broker_arg
+
+T = TypeVar("T")
+DEFAULT_TOPIC = "spendwatch.control"
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+KEYS_HELP = "file of kid:secret lines, the first signs (default: $SPENDWATCH_CONTROL_KEYS=kid:secret,...)"
+EXAMPLES = {
+    "kill": "example:\n  spendwatch kill --run r-42 --reason 'looping on the same tool call' --ttl 2h "
+            "--broker kafka://kafka:9092",
+    "release": "example:\n  spendwatch release --run r-42 --broker kafka://kafka:9092",
+    "status": "example:\n  spendwatch status --broker kafka://kafka:9092",
+}
+
+
+def _ttl(value: str) -> float:
+    """`90`, `90s`, `30m`, `1h`, `2d` → seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration; use e.g. 90s, 30m, 1h, 2d")
+    seconds = float(m[1]) * UNITS[m[2]]
+    if not 0 < seconds <= MAX_TTL_S:
+        raise argparse.ArgumentTypeError(f"{value!r} must be more than 0 and at most {MAX_TTL_S / 86400:.0f}d")
+    return seconds
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _run(coro: Coroutine[Any, Any, T], broker: str) -> T:
+    """Run a Kafka call; an unreachable broker is one line, not a traceback."""
+    from aiokafka.errors import KafkaError
+
+    from spendwatch.control import ControlPlaneUnreachable
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors would repeat ours
+    try:
+        return asyncio.run(coro)
+    except (KafkaError, ControlPlaneUnreachable) as err:
+        raise CliError(f"cannot use the control topic on {broker}: {err}") from None
+
+
+def _keyring(path: Path | None):  # type: ignore[no-untyped-def]
+    from spendwatch.signing import Keyring, KeyringError
+
+    try:
+        return Keyring.load(path)
+    except KeyringError as err:
+        raise CliError(str(err)) from None
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str]:
+    scope = next(s for s in CLI_FLAGS if getattr(args, s) is not None)
+    return scope, getattr(args, scope)
+
+
+def _publish(args: argparse.Namespace, action: str, reason: str, ttl_s: float) -> tuple[str, str, Any]:
+    from spendwatch.control import cli_issuer, make_command, publish_command
+
+    scope, target = _target(args)
+    cmd = make_command(action, scope, target, reason, ttl_s, cli_issuer(),  # type: ignore[arg-type]
+                       keyring=_keyring(args.keys_file), alert_id=getattr(args, "alert", None))
+    _run(publish_command(args.broker, args.topic, cmd), args.broker)
+    return scope, target, cmd
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    scope, target, cmd = _publish(args, "kill", args.reason, args.ttl)
+    print(f"killed {scope} {target} until {_utc(cmd.expires_at)} ({_human(args.ttl)}): {args.reason}\n"
+          f"command {cmd.command_id}, signed with key {cmd.key_id}, on {args.topic}\nundo with:\n  "
+          + release_command(scope, target, args.broker, args.topic if args.topic != DEFAULT_TOPIC else None))
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    # a release stays valid as long as any kill can, so a guard replaying the topic later still sees it win
+    scope, target, cmd = _publish(args, "release", args.reason, MAX_TTL_S)
+    print(f"released {scope} {target} (command {cmd.command_id}); guards resume within seconds")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from spendwatch.control import count_since, read_active
+
+    keyring = _keyring(args.keys_file)
+    now = time.time()
+    kills = _run(read_active(args.broker, args.topic, keyring, now), args.broker)
+    console = Console()
+    if kills:
+        table = Table(title=f"active kills on {args.topic}")
+        for column in ("scope", "target", "reason", "alert", "issued by", "issued", "expires in"):
+            table.add_column(column)
+        for c in kills:
+            table.add_row(c.scope, c.target, c.reason, c.alert_id or "-", c.issued_by, _utc(c.issued_at),
+                          _human(c.expires_at - now))
+        console.print(table)
+    else:
+        console.print(f"no active kills on {args.topic}")
+    alerts = _run(count_since(args.broker, args.alerts_topic, now - 3600), args.broker)
+    console.print(f"alerts published to {args.alerts_topic} in the last hour: {alerts}")
+    return 0
+
+
+def _common(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--broker", type=_broker_arg, required=True,
+                    help="Kafka bootstrap, kafka://HOST:PORT[,HOST:PORT]")
+    sp.add_argument("--keys-file", type=Path, help=KEYS_HELP)
+    sp.add_argument("--topic", default=DEFAULT_TOPIC, help="control topic (default: %(default)s)")
+
+
+def _targets(sp: argparse.ArgumentParser) -> None:
+    group = sp.add_mutually_exclusive_group(required=True)
+    for scope, flag in CLI_FLAGS.items():
+        group.add_argument(flag, dest=scope, metavar="ID" if scope != "workflow" else "NAME",
+                           help=f"the {scope.replace('_id', '')} to {sp.prog.split()[-1]}")
 
 
 def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register the control subcommands on the main parser."""
+
+    def add(name: str, help_: str, func) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(func=func)
+        return sp
+
+    k = add("kill", "Stop the spend of a run, agent or workflow: publish a signed kill that every guard obeys "
+            "within seconds, until its TTL ends or it is released.", cmd_kill)
+    _targets(k)
+    k.add_argument("--reason", required=True, help="why; shown to on-call and raised in SpendKilled")
+    k.add_argument("--ttl", type=_ttl, default=3600.0, metavar="DURATION",
+                   help="how long the kill lasts: 90s, 30m, 1h, 2d (default: 1h)")
+    k.add_argument("--alert", metavar="ALERT_ID", help="the alert this kill answers")
+    _common(k)
+
+    r = add("release", "Lift a kill: publish a signed release for a run, agent or workflow.", cmd_release)
+    _targets(r)
+    r.add_argument("--reason", default="released from the command line", help="why (default: %(default)s)")
+    _common(r)
+
+    s = add("status", "Show the kills in force (verified as a guard would) and the alerts of the last hour.",
+            cmd_status)
+    _common(s)
+    s.add_argument("--alerts-topic", default="spendwatch.alerts", help="alerts topic (default: %(default)s)")

@@ -95,6 +95,43 @@ async def produce_traffic(worker: Worker, seed: int = 7, speed: float = 1.0) -> 
         await asyncio.sleep(tick)
 
 
+def _call(workflow: str, team: str, agent: str, run: str, step: int, fingerprint: str | None, prompt: int,
+          status: str = "ok") -> dict[str, Any]:
+    return {"type": "usage", "event_id": uuid.uuid4().hex, "ts": time.time(), "workflow": workflow, "team": team,
+            "provider": "openai", "model": "gpt-4o", "agent_id": agent, "run_id": run, "step": step,
+            "input_tokens": prompt, "output_tokens": 350, "fingerprint": fingerprint, "status": status}
+
+
+async def inject_incidents(worker: Worker) -> None:
+    """A coding agent that gets stuck re-running the same failing tests (a loop), and a triage
+    agent that keeps calling the model after its ticket was resolved (a zombie)."""
+    topic = worker.usage
+    asyncio.ensure_future(_zombie(worker))
+    await asyncio.sleep(10)
+    plan = ["ls -R", "cat src/billing.py", "edit src/billing.py", "pytest tests/test_billing.py"]
+    for step in range(1, 400):
+        fp = plan[step - 1] if step <= len(plan) else "pytest tests/test_billing.py"
+        ev = _call("code-agent", "eng", "coder-1", "fix-billing-1187", step, fp, 6_000 + 900 * step,
+                   "error" if step > len(plan) else "ok")
+        await topic.send(key=b"code-agent", value=orjson.dumps(ev))
+        await asyncio.sleep(1.0)
+
+
+async def _zombie(worker: Worker) -> None:
+    topic = worker.usage
+    for step in range(1, 4):
+        ev = _call("triage", "cx", "triage-bot-3", "ticket-5521", step, f"step-{step}", 4_000)
+        await topic.send(key=b"triage", value=orjson.dumps(ev))
+        await asyncio.sleep(1.0)
+    done = {"type": "outcome", "event_id": uuid.uuid4().hex, "ts": time.time(), "workflow": "triage",
+            "outcome": "resolved", "agent_id": "triage-bot-3", "run_id": "ticket-5521"}
+    await topic.send(key=b"triage", value=orjson.dumps(done))
+    for step in range(4, 400):  # the ticket is closed, the agent is not
+        await asyncio.sleep(5.0)
+        ev = _call("triage", "cx", "triage-bot-3", "ticket-5521", step, "poll inbox", 4_000)
+        await topic.send(key=b"triage", value=orjson.dumps(ev))
+
+
 def summary_table(worker: Worker, started: float) -> Table:
     """Live spend per workflow: today, last minute, last hour, calls, errors."""
     mon = worker.monitor

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,30 @@ class Worker:
     stats: Stats
     notifier: Notifier
     usage: faust.TopicT
+
+
+DETECTOR_SAVE_EVERY = 10.0
+"""Seconds between saves of a workflow's detector state; a crash loses at most this much model learning."""
+
+
+class EventClock:
+    """Live event time: the highest event time seen, moved on by the wall clock since.
+
+    Lets zombie and idle-run timeouts fire when traffic stops, while a worker
+    fed historical data (a replay into Kafka) still ticks in that data's time.
+    """
+
+    def __init__(self) -> None:
+        self.watermark = 0.0
+        self.wall_at = time.monotonic()
+
+    def advance(self, ts: float) -> None:
+        if ts > self.watermark:
+            self.watermark = ts
+            self.wall_at = time.monotonic()
+
+    def now(self) -> float:
+        return self.watermark + (time.monotonic() - self.wall_at) if self.watermark else 0.0
 
 
 def fatal(agent: str) -> None:
@@ -94,6 +119,7 @@ def build_app(
     workflows = app.Table("workflows", key_type=bytes, value_type=bytes, partitions=t.partitions)
     teams = app.Table("teams", key_type=bytes, value_type=bytes, partitions=t.partitions)
     ledger_table = app.Table("alert-ledger", key_type=bytes, value_type=bytes, partitions=t.partitions)
+    detector_table = app.Table("detectors", key_type=bytes, value_type=bytes, partitions=t.partitions)
 
     def load_workflow(name: str) -> WorkflowState | None:
         raw = workflows.get(name.encode())
@@ -104,7 +130,10 @@ def build_app(
         return TeamState.load(orjson.loads(raw)) if raw else None
 
     monitor = Monitor(settings.budgets, settings.price_book(), settings.timezone, settings.dedup_window_s,
-                      load_workflow=load_workflow, load_team=load_team)
+                      load_workflow=load_workflow, load_team=load_team,
+                      load_detectors=lambda name: detector_table.get(name.encode()))
+    clock = EventClock()
+    saved_at: dict[str, float] = {}
     ingestor = Ingestor(monitor, t.usage)
     stats = Stats()
     notifier = Notifier(sinks, _LedgerView(ledger_table))
@@ -128,9 +157,15 @@ def build_app(
         records = [Record(e.message.key, e.value, e.message.partition, e.message.offset) for e in events]
         fx = ingestor.handle(records)
         by_offset = {(e.message.partition, e.message.offset): e for e in events}
+        wall = time.monotonic()
         for wf, rec in fx.dirty.items():
             _in_context_of(by_offset[(rec.partition, rec.offset)])
-            workflows[wf.encode()] = orjson.dumps(monitor.workflows[wf].dump())
+            st = monitor.workflows[wf]
+            workflows[wf.encode()] = orjson.dumps(st.dump())
+            clock.advance(st.watermark)
+            if wall - saved_at.get(wf, 0.0) >= DETECTOR_SAVE_EVERY:  # models are saved per interval, not per batch
+                detector_table[wf.encode()] = monitor.dump_detectors(wf)
+                saved_at[wf] = wall
         for value in fx.deadletters:
             await deadletter.send(value=value)
         for key, value in fx.reroutes:
@@ -166,10 +201,21 @@ def build_app(
         async for event in stream.events():
             await notifier.deliver(Alert.model_validate_json(event.value))
 
+    @app.timer(settings.tick_every_s)
+    async def tick() -> None:
+        """Detector interval work; time passes for quiet agents even when no event arrives."""
+        try:
+            await publish_alerts(monitor.tick(clock.now()))
+        except Exception:
+            fatal("tick")
+
     @app.on_partitions_revoked.connect
     async def forget_cached_state(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         monitor.workflows.clear()
         monitor.teams.clear()
+        for det in monitor.detectors:
+            det.workflows.clear()  # type: ignore[attr-defined]
+        saved_at.clear()
 
     return Worker(app, monitor, stats, notifier, usage)
 

@@ -1,0 +1,261 @@
+"""`KillSwitch`: the SDK guard an agent runtime puts in front of its LLM calls.
+
+It follows the compacted control topic from the beginning in the background
+(no consumer group: every runtime reads everything), keeps the latest verified
+command per `scope:target`, and `check()` answers from memory in O(1), so the
+guarded call never waits on Kafka. Unsigned, forged, unknown-key, expired and
+replayed commands are ignored, logged and counted in `rejected`.
+
+>>> switch = KillSwitch("kafka://127.0.0.1:9092", keyring=Keyring.load())   # doctest: +SKIP
+>>> await switch.start()                                                     # doctest: +SKIP
+>>> @switch.protect(workflow="support-bot")                                 # doctest: +SKIP
+... async def ask(prompt): return await client.responses.create(...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from schemas.control import ControlCommand
+from spendwatch.emitter import bootstrap_of
+from spendwatch.signing import CommandRejected, Keyring, Verifier
+
+log = logging.getLogger("spendwatch.guard")
+
+F = TypeVar("F", bound=Callable[..., Any])
+Key = tuple[str, str]
+UNREACHABLE = "control plane unreachable"
+
+
+class SpendKilled(Exception):
+    """Raised instead of making an LLM call whose spend has been stopped."""
+
+    def __init__(self, reason: str, *, scope: str | None = None, target: str | None = None,
+                 alert_id: str | None = None, command_id: str | None = None):
+        where = f"{scope} {target}: " if scope else ""
+        super().__init__(f"spend killed for {where}{reason}" + (f" (alert {alert_id})" if alert_id else ""))
+        self.reason, self.scope, self.target = reason, scope, target
+        self.alert_id, self.command_id = alert_id, command_id
+
+    @classmethod
+    def by(cls, cmd: ControlCommand) -> SpendKilled:
+        return cls(cmd.reason, scope=cmd.scope, target=cmd.target, alert_id=cmd.alert_id,
+                   command_id=cmd.command_id)
+
+
+class KillSet:
+    """The latest verified command per (scope, target); a command older than the one held is ignored,
+    so an old kill re-published after its release cannot come back."""
+
+    def __init__(self, verifier: Verifier):
+        self.verifier = verifier
+        self.latest: dict[Key, ControlCommand] = {}
+        self.rejected: Counter[str] = Counter()
+
+    def apply(self, raw: bytes, now: float) -> None:
+        try:
+            cmd = ControlCommand.model_validate_json(raw)
+            self.verifier.verify(cmd, now)
+            held = self.latest.get((cmd.scope, cmd.target))
+            if held and held.issued_at > cmd.issued_at:
+                raise CommandRejected("superseded")
+        except (ValidationError, CommandRejected) as err:
+            reason = err.reason if isinstance(err, CommandRejected) else "malformed"
+            self.rejected[reason] += 1
+            # expired commands are mostly history replayed at start, not an attack
+            log.log(logging.INFO if reason == "expired" else logging.WARNING,
+                    "spendwatch kill switch ignored a control command: %s", reason)
+            return
+        self.latest[(cmd.scope, cmd.target)] = cmd
+
+    def find(self, keys: list[Key], now: float) -> ControlCommand | None:
+        """The kill in force for any of `keys`; expired kills are dropped as they are met."""
+        for key in keys:
+            cmd = self.latest.get(key)
+            if cmd is None or cmd.action != "kill":
+                continue
+            if cmd.expires_at > now:
+                return cmd
+            self.latest.pop(key, None)
+        return None
+
+    def active(self, now: float) -> list[ControlCommand]:
+        return [c for c in list(self.latest.values()) if c.action == "kill" and c.expires_at > now]
+
+
+class _Guard:
+    """`with switch.guard(run_id=...)` / `async with ...`: check once on entry."""
+
+    def __init__(self, switch: KillSwitch, targets: dict[str, str | None]):
+        self.switch, self.targets = switch, targets
+
+    def __enter__(self) -> None:
+        self.switch.check(**self.targets)
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        return None
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        return None
+
+
+class KillSwitch:
+    """Obeys signed kill/release commands for workflows, agents and runs.
+
+    While the control plane is unreachable or not caught up (`healthy` is
+    False), `check()` fails open by default (known kills still apply; a warning
+    is logged once a minute) or, with `fail_closed=True`, refuses every call.
+    """
+
+    def __init__(self, broker: str, topic: str = "spendwatch.control", *, keyring: Keyring,
+                 fail_closed: bool = False, stale_after: float = 30.0, poll_s: float = 1.0,
+                 clock: Callable[[], float] = time.time):
+        self.broker, self.topic = broker, topic
+        self.fail_closed, self.stale_after, self.poll_s = fail_closed, stale_after, poll_s
+        self.clock = clock
+        self.kills = KillSet(Verifier(keyring))
+        self.ready = False
+        """True once the guard has read the control topic up to its end offsets."""
+        self._synced_at = float("-inf")  # monotonic time the guard was last caught up
+        self._warned_at = float("-inf")
+        self._task: asyncio.Task[None] | None = None
+        self._ready_event = asyncio.Event()
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """Ignored commands by reason: unsigned, unknown key id, bad signature, expired, replayed, ..."""
+        return self.kills.rejected
+
+    @property
+    def healthy(self) -> bool:
+        return self.ready and time.monotonic() - self._synced_at < self.stale_after
+
+    async def start(self, wait: float = 5.0) -> bool:
+        """Start following the control topic; wait up to `wait` s to catch up. Returns `ready`."""
+        self._task = asyncio.create_task(self._run())
+        try:
+            await asyncio.wait_for(self._ready_event.wait(), wait)
+        except asyncio.TimeoutError:
+            log.warning("spendwatch kill switch: not caught up with %s on %s after %.0fs; %s",
+                        self.topic, self.broker, wait, self._policy())
+        return self.ready
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def check(self, workflow: str | None = None, agent_id: str | None = None, run_id: str | None = None) -> None:
+        """Raise `SpendKilled` if any given target is killed (or, fail-closed, if the guard is blind)."""
+        if not self.healthy:
+            self._blind()
+        keys = [(scope, target) for scope, target in
+                (("workflow", workflow), ("agent_id", agent_id), ("run_id", run_id)) if target is not None]
+        cmd = self.kills.find(keys, self.clock())
+        if cmd:
+            raise SpendKilled.by(cmd)
+
+    def active(self) -> list[ControlCommand]:
+        """The kills in force now."""
+        return self.kills.active(self.clock())
+
+    def guard(self, **targets: str | None) -> _Guard:
+        """A sync and async context manager that checks `targets` on entry."""
+        return _Guard(self, targets)
+
+    def protect(self, **targets: str | None) -> Callable[[F], F]:
+        """Decorate a (sync or async) function that spends: each call is checked first."""
+        def wrap(fn: F) -> F:
+            if inspect.iscoroutinefunction(fn):
+                @functools.wraps(fn)
+                async def run_async(*args: Any, **kwargs: Any) -> Any:
+                    self.check(**targets)
+                    return await fn(*args, **kwargs)
+                return run_async  # type: ignore[return-value]
+
+            @functools.wraps(fn)
+            def run(*args: Any, **kwargs: Any) -> Any:
+                self.check(**targets)
+                return fn(*args, **kwargs)
+            return run  # type: ignore[return-value]
+        return wrap
+
+    def _policy(self) -> str:
+        return "refusing all guarded calls (fail closed)" if self.fail_closed else \
+            "allowing calls not already known to be killed (fail open)"
+
+    def _blind(self) -> None:
+        if self.fail_closed:
+            raise SpendKilled(UNREACHABLE)
+        if time.monotonic() - self._warned_at >= 60:
+            self._warned_at = time.monotonic()
+            log.warning("spendwatch kill switch: %s (%s on %s); %s", UNREACHABLE, self.topic, self.broker,
+                        self._policy())
+
+    def _synced(self) -> None:
+        self.ready = True
+        self._synced_at = time.monotonic()
+        self._ready_event.set()
+
+    async def _run(self) -> None:
+        consumer = await self._connect()
+        tps: list[TopicPartition] = []
+        try:
+            while True:
+                try:
+                    tps = tps or await self._assign(consumer)
+                    await (self._follow(consumer, tps) if tps else asyncio.sleep(self.poll_s))
+                except (KafkaError, asyncio.TimeoutError) as err:
+                    log.debug("control topic poll failed: %r", err)
+                    await asyncio.sleep(self.poll_s)
+        finally:
+            await consumer.stop()
+
+    async def _connect(self) -> AIOKafkaConsumer:
+        while True:
+            consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_of(self.broker), enable_auto_commit=False,
+                                        auto_offset_reset="earliest", request_timeout_ms=10_000)
+            try:
+                await consumer.start()
+                return consumer
+            except KafkaError as err:
+                await consumer.stop()
+                log.debug("cannot reach the control plane: %r", err)
+                await asyncio.sleep(self.poll_s)
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        """All partitions of the topic from offset 0; none (yet) if it does not exist: nothing to obey."""
+        if self.topic not in await asyncio.wait_for(consumer.topics(), 10):
+            self._synced()
+            return []
+        tps = [TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        return tps
+
+    async def _follow(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        """One round: note the end offsets, fetch what is there (or wait `poll_s`), mark caught up."""
+        end = await asyncio.wait_for(consumer.end_offsets(tps), 10)
+        batch = await consumer.getmany(*tps, timeout_ms=int(self.poll_s * 1000))
+        for records in batch.values():
+            for rec in records:
+                if rec.value is not None:  # a compaction tombstone carries no command
+                    self.kills.apply(rec.value, self.clock())
+        if all(await consumer.position(tp) >= end[tp] for tp in tps):
+            self._synced()

@@ -1,0 +1,117 @@
+"""HMAC-SHA256 signatures on kill/release commands, and the checks a runtime applies before obeying one.
+
+A command is signed over the canonical JSON (sorted keys) of every field but
+`signature`, under a named key, so keys can rotate: a `Keyring` signs with its
+first key and accepts all of them.
+
+>>> ring = Keyring({"k1": b"s3cret"})
+>>> cmd = ring.sign(ControlCommand(command_id="c1", action="kill", scope="run_id", target="r-1",
+...                                reason="loop", issued_at=100.0, expires_at=200.0, issued_by="test"))
+>>> Verifier(ring).verify(cmd, now=150.0)
+>>> Verifier(ring).verify(cmd, now=250.0)
+Traceback (most recent call last):
+...
+spendwatch.signing.CommandRejected: expired
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+import orjson
+
+from schemas.control import ControlCommand
+
+KEYS_ENV = "SPENDWATCH_CONTROL_KEYS"
+MAX_SKEW_S = 300.0
+"""A command issued further than this in the future is refused: its issuer's clock (or its author) lies."""
+
+
+class KeyringError(ValueError):
+    """No usable keys; the message says how to configure them."""
+
+
+class CommandRejected(Exception):
+    """A command the guard must not obey; `reason` is a short, countable label."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _canonical(cmd: ControlCommand) -> bytes:
+    return orjson.dumps(cmd.model_dump(exclude={"signature"}), option=orjson.OPT_SORT_KEYS)
+
+
+class Keyring:
+    """Shared secrets by key id; the first one signs, every one verifies (for rotation)."""
+
+    def __init__(self, keys: dict[str, bytes]):
+        if not keys:
+            raise KeyringError(f"no control keys configured: set {KEYS_ENV}=kid:secret or --keys-file")
+        self.keys = dict(keys)
+        self.signing_key_id = next(iter(self.keys))
+
+    @classmethod
+    def parse(cls, entries: list[str], source: str) -> Keyring:
+        """`kid:secret` entries (blank entries and `#` comments skipped); the secret may contain ':'."""
+        keys: dict[str, bytes] = {}
+        for entry in (e.strip() for e in entries):
+            if not entry or entry.startswith("#"):
+                continue
+            kid, sep, secret = entry.partition(":")
+            if not sep or not kid.strip() or not secret.strip():
+                raise KeyringError(f"{source}: entries must look like kid:secret (got {kid.strip() or '?'}:...)")
+            keys[kid.strip()] = secret.strip().encode()
+        return cls(keys)
+
+    @classmethod
+    def load(cls, keys_file: Path | None = None) -> Keyring:
+        """From `keys_file` (one `kid:secret` per line) if given, else from $SPENDWATCH_CONTROL_KEYS."""
+        if keys_file is not None:
+            try:
+                return cls.parse(keys_file.read_text().splitlines(), str(keys_file))
+            except OSError as err:
+                raise KeyringError(f"{keys_file}: cannot read keys file ({err.strerror})") from None
+        return cls.parse(os.environ.get(KEYS_ENV, "").split(","), KEYS_ENV)
+
+    def _digest(self, key_id: str, cmd: ControlCommand) -> str:
+        return hmac.new(self.keys[key_id], _canonical(cmd), hashlib.sha256).hexdigest()
+
+    def sign(self, cmd: ControlCommand) -> ControlCommand:
+        """A copy of `cmd` signed with the signing key."""
+        unsigned = cmd.model_copy(update={"key_id": self.signing_key_id, "signature": ""})
+        return unsigned.model_copy(update={"signature": self._digest(self.signing_key_id, unsigned)})
+
+    def check_signature(self, cmd: ControlCommand) -> None:
+        if not cmd.signature or not cmd.key_id:
+            raise CommandRejected("unsigned")
+        if cmd.key_id not in self.keys:
+            raise CommandRejected("unknown key id")
+        if not hmac.compare_digest(cmd.signature, self._digest(cmd.key_id, cmd)):
+            raise CommandRejected("bad signature")
+
+
+class Verifier:
+    """Signature, validity window and replay checks; remembers the last `max_seen` command ids."""
+
+    def __init__(self, keyring: Keyring, max_seen: int = 100_000):
+        self.keyring = keyring
+        self.max_seen = max_seen
+        self._seen: dict[str, None] = {}  # insertion-ordered: the oldest id is forgotten first
+
+    def verify(self, cmd: ControlCommand, now: float) -> None:
+        """Raise `CommandRejected` unless `cmd` is authentic, current and new to this verifier."""
+        self.keyring.check_signature(cmd)
+        if cmd.expires_at <= now:
+            raise CommandRejected("expired")
+        if cmd.issued_at > now + MAX_SKEW_S:
+            raise CommandRejected("issued in the future")
+        if cmd.command_id in self._seen:
+            raise CommandRejected("replayed")
+        self._seen[cmd.command_id] = None
+        if len(self._seen) > self.max_seen:
+            del self._seen[next(iter(self._seen))]
