@@ -10,7 +10,7 @@ from typing import Any
 from detectors.budgets import BudgetConfig, budget_alert, crossed_thresholds
 from detectors.detector import Detector
 from detectors.loops import LoopDetector
-from detectors.counters import CACHED, COST
+from detectors.counters import CACHED, CALLS, COST, ERRORS, INPUT, OUTPUT
 from detectors.money import usd_to_micros
 from detectors.periods import PeriodClock
 from detectors.pricing import PriceBook
@@ -22,6 +22,10 @@ from schemas.alerts import Alert
 from schemas.events import OutcomeEvent, UsageEvent
 
 Event = UsageEvent | OutcomeEvent
+BUCKET = 5.0
+"""Finest window bucket (the 1 min window's); every coarser bucket is a multiple of it."""
+PRUNE_EVERY = 60.0
+"""Seconds of event time between prunes of a workflow's dedup ids and idle entities."""
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Output:
     duplicates: int = 0
     accepted: int = 0
     touched: set[str] = field(default_factory=set)
+    cost: dict[str, int] = field(default_factory=dict)  # micro-USD accepted per workflow in this batch
 
 
 def default_detectors() -> list[Detector]:
@@ -64,6 +69,8 @@ class Monitor:
         self.budgets = budgets or BudgetConfig()
         self.prices = prices or PriceBook()
         self.clock = PeriodClock(timezone)
+        self.timezone = timezone
+        self._keep: dict[str, set[str]] = {}
         self.dedup_window = dedup_window
         self.workflows: dict[str, WorkflowState] = {}
         self.teams: dict[str, TeamState] = {}
@@ -93,6 +100,7 @@ class Monitor:
         """Apply a batch of events; budgets are checked once per touched workflow."""
         out = out or Output()
         teams_touched: dict[str, set[str]] = {}
+        grouped: dict[tuple, list[int]] = {}
         clock_keys = self.clock.keys
         for ev in events:
             st = self.workflow(ev.workflow)
@@ -114,19 +122,33 @@ class Monitor:
             priced = self.prices.price(ev)
             if priced.source == "fallback":
                 st.unpriced += 1
-            vec = [priced.micros, ev.input_tokens, ev.output_tokens, ev.cache_read_tokens,
-                   1, 1 if ev.status != "ok" else 0]
-            st.add_usage(ev.ts, keys, vec, ev.team, ev.model, ev.agent_id)
+            # Same-bucket events of one (team, model, agent) are summed first: one window update per group.
+            group = (ev.workflow, ev.ts - ev.ts % BUCKET, keys, ev.team, ev.model, ev.agent_id)
+            vec = grouped.get(group)
+            if vec is None:
+                grouped[group] = [priced.micros, ev.input_tokens, ev.output_tokens, ev.cache_read_tokens,
+                                  1, 1 if ev.status != "ok" else 0]
+            else:
+                vec[COST] += priced.micros
+                vec[INPUT] += ev.input_tokens
+                vec[OUTPUT] += ev.output_tokens
+                vec[CACHED] += ev.cache_read_tokens
+                vec[CALLS] += 1
+                vec[ERRORS] += ev.status != "ok"
+            out.cost[ev.workflow] = out.cost.get(ev.workflow, 0) + priced.micros
             for det in self.detectors:
                 det.observe(ev, priced.micros)
             if ev.team is not None:
                 teams_touched.setdefault(ev.workflow, set()).add(ev.team)
+        for (wf, ts, keys, team, model, agent), vec in grouped.items():
+            self.workflows[wf].add_usage(ts, keys, vec, team, model, agent)
         for name in out.touched:
             st = self.workflows[name]
             out.alerts.extend(self._check_workflow_budget(st))
             for team in teams_touched.get(name, ()):
                 out.snapshots.append(self._snapshot(st, team))
-            st.prune(self.dedup_window, self._keep_periods(st.watermark))
+            if st.watermark - st.pruned_at >= PRUNE_EVERY:
+                st.prune(self.dedup_window, self._keep_periods(st.watermark))
         return out
 
     def tick(self, now: float) -> list[Alert]:
@@ -156,9 +178,13 @@ class Monitor:
         return alerts
 
     def _keep_periods(self, now: float) -> set[str]:
+        """Current and previous day and month: late events of yesterday still land in yesterday."""
         day, month = self.clock.keys(now)
-        prev_day, prev_month = self.clock.keys(self.clock.bounds(day)[0] - 1)
-        return {day, month, prev_day, prev_month}
+        keep = self._keep.get(day)
+        if keep is None:
+            prev_day, prev_month = PeriodClock(self.timezone).keys(self.clock.bounds(day)[0] - 1)
+            keep = self._keep[day] = {day, month, prev_day, prev_month}
+        return keep
 
     def _snapshot(self, st: WorkflowState, team: str) -> dict[str, Any]:
         entity = st.by["team"][team]

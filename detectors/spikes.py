@@ -216,15 +216,18 @@ class RateScorer:
         self.rate += a * (count / exposure - self.rate)
 
 
-FEATURES = ("spend", "calls", "tokens_per_call")
-OFFSETS = {"spend": 0.01, "calls": 1.0, "tokens_per_call": 200.0}
-"""Noise floors in each feature's unit (USD/min, calls/min, tokens): a change from 0 to
-0.001 USD/min is not a spike, so the log transform adds these."""
+FEATURES = ("spend", "calls", "tokens_per_call", "prompt_per_run")
+OFFSETS = {"spend": 0.01, "calls": 1.0, "tokens_per_call": 200.0, "prompt_per_run": 200.0}
+"""Noise floors in each feature's unit (USD/min, calls/min, tokens, tokens): a change from
+0 to 0.001 USD/min is not a spike, so the log transform adds these. `prompt_per_run` is
+the input of a run's first call: an agent's later calls carry its whole history, so
+their size says more about how long runs are than about what they were given."""
 MIN_CALLS = 50
 MIN_RUNS = 5
-"""Tokens per call is only judged over a window with this many calls (and, for agentic
-workflows, runs): a few long runs would otherwise look like context bloat."""
-EMPTY = (0.0, 0.0, 0.0, 0.0, 0.0)  # cost micros, calls, input tokens, errors, run starts
+"""Tokens per call (prompt per run) is only judged over a window with this many calls
+(runs): a few long runs would otherwise look like context bloat."""
+SPEND_SPIKE = "spend spike"
+EMPTY = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # cost micros, calls, input tokens, errors, run starts, their input
 Reading = dict[str, tuple[float, float, float]]  # feature -> (score, value, baseline)
 
 
@@ -241,18 +244,21 @@ class Horizon:
 
     def score_learn(self, ts: float, window: deque[list[float]], interval: float, agentic: bool) -> Reading:
         """Score the last `length` intervals of `window`, then learn them."""
-        micros, calls, tokens, errors, runs = (sum(col) for col in zip(*list(window)[-self.length:]))
+        micros, calls, tokens, errors, runs, prompts = (sum(col) for col in zip(*list(window)[-self.length:]))
         minutes = min(self.length, len(window)) * interval / 60.0
         values = {"spend": micros / 1e6 / minutes, "calls": calls / minutes}
         if calls >= MIN_CALLS and (runs >= MIN_RUNS or not agentic):
             values["tokens_per_call"] = tokens / calls
+        if runs >= MIN_RUNS:
+            values["prompt_per_run"] = prompts / runs
         out = {f: (self.scorers[f].score_one(ts, x), x, self.scorers[f].expected(ts)) for f, x in values.items()}
         out["error_rate"] = (self.errors.score_one(errors, calls), errors / calls if calls else 0.0, self.errors.rate)
         if agentic:
             out["runs"] = (self.runs.score_one(runs, minutes), runs / minutes, self.runs.rate)
             self.runs.learn_one(runs, minutes)
         for f, x in values.items():
-            self.scorers[f].learn_one(ts, x)
+            if f != "prompt_per_run" or window[-1][4]:  # sparse: learn only when new runs came in
+                self.scorers[f].learn_one(ts, x)
         self.errors.learn_one(errors, calls)
         return out
 
@@ -260,7 +266,7 @@ class Horizon:
 class WorkflowSpikes:
     """Per-workflow state: open interval counters, the trailing intervals, one Horizon per window length."""
 
-    __slots__ = ("team", "agentic", "open", "next", "window", "horizons", "incident", "quiet")
+    __slots__ = ("team", "agentic", "open", "next", "window", "horizons", "causes", "quiet")
 
     def __init__(self, first: int, horizons: tuple[int, ...], scorer: dict[str, float | int]):
         self.team: str | None = None
@@ -269,7 +275,7 @@ class WorkflowSpikes:
         self.next = first  # the next interval index to close
         self.window: deque[list[float]] = deque(maxlen=max(horizons))
         self.horizons = [Horizon(n, scorer) for n in horizons]
-        self.incident: float | None = None  # start of the open incident
+        self.causes: set[str] = set()  # causes alerted in the open incident (empty: none open)
         self.quiet = 0  # intervals since the incident last scored anomalous
 
 
@@ -330,6 +336,7 @@ class SpikeDetector:
         if event.step is not None and event.step <= 1:
             wf.agentic = True
             acc[4] += 1
+            acc[5] += event.input_tokens
 
     def tick(self, now: float) -> list[Alert]:
         alerts = []
@@ -341,7 +348,8 @@ class SpikeDetector:
         return alerts
 
     def _close(self, name: str, wf: WorkflowSpikes) -> Alert | None:
-        """Score and learn one finished interval; an alert if it opens an incident."""
+        """Score and learn one finished interval; an alert if it opens an incident, or if
+        something else starts moving in an open one (errors, bloat, traffic)."""
         start = wf.next * self.interval
         wf.window.append(wf.open.pop(wf.next, list(EMPTY)))
         wf.next += 1
@@ -351,43 +359,60 @@ class SpikeDetector:
                 if f not in reading or r[0] > reading[f][0]:
                     reading[f] = r
         if max(r[0] for r in reading.values()) < self.threshold:
-            if wf.incident is not None:
+            if wf.causes:
                 wf.quiet += 1
                 if wf.quiet >= self.cooldown:
-                    wf.incident = None
+                    wf.causes = set()
             return None
         wf.quiet = 0
-        _, spend, base = reading["spend"]
-        costly = spend - base >= self.min_excess_usd_per_min or reading["error_rate"][0] >= self.threshold
-        if wf.incident is not None or not costly:
+        cause = self._cause(reading)
+        if cause in wf.causes or (wf.causes and cause == SPEND_SPIKE) or not self._costly(reading):
             return None
-        wf.incident = start
-        return self._alert(name, wf, start + self.interval, reading)
+        wf.causes.add(cause)
+        return self._alert(name, wf, start, cause, reading)
 
-    def _alert(self, name: str, wf: WorkflowSpikes, ts: float, reading: Reading) -> Alert:
-        hot = [f for f, r in reading.items() if r[0] >= self.threshold]
-        ratio = {f: (x + OFFSETS.get(f, 0.01)) / (base + OFFSETS.get(f, 0.01)) for f, (_, x, base) in reading.items()}
+    def _cause(self, reading: Reading) -> str:
+        hot = {f for f, r in reading.items() if r[0] >= self.threshold}
         if "error_rate" in hot:
-            cause = "retry storm" if ratio["calls"] >= 1.5 else "error spike"
-        elif "tokens_per_call" in hot:
-            cause = "context bloat"
-        elif "calls" in hot or "runs" in hot:
-            cause = "traffic surge"
-        else:
-            cause = "spend spike"
+            return "retry storm" if _ratio("calls", *reading["calls"][1:]) >= 1.5 else "error spike"
+        if hot & {"tokens_per_call", "prompt_per_run"}:
+            return "context bloat"
+        if hot & {"calls", "runs"}:
+            return "traffic surge"
+        return SPEND_SPIKE
+
+    def _costly(self, reading: Reading) -> bool:
+        """Worth waking someone: errors, or spend at least `min_excess_usd_per_min` over normal,
+        now or once what moved (e.g. bigger prompts) has worked through to spend."""
+        if reading["error_rate"][0] >= self.threshold:
+            return True
+        _, spend, base = reading["spend"]
+        ratio = max(_ratio(f, x, b) for f, (sc, x, b) in reading.items() if sc >= self.threshold)
+        return max(spend - base, (ratio - 1.0) * base) >= self.min_excess_usd_per_min
+
+    def _alert(self, name: str, wf: WorkflowSpikes, start: float, cause: str, reading: Reading) -> Alert:
+        hot = [f for f, r in reading.items() if r[0] >= self.threshold]
+        ratio = {f: _ratio(f, x, base) for f, (_, x, base) in reading.items()}
         parts = ", ".join(
             f"error rate {reading[f][1]:.0%} (normal {reading[f][2]:.1%})" if f == "error_rate"
             else f"{f.replace('_', ' ')} ×{ratio[f]:.1f}" for f in hot
         )  # fmt: skip
         _, spend, base = reading["spend"]
         return Alert(
-            alert_id=alert_id("spike", name, "workflow", wf.incident), kind="spike",
-            severity="critical" if ratio["spend"] >= 5 else "warning", workflow=name, ts=ts, team=wf.team,
+            alert_id=alert_id("spike", name, "workflow", start), kind="spike",
+            severity="critical" if ratio["spend"] >= 5 else "warning", workflow=name, ts=start + self.interval,
+            team=wf.team,
             summary=(f"{cause} in {name}: {parts} vs baseline; spend {fmt_usd(round(spend * 1e6))}/min "
                      f"(normal {fmt_usd(round(base * 1e6))}/min)"),
             evidence={
-                "cause": cause, "score": round(max(r[0] for r in reading.values()), 3), "since": wf.incident,
+                "cause": cause, "score": round(max(r[0] for r in reading.values()), 3), "since": start,
                 "features": {f: {"value": round(x, 6), "baseline": round(b, 6), "ratio": round(ratio[f], 2),
                                  "score": round(sc, 3)} for f, (sc, x, b) in reading.items()},
             },
         )  # fmt: skip
+
+
+def _ratio(feature: str, value: float, baseline: float) -> float:
+    """How many times its baseline a feature is, on the scale its scorer sees it."""
+    floor = OFFSETS.get(feature, 0.01)
+    return (value + floor) / (baseline + floor)

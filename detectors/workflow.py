@@ -16,7 +16,7 @@ DIMENSIONS = ("team", "model", "agent")
 
 
 class WorkflowState:
-    __slots__ = ("name", "offset", "watermark", "dedup", "spend", "by", "outcomes", "fired", "unpriced")
+    __slots__ = ("name", "offset", "watermark", "dedup", "spend", "by", "outcomes", "fired", "unpriced", "pruned_at")
 
     def __init__(self, name: str):
         self.name = name
@@ -28,6 +28,7 @@ class WorkflowState:
         self.outcomes: dict[str, list[int]] = {}  # period key -> [count, value_micros]
         self.fired: set[str] = set()
         self.unpriced = 0
+        self.pruned_at = 0.0
 
     def seen(self, event_id: str, ts: float) -> bool:
         """True if this event was already counted; otherwise remember it."""
@@ -66,7 +67,7 @@ class WorkflowState:
 
     def prune(self, horizon: float, keep_periods: set[str], max_ids: int = 20_000) -> None:
         """Forget event ids older than the dedup horizon (or beyond `max_ids`) and idle entities."""
-        now = self.watermark
+        now = self.pruned_at = self.watermark
         if self.dedup and min(self.dedup.values()) < now - horizon:
             self.dedup = {k: t for k, t in self.dedup.items() if t >= now - horizon}
         if len(self.dedup) > max_ids:  # bound the table value: keep the newest ids

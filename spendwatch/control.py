@@ -92,7 +92,11 @@ async def read_active(broker: str, topic: str, keyring: Keyring, now: float | No
 
 
 async def count_since(broker: str, topic: str, since: float) -> int:
-    """Records appended to `topic` since `since` (epoch s), from offsets alone: nothing is read."""
+    """Records appended to `topic` since `since` (epoch s), from offsets alone: nothing is read.
+
+    Exact on Kafka; on the embedded Tansu it undercounts multi-record batches (its end offset is the
+    last batch's base offset + 1).
+    """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_of(broker), enable_auto_commit=False)
     await consumer.start()
     try:

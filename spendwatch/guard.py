@@ -241,10 +241,13 @@ class KillSwitch:
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         """All partitions of the topic from offset 0; none (yet) if it does not exist: nothing to obey."""
-        if self.topic not in await asyncio.wait_for(consumer.topics(), 10):
+        # no public call refreshes the consumer's own metadata for a topic it is not assigned yet
+        if not await asyncio.wait_for(consumer._client.force_metadata_update(), 10):
+            raise KafkaError("metadata update failed")
+        tps = [TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or ())]
+        if not tps:
             self._synced()
             return []
-        tps = [TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or ())]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         return tps
@@ -257,5 +260,6 @@ class KillSwitch:
             for rec in records:
                 if rec.value is not None:  # a compaction tombstone carries no command
                     self.kills.apply(rec.value, self.clock())
-        if all(await consumer.position(tp) >= end[tp] for tp in tps):
+        positions = [await consumer.position(tp) for tp in tps]
+        if all(pos >= end[tp] for pos, tp in zip(positions, tps)):
             self._synced()

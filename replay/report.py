@@ -1,0 +1,114 @@
+"""Backtest report: a self-contained HTML page with PNG plots beside it."""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from replay.driver import Replayed  # noqa: E402
+
+KIND_COLOR = {"loop": "tab:red", "zombie": "tab:purple", "spike": "tab:orange", "budget": "tab:blue",
+              "burn_rate": "tab:cyan", "unpriced": "tab:gray"}
+TOP = 8
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def plot_spend(res: Replayed, tick: float, path: Path) -> None:
+    """Spend rate per workflow ($/h, the biggest few) with every alert marked."""
+    fig, ax = plt.subplots(figsize=(11, 4.5), dpi=100)
+    totals = sorted(res.spend, key=lambda wf: -sum(res.spend[wf].values()))
+    if res.first_ts is not None and res.last_ts is not None:
+        span = max(res.last_ts - res.first_ts, tick)
+        width = max(tick, span / 300)
+        for wf in totals[:TOP]:
+            bins: dict[int, int] = {}
+            for t, micros in res.spend[wf].items():
+                b = int(t // width)
+                bins[b] = bins.get(b, 0) + micros
+            xs = sorted(bins)
+            ax.plot([_dt(b * width) for b in xs], [bins[b] / 1e6 * 3600 / width for b in xs], label=wf, lw=1)
+    for a in res.alerts:
+        ax.axvline(_dt(a.ts), color=KIND_COLOR.get(a.kind, "k"), alpha=0.35, lw=0.8)
+    for kind, color in KIND_COLOR.items():
+        if any(a.kind == kind for a in res.alerts):
+            ax.plot([], [], color=color, label=f"{kind} alert")
+    ax.set_ylabel("spend, $ per hour")
+    ax.set_title("Spend per workflow (event time) with alerts")
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_ttd(incidents: list[dict[str, Any]], path: Path) -> None:
+    """Time to detect per incident, grouped by type; misses shown as red crosses."""
+    types = sorted({i["type"] for i in incidents})
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(types)), dpi=100)
+    for y, t in enumerate(types):
+        rows = [i for i in incidents if i["type"] == t]
+        ax.scatter([i["ttd_s"] / 60 for i in rows if i["ttd_s"] is not None],
+                   [y] * sum(i["ttd_s"] is not None for i in rows), s=14, color="tab:green")
+        misses = sum(i["ttd_s"] is None for i in rows)
+        if misses:
+            ax.scatter([0], [y], marker="x", color="tab:red", s=40)
+            ax.annotate(f"{misses} missed", (0, y), textcoords="offset points", xytext=(8, -3), fontsize=7)
+    ax.set_yticks(range(len(types)), types)
+    ax.set_xlabel("minutes from incident start to alert (event time)")
+    ax.set_title("Time to detect")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in cols) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3g}" if abs(v) < 1e6 else _dt(v).strftime("%Y-%m-%d %H:%M:%S")
+    return "" if v is None else str(v)
+
+
+def write_report(out_dir: Path, summary: dict[str, Any], res: Replayed, tick: float) -> Path:
+    plot_spend(res, tick, out_dir / "spend.png")
+    parts = ["<h1>spendwatch backtest</h1>",
+             f"<p>{summary['events']:,} events, {summary['alerts']} alerts "
+             f"({', '.join(f'{k}: {v}' for k, v in sorted(summary['alerts_by_kind'].items())) or 'none'}), "
+             f"{summary['duplicates']} duplicates, {summary['late']} late; replayed at "
+             f"{summary['events_per_s'] or 0:,} events/s.</p>",
+             '<img src="spend.png" alt="spend per workflow with alerts">']
+    score = summary.get("score")
+    if score:
+        plot_ttd(score["incidents"], out_dir / "ttd.png")
+        kinds = [{"kind": k, **v} for k, v in score["per_kind"].items()]
+        parts += ["<h2>Detection score</h2>",
+                  _table(kinds, ["kind", "incidents", "detected", "recall", "alerts", "false_alarms", "precision",
+                                 "median_ttd_s", "saved_usd", "saved_tokens"]),
+                  '<img src="ttd.png" alt="time to detect">', "<h2>Incidents</h2>",
+                  _table(score["incidents"][:300], ["type", "subject", "id", "start", "end", "detected_at", "ttd_s",
+                                                    "saved_usd", "alert_id"])]
+    parts += ["<h2>Alerts</h2>",
+              _table([a.model_dump() for a in res.alerts[:300]], ["ts", "kind", "severity", "workflow", "agent_id",
+                                                                  "run_id", "summary"])]
+    style = ("<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:"
+             "collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+             "img{max-width:100%}</style>")
+    page = out_dir / "report.html"
+    page.write_text(f"<!doctype html><meta charset=utf-8><title>spendwatch backtest</title>{style}"
+                    + "\n".join(parts))
+    return page
