@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     from spendwatch.control_cli import add_control_commands
 
     add_control_commands(sub)
+    from replay.cli import add_replay_commands
+
+    add_replay_commands(sub)
     return p
 
 

@@ -56,8 +56,8 @@ def record_of(cmd: ControlCommand) -> tuple[bytes, bytes]:
 async def ensure_control_topic(broker: str, topic: str) -> None:
     """Create the topic compacted (latest command per target survives) unless it exists."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_of(broker))
-    await admin.start()
     try:
+        await admin.start()
         await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
     except TopicAlreadyExistsError:
         pass
@@ -70,8 +70,8 @@ async def publish_command(broker: str, topic: str, cmd: ControlCommand) -> None:
     # idempotence off: the embedded broker rejects InitProducerId; command ids make retries harmless
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_of(broker), enable_idempotence=False,
                                 request_timeout_ms=10_000)
-    await producer.start()
     try:
+        await producer.start()
         key, value = record_of(cmd)
         await producer.send_and_wait(topic, value, key=key)
     finally:
@@ -98,11 +98,11 @@ async def count_since(broker: str, topic: str, since: float) -> int:
     last batch's base offset + 1).
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_of(broker), enable_auto_commit=False)
-    await consumer.start()
     try:
-        if topic not in await consumer.topics():
-            return 0
+        await consumer.start()  # its bootstrap fetched the metadata of every topic
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not tps:
+            return 0
         end = await consumer.end_offsets(tps)
         first = await consumer.offsets_for_times({tp: int(since * 1000) for tp in tps})
         # no record that new: None on Kafka; Tansu answers offset 0 with timestamp -1 instead

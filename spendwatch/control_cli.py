@@ -41,7 +41,7 @@ def _ttl(value: str) -> float:
 def _human(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds / size:.3g}{unit}"
+            return f"{seconds / size:.2g}{unit}"
     return f"{seconds:.0f}s"
 
 
@@ -109,19 +109,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     keyring = _keyring(args.keys_file)
     now = time.time()
+    # counting first also fails fast on an unreachable broker (reading waits for the topic to catch up)
+    alerts = _run(count_since(args.broker, args.alerts_topic, now - 3600), args.broker)
     kills = _run(read_active(args.broker, args.topic, keyring, now), args.broker)
     console = Console()
     if kills:
         table = Table(title=f"active kills on {args.topic}")
-        for column in ("scope", "target", "reason", "alert", "issued by", "issued", "expires in"):
+        for column in ("scope", "target", "reason", "alert", "issued by", "age", "expires in"):
             table.add_column(column)
         for c in kills:
-            table.add_row(c.scope, c.target, c.reason, c.alert_id or "-", c.issued_by, _utc(c.issued_at),
-                          _human(c.expires_at - now))
+            table.add_row(c.scope, c.target, c.reason, c.alert_id or "-", c.issued_by,
+                          _human(max(now - c.issued_at, 0)), _human(c.expires_at - now))
         console.print(table)
     else:
         console.print(f"no active kills on {args.topic}")
-    alerts = _run(count_since(args.broker, args.alerts_topic, now - 3600), args.broker)
     console.print(f"alerts published to {args.alerts_topic} in the last hour: {alerts}")
     return 0
 

@@ -1,0 +1,202 @@
+"""`spendwatch replay ...` and `spendwatch score`: backtests, series scoring, live replay, scorecard."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+EXAMPLES = """examples:
+  spendwatch replay backtest traffic.jsonl.gz --config spendwatch.toml --labels incidents.json --out out/
+  spendwatch replay backtest ../shared/data/mini_swe_agent_gemini3_pro/per_call_usage.csv --out out/swe
+  spendwatch replay backtest trace.csv --format azure --workflow chat --model gpt-4o --runs 50 --out out/az
+  spendwatch replay score-series billing_hourly.csv --out scored.csv
+  spendwatch replay live ../shared/data/mooncake/conversation_trace.jsonl --broker kafka://127.0.0.1:9092 --speed 10
+  spendwatch replay generate --seed 3 --days 1 --out scenario.jsonl --labels-out labels.json
+"""
+
+
+@contextlib.contextmanager
+def counting(console: Console, what: str) -> Iterator[Any]:
+    """A live counter with rate for inputs of unknown length."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f} events"),
+                  TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda n: bar.advance(task, n)
+
+
+def _traffic(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from replay.readers import Attribution, ReadStats, read_traffic
+
+    stats = ReadStats()
+    attribution = Attribution(workflow=args.workflow, model=args.model, provider=args.provider, team=args.team,
+                              runs=args.runs)
+    return read_traffic(args.files, fmt=args.format, attribution=attribution, mapping=args.map,
+                        skip_bad=args.skip_bad, stats=stats), stats
+
+
+def _user_errors():  # type: ignore[no-untyped-def]
+    from replay.labels import LabelError
+    from replay.readers import ReplayInputError
+    from spendwatch.config import ConfigError
+
+    return (ReplayInputError, LabelError, ConfigError, ValueError, FileNotFoundError)
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from detectors.monitor import Monitor
+    from replay.backtest import backtest
+    from replay.labels import load_labels
+    from spendwatch.cli import CliError
+    from spendwatch.config import load_settings
+
+    console = Console()
+    try:
+        settings = load_settings(args.config)
+        labels = load_labels(args.labels) if args.labels else None
+        events, stats = _traffic(args)
+        monitor = Monitor(settings.budgets, settings.price_book(), settings.timezone, settings.dedup_window_s)
+        with counting(console, "backtesting") as progress:
+            summary = backtest(events, args.out, monitor, labels, progress=progress, tick=args.tick)
+    except _user_errors() as err:
+        raise CliError(str(err)) from None
+    console.print(f"{summary['events']:,} events replayed at {summary['events_per_s'] or 0:,}/s; "
+                  f"{summary['alerts']} alerts {summary['alerts_by_kind']}"
+                  + (f"; skipped {stats.skipped} bad lines" if stats.skipped else ""))
+    for kind, row in (summary.get("score") or {}).get("per_kind", {}).items():
+        console.print(f"  {kind:8} recall {row['recall'] if row['recall'] is not None else '—'}  precision "
+                      f"{row['precision'] if row['precision'] is not None else '—'}  median TTD "
+                      f"{row['median_ttd_s'] if row['median_ttd_s'] is not None else '—'} s  saved ${row['saved_usd']}")
+    console.print(f"wrote {args.out / 'alerts.jsonl'}, {args.out / 'summary.json'}, {args.out / 'report.html'}")
+    return 0
+
+
+def cmd_score_series(args: argparse.Namespace) -> int:
+    from replay.series import score_series
+    from spendwatch.cli import CliError
+
+    try:
+        rows, best, at = score_series(args.series, args.out, args.skip_bad)
+    except _user_errors() as err:
+        raise CliError(str(err)) from None
+    print(f"scored {rows} rows into {args.out}; highest anomaly score {best:.3f} at {at}")
+    return 0
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from replay.live import replay_live
+    from spendwatch.cli import CliError
+
+    speed = None if args.speed == "max" else float(args.speed)
+    if speed is not None and speed <= 0:
+        raise CliError("--speed must be a positive number or 'max'")
+    console = Console()
+    try:
+        events, stats = _traffic(args)
+        with counting(console, f"publishing to {args.topic}") as progress:
+            res = asyncio.run(replay_live(events, args.broker, args.topic, speed, progress))
+    except _user_errors() as err:
+        raise CliError(str(err)) from None
+    console.print(f"published {res['events']:,} events in {res['seconds']} s ({res['events_per_s']:,}/s)"
+                  + (f", {res['dropped']} dropped" if res["dropped"] else "")
+                  + (f", skipped {stats.skipped} bad lines" if stats.skipped else ""))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import orjson
+
+    from replay.scenarios import generate
+
+    events, labels = generate(args.seed, days=args.days, workflows=args.workflows)
+    with open(args.out, "wb") as fh:
+        for ev in events:
+            fh.write(orjson.dumps(ev) + b"\n")
+    if args.labels_out:
+        args.labels_out.write_bytes(orjson.dumps(labels, option=orjson.OPT_INDENT_2))
+    print(f"wrote {len(events):,} events to {args.out}" + (f" and {len(labels)} incidents to {args.labels_out}"
+                                                           if args.labels_out else ""))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from replay.scorecard import print_scorecard, run_scorecard
+
+    shared = args.shared_data if args.shared_data and args.shared_data.exists() else None
+    print_scorecard(run_scorecard(seeds=args.seeds, shared_data=shared))
+    return 0
+
+
+def add_traffic_args(p: argparse.ArgumentParser) -> None:
+    from replay.readers import FORMATS
+
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="recorded traffic (plain or gzip)")
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS], help="input format (default: detect)")
+    p.add_argument("--map", metavar="FIELD=COLUMN,...", help="generic CSV: wire field = CSV column, "
+                   "e.g. ts=created,input_tokens=prompt,output_tokens=completion,model=model_name")
+    g = p.add_argument_group("attribution for traces that lack it")
+    g.add_argument("--workflow", default="replay", help="workflow of every event (default: %(default)s)")
+    g.add_argument("--model", default="gpt-4o-mini", help="model of traces without one (default: %(default)s)")
+    g.add_argument("--provider", help="provider to price the model with")
+    g.add_argument("--team", help="team of every event")
+    g.add_argument("--runs", type=int, help="spread calls round-robin over this many runs (for run detectors)")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of stopping")
+
+
+def add_replay_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    r = sub.add_parser("replay", help="Backtest detectors on recorded traffic, score a series, replay into Kafka.",
+                       description="Replay recorded traffic.", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    rs = r.add_subparsers(dest="replay_command", required=True, metavar="SUBCOMMAND")
+
+    b = rs.add_parser("backtest", help="run the worker's engine over files in virtual time (no broker)",
+                      description="Run the same engine as the worker over recorded traffic, in event time. "
+                      "Deterministic. Writes OUT/alerts.jsonl, OUT/summary.json and OUT/report.html.")
+    add_traffic_args(b)
+    b.add_argument("--out", type=Path, required=True, help="output directory")
+    b.add_argument("--config", type=Path, help="TOML config (budgets, pricing)")
+    b.add_argument("--labels", type=Path, help="incident labels JSON (see replay/labels.py) to score against")
+    b.add_argument("--tick", type=float, default=10.0, help="detector interval in event seconds (default: 10)")
+    b.set_defaults(func=cmd_backtest)
+
+    s = rs.add_parser("score-series", help="anomaly score per row of a timestamp,value CSV",
+                      description="Score a recorded series (CSV with timestamp,value) with the spike scorer, "
+                      "causally; writes timestamp,value,anomaly_score.")
+    s.add_argument("series", type=Path)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--skip-bad", action="store_true", help="skip and count bad rows instead of stopping")
+    s.set_defaults(func=cmd_score_series)
+
+    from spendwatch.cli import _broker_arg
+
+    lv = rs.add_parser("live", help="publish recorded traffic into Kafka with its timing",
+                       description="Publish recorded traffic into Kafka, timestamps rewritten to now, relative "
+                       "timing divided by --speed (or as fast as possible with --speed max).")
+    add_traffic_args(lv)
+    lv.add_argument("--broker", type=_broker_arg, required=True)
+    lv.add_argument("--speed", default="1", help="N times real time, or 'max' (default: 1)")
+    lv.add_argument("--topic", default="spendwatch.usage")
+    lv.set_defaults(func=cmd_live)
+
+    g = rs.add_parser("generate", help="write a labelled synthetic scenario (events JSONL + labels JSON)",
+                      description="Generate labelled traffic with injected incidents, for backtests.")
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--days", type=float, default=1.0)
+    g.add_argument("--workflows", type=int, default=10)
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--labels-out", type=Path)
+    g.set_defaults(func=cmd_generate)
+
+    sc = sub.add_parser("score", help="Detector scorecard on generated scenarios (and ../shared/data if present).",
+                        description="Recall, precision, time to detect and false alarms per detector.")
+    sc.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    sc.add_argument("--shared-data", type=Path, default=Path("../shared/data"),
+                    help="folder of the shared real datasets (default: %(default)s; skipped if absent)")
+    sc.set_defaults(func=cmd_score)
