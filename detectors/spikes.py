@@ -226,6 +226,8 @@ MIN_CALLS = 50
 MIN_RUNS = 5
 """Tokens per call (prompt per run) is only judged over a window with this many calls
 (runs): a few long runs would otherwise look like context bloat."""
+SPARSE = {"prompt_per_run": {"warmup": 30}}
+"""Features learned only from intervals that started runs warm up on fewer samples."""
 SPEND_SPIKE = "spend spike"
 EMPTY = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # cost micros, calls, input tokens, errors, run starts, their input
 Reading = dict[str, tuple[float, float, float]]  # feature -> (score, value, baseline)
@@ -238,7 +240,8 @@ class Horizon:
 
     def __init__(self, length: int, scorer: dict[str, float | int]):
         self.length = length
-        self.scorers = {f: SeriesScorer(offset=OFFSETS[f], **scorer) for f in FEATURES}  # type: ignore[arg-type]
+        self.scorers = {f: SeriesScorer(**{"offset": OFFSETS[f], **scorer, **SPARSE.get(f, {})})  # type: ignore[arg-type]
+                        for f in FEATURES}
         self.errors = RateScorer(min_share=0.1)
         self.runs = RateScorer(alpha=0.01)  # run starts per minute: the unit of agentic traffic
 
