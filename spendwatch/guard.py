@@ -223,6 +223,7 @@ class KillSwitch:
             await consumer.stop()
 
     async def _connect(self) -> AIOKafkaConsumer:
+        backoff = self.poll_s
         while True:
             consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_of(self.broker), enable_auto_commit=False,
                                         auto_offset_reset="earliest", request_timeout_ms=10_000)
@@ -232,7 +233,8 @@ class KillSwitch:
             except KafkaError as err:
                 await consumer.stop()
                 log.debug("cannot reach the control plane: %r", err)
-                await asyncio.sleep(self.poll_s)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         """All partitions of the topic from offset 0; none (yet) if it does not exist: nothing to obey."""
