@@ -41,7 +41,7 @@ class SeriesScorer:
     >>> for i in range(120):
     ...     s.learn_one(i * 60.0, 100 + (i % 7))
     >>> round(s.score_one(120 * 60.0, 104), 2), round(s.score_one(120 * 60.0, 600), 2)
-    (0.0, 1.0)
+    (0.01, 1.0)
     """
 
     __slots__ = (
@@ -61,7 +61,7 @@ class SeriesScorer:
         direction: Literal["up", "both"] = "up",
         warmup: int = 30,
         clip: float = 2.5,
-        protect: float = 5.0,
+        protect: float = 6.0,
         adapt_after: int = 120,
         min_scale: float = 0.02,
         z_half: float = 5.0,
@@ -119,7 +119,9 @@ class SeriesScorer:
     def learn_one(self, ts: float, value: float) -> None:
         if self._buffer is not None:
             self._buffer.append((ts, value))
-            if len(self._buffer) >= self.warmup:
+            if len(self._buffer) > self.warmup:
+                del self._buffer[0]  # all zeros so far: no scale to pick an offset from yet
+            if len(self._buffer) == self.warmup and any(v > 0 for _, v in self._buffer):
                 self._fit_buffer()
             return
         y = self._y(value)
@@ -132,13 +134,13 @@ class SeriesScorer:
         e = y - self.level - self._season(ts)
         warm = self.n >= self.warmup
         if warm:
+            self._learn_tail(abs(e))
             if (e if self.direction == "up" else abs(e)) >= self.protect * sigma:
                 self.streak += 1
                 if self.streak <= self.adapt_after:
                     return  # protect the baseline; a shift that outlasts adapt_after is learned
             else:
                 self.streak = 0
-            self._learn_tail(abs(e))
         lim = self.clip * sigma if warm else math.inf
         ec = min(max(e, -lim), lim)
         a = max(self.alpha, 1.0 / (self.n + 1))
@@ -164,8 +166,8 @@ class SeriesScorer:
     def _fit_buffer(self) -> None:
         """Pick the log offset from the warm-up values' typical size, then learn them."""
         buf, self._buffer = self._buffer or [], None
-        mags = sorted(abs(v) for _, v in buf)
-        self.offset = max(0.1 * mags[len(mags) // 2], 0.01 * mags[-1], 1e-9)
+        mags = sorted(max(v, 0.0) for _, v in buf)
+        self.offset = max(0.1 * mags[len(mags) // 2], 0.01 * mags[-1])
         for ts, value in buf:
             self.learn_one(ts, value)
 
@@ -183,7 +185,7 @@ class RateScorer:
     >>> for k in [0, 1, 2, 1, 0, 1] * 20:
     ...     s.learn_one(k, 100)
     >>> s.score_one(3, 100), round(s.score_one(45, 150), 2)
-    (0.0, 0.99)
+    (0.0, 0.97)
     """
 
     __slots__ = ("alpha", "warmup", "min_share", "z_half", "protect", "rate", "dispersion", "n")
@@ -313,7 +315,7 @@ class SpikeDetector:
 
     kind = "spike"
 
-    def __init__(self, interval: float = 60.0, horizons: tuple[int, ...] = (5, 30), threshold: float = 0.5,
+    def __init__(self, interval: float = 60.0, horizons: tuple[int, ...] = (5, 20), threshold: float = 0.55,
                  grace: float = 5.0, cooldown: int = 15, min_excess_usd_per_min: float = 0.02,
                  scorer: dict[str, float | int] | None = None):
         self.interval, self.horizons, self.threshold, self.grace = interval, horizons, threshold, grace

@@ -6,17 +6,20 @@ passing without an outcome:
 - An agent (subject `agent_id`) that keeps calling models for far longer
   than its own normal gap between outcomes. Gaps are measured in *active*
   time (time between calls counts up to `active_cap`), so an agent that was
-  idle overnight is not a zombie when it wakes; they are learned per agent in
-  log space (`LogBaseline`), from a prior that fits outcome gaps of minutes.
-  Only agents that have produced an outcome are judged: an agent that never
-  reports outcomes has no normal to compare with.
+  idle overnight is not a zombie when it wakes. The limit is `factor` times
+  the agent's mean gap (learned online from a prior of `prior_gap` worth
+  `prior_n` gaps): outcomes that arrive at random have exponential gaps, so a
+  gap of 10× the mean happens once in ~22,000, and bursty agents (a few failed
+  runs in a row) stay well inside it. Only agents that have produced an
+  outcome are judged: one that never reports outcomes has no normal to
+  compare with.
 - An agent still spending on a run after that run's outcome (its work is done):
   `post_calls` calls over at least `post_seconds` after the outcome.
 """
 
 from __future__ import annotations
 
-from detectors.detector import Event, LogBaseline, alert_id
+from detectors.detector import Event, alert_id
 from detectors.money import fmt_usd
 from schemas.alerts import Alert
 
@@ -24,16 +27,21 @@ from schemas.alerts import Alert
 class Agent:
     """Per-agent state: spend since the last outcome and what gaps between outcomes look like."""
 
-    __slots__ = ("team", "last_outcome", "last_call", "active", "calls", "micros", "gaps", "fired")
+    __slots__ = ("team", "last_outcome", "last_call", "active", "calls", "micros", "gap", "gaps", "fired")
 
-    def __init__(self, team: str | None, prior: tuple[float, float, float]):
+    def __init__(self, team: str | None, prior_gap: float):
         self.team = team
         self.last_outcome: float | None = None
         self.last_call: float | None = None
         self.active = 0.0  # active seconds since the last outcome
         self.calls = self.micros = 0
-        self.gaps = LogBaseline(*prior)
+        self.gap = prior_gap  # mean active seconds between outcomes
+        self.gaps = 0  # gaps learned
         self.fired = False  # alerted in the current episode (since last_outcome)
+
+    def learn_gap(self, gap: float, prior_n: float, window: float) -> None:
+        self.gaps += 1
+        self.gap += (gap - self.gap) / min(self.gaps + prior_n, window)
 
 
 class EndedRun:
@@ -84,12 +92,12 @@ class ZombieDetector:
 
     kind = "zombie"
 
-    def __init__(self, z: float = 2.3, min_ratio: float = 4.0, min_gap: float = 1800.0, active_cap: float = 300.0,
-                 still: float = 600.0, min_calls: int = 10, post_calls: int = 3, post_seconds: float = 60.0,
-                 forget: float = 86_400.0, every: float = 60.0, prior: tuple[float, float, float] = (600.0, 1.3, 3.0)):
-        self.z, self.min_ratio, self.min_gap, self.active_cap = z, min_ratio, min_gap, active_cap
-        self.still, self.min_calls, self.post_calls, self.post_seconds = still, min_calls, post_calls, post_seconds
-        self.forget, self.every, self.prior = forget, every, prior
+    def __init__(self, factor: float = 10.0, min_gap: float = 1800.0, prior_gap: float = 900.0, prior_n: float = 3.0,
+                 window: float = 200.0, active_cap: float = 300.0, still: float = 600.0, min_calls: int = 10,
+                 post_calls: int = 3, post_seconds: float = 60.0, forget: float = 86_400.0, every: float = 60.0):
+        self.factor, self.min_gap, self.prior_gap, self.prior_n, self.window = factor, min_gap, prior_gap, prior_n, window
+        self.active_cap, self.still, self.min_calls = active_cap, still, min_calls
+        self.post_calls, self.post_seconds, self.forget, self.every = post_calls, post_seconds, forget, every
         self.workflows: dict[str, WorkflowZombies] = {}
         self.checked = 0.0
 
@@ -102,13 +110,13 @@ class ZombieDetector:
         if aid is not None:
             agent = wf.agents.get(aid)
             if agent is None:
-                agent = wf.agents[aid] = Agent(getattr(event, "team", None), self.prior)
+                agent = wf.agents[aid] = Agent(getattr(event, "team", None), self.prior_gap)
         if event.type == "outcome":
             if rid is not None and rid not in wf.ended:
                 wf.ended[rid] = EndedRun(aid, ts)
             if agent is not None:
                 if agent.last_outcome is not None and not agent.fired:
-                    agent.gaps.learn_one(max(agent.active, 1.0))
+                    agent.learn_gap(agent.active, self.prior_n, self.window)
                 agent.last_outcome, agent.active, agent.calls, agent.micros, agent.fired = ts, 0.0, 0, 0, False
             return
         if rid is not None:
@@ -129,7 +137,7 @@ class ZombieDetector:
 
     def limit(self, agent: Agent) -> float:
         """Active seconds without an outcome beyond which this agent is a zombie."""
-        return max(agent.gaps.limit(self.z), self.min_ratio * agent.gaps.typical(), self.min_gap)
+        return max(self.factor * agent.gap, self.min_gap)
 
     def tick(self, now: float) -> list[Alert]:
         if now - self.checked < self.every:
@@ -164,7 +172,7 @@ class ZombieDetector:
         since = agent.last_outcome or now
         minutes = agent.active / 60.0
         usd_per_min = agent.micros / 1e6 / max(minutes, 1.0)
-        typical = agent.gaps.typical() / 60.0
+        typical = agent.gap / 60.0
         return Alert(
             alert_id=alert_id("zombie", workflow, aid, since), kind="zombie", severity="warning",
             workflow=workflow, ts=now, team=agent.team, agent_id=aid,

@@ -111,6 +111,20 @@ def cmd_emit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from spendwatch.bench.report import print_bench
+    from spendwatch.bench.run import run_bench
+
+    result = run_bench(quick=args.quick)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_bench(result)
+    return 0
+
+
 def cmd_schema_export(args: argparse.Namespace) -> int:
     from schemas.export import export_json_schemas
 
@@ -155,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--broker", type=_broker_arg, required=True, help=broker_help)
     e.add_argument("--topic", default="spendwatch.usage", help="usage topic (default: %(default)s)")
     e.add_argument("--skip-bad", action="store_true", help="skip and count invalid lines instead of stopping")
+
+    bn = add("bench", "Throughput, latency and memory of the real worker vs a naive baseline, same run.",
+             cmd_bench)
+    bn.add_argument("--quick", action="store_true", help="small loads, finishes in about a minute")
+    bn.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     s = add("schema", "Wire-contract tools.", None)
     ssub = s.add_subparsers(dest="schema_command", required=True, metavar="SUBCOMMAND")

@@ -69,6 +69,7 @@ class Settings(_Strict):
     batch_max: int = Field(default=5000, ge=1, le=100_000)
     batch_within_s: float = Field(default=0.2, gt=0, le=10)
     tick_every_s: float = Field(default=1.0, gt=0, le=60)
+    commit_interval_s: float = Field(default=2.8, gt=0, le=60)
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     topics: TopicsConfig = Field(default_factory=TopicsConfig)

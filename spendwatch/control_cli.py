@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from detectors.policy import CLI_FLAGS, MAX_TTL_S, release_command
+from schemas.control import ControlCommand
 from spendwatch.cli import CliError, _broker_arg
+from spendwatch.signing import Keyring, KeyringError
 
 T = TypeVar("T")
 DEFAULT_TOPIC = "spendwatch.control"
@@ -62,42 +64,36 @@ def _run(coro: Coroutine[Any, Any, T], broker: str) -> T:
         raise CliError(f"cannot use the control topic on {broker}: {err}") from None
 
 
-def _keyring(path: Path | None):  # type: ignore[no-untyped-def]
-    from spendwatch.signing import Keyring, KeyringError
-
+def _keyring(path: Path | None) -> Keyring:
     try:
         return Keyring.load(path)
     except KeyringError as err:
         raise CliError(str(err)) from None
 
 
-def _target(args: argparse.Namespace) -> tuple[str, str]:
-    scope = next(s for s in CLI_FLAGS if getattr(args, s) is not None)
-    return scope, getattr(args, scope)
-
-
-def _publish(args: argparse.Namespace, action: str, reason: str, ttl_s: float) -> tuple[str, str, Any]:
+def _publish(args: argparse.Namespace, action: str, reason: str, ttl_s: float) -> ControlCommand:
+    """Sign and publish a command for the one target flag given."""
     from spendwatch.control import cli_issuer, make_command, publish_command
 
-    scope, target = _target(args)
-    cmd = make_command(action, scope, target, reason, ttl_s, cli_issuer(),  # type: ignore[arg-type]
+    scope = next(s for s in CLI_FLAGS if getattr(args, s) is not None)
+    cmd = make_command(action, scope, getattr(args, scope), reason, ttl_s, cli_issuer(),  # type: ignore[arg-type]
                        keyring=_keyring(args.keys_file), alert_id=getattr(args, "alert", None))
     _run(publish_command(args.broker, args.topic, cmd), args.broker)
-    return scope, target, cmd
+    return cmd
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    scope, target, cmd = _publish(args, "kill", args.reason, args.ttl)
-    print(f"killed {scope} {target} until {_utc(cmd.expires_at)} ({_human(args.ttl)}): {args.reason}\n"
-          f"command {cmd.command_id}, signed with key {cmd.key_id}, on {args.topic}\nundo with:\n  "
-          + release_command(scope, target, args.broker, args.topic if args.topic != DEFAULT_TOPIC else None))
+    cmd = _publish(args, "kill", args.reason, args.ttl)
+    undo = release_command(cmd.scope, cmd.target, args.broker, args.topic if args.topic != DEFAULT_TOPIC else None)
+    print(f"killed {cmd.scope} {cmd.target} until {_utc(cmd.expires_at)} ({_human(args.ttl)}): {args.reason}\n"
+          f"command {cmd.command_id}, signed with key {cmd.key_id}, on {args.topic}\nundo with:\n  {undo}")
     return 0
 
 
 def cmd_release(args: argparse.Namespace) -> int:
     # a release stays valid as long as any kill can, so a guard replaying the topic later still sees it win
-    scope, target, cmd = _publish(args, "release", args.reason, MAX_TTL_S)
-    print(f"released {scope} {target} (command {cmd.command_id}); guards resume within seconds")
+    cmd = _publish(args, "release", args.reason, MAX_TTL_S)
+    print(f"released {cmd.scope} {cmd.target} (command {cmd.command_id}); guards resume within seconds")
     return 0
 
 

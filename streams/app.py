@@ -26,6 +26,7 @@ from schemas.alerts import Alert
 from spendwatch.config import Settings
 from streams.ingest import Ingestor, Record
 from streams.notifier import Notifier
+from streams.progress import ProgressFile
 from streams.sinks import Sink
 
 log = logging.getLogger("spendwatch.worker")
@@ -109,7 +110,8 @@ def build_app(
         web_enabled=False,
         broker_session_timeout=10,
         consumer_auto_offset_reset="earliest",
-        producer_max_request_size=8_000_000,  # table values can outgrow 1 MB on very busy workflows
+        producer_max_request_size=8_000_000,
+        broker_commit_interval=settings.commit_interval_s,  # table values can outgrow 1 MB on very busy workflows
     )
     t = settings.topics
     usage = app.topic(t.usage, key_type=bytes, value_type=bytes, partitions=t.partitions)
@@ -136,6 +138,7 @@ def build_app(
     saved_at: dict[str, float] = {}
     ingestor = Ingestor(monitor, t.usage)
     stats = Stats()
+    progress = ProgressFile()
     notifier = Notifier(sinks, _LedgerView(ledger_table))
 
     async def publish_alerts(alerts: list[Alert]) -> None:
@@ -179,6 +182,7 @@ def build_app(
         stats.redelivered += fx.redelivered
         stats.deadletters += len(fx.deadletters)
         stats.rerouted += len(fx.reroutes)
+        progress.add(fx.accepted)  # first counts only: a rebalance redelivers records to the next owner
 
     @app.agent(rollups, name="rollup")
     async def rollup(stream: faust.StreamT) -> None:

@@ -1,0 +1,1 @@
+"""`spendwatch bench`: throughput, latency and memory of the real worker on the embedded broker."""

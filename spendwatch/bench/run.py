@@ -1,0 +1,214 @@
+"""Runs every benchmark scenario on its own embedded broker and reports figures with ratios.
+
+Throughput is timed from the moment the load is published on a warmed-up
+worker until the consumer group has committed every record (commit interval
+0.2 s), so Faust's own start-up never counts. Totals are checked against the
+load's ground truth after every scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from detectors.workflow import WorkflowState
+from spendwatch.bench.load import Load, loop_run, make_load, publish
+from streams.broker import EmbeddedBroker
+
+TOPIC = "spendwatch.usage"
+
+
+def _rss_peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Workers:
+    """Worker processes (the real one or the naive baseline) on one broker, each reporting progress."""
+
+    def __init__(self, broker: EmbeddedBroker, naive: bool = False, count: int = 1):
+        cmd = ([sys.executable, "-m", "spendwatch.bench.naive", broker.url] if naive else
+               [sys.executable, "-m", "spendwatch", "worker", "--broker", broker.url])
+        self.dir = Path(tempfile.mkdtemp(prefix="spendwatch-bench-"))
+        self.files = [self.dir / f"progress-{i}.json" for i in range(count)]
+        self.procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       env={**os.environ, "SPENDWATCH_PROGRESS_FILE": str(f)})
+                      for f in self.files]
+
+    def progress(self) -> list[dict[str, float]]:
+        return [orjson.loads(f.read_bytes()) for f in self.files if f.exists()]
+
+    def wait_for(self, events: int, timeout: float) -> float:
+        """Events per second from the first processed record to the `events`-th."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.progress()
+            if sum(p["events"] for p in done) >= events:
+                return events / (max(p["last"] for p in done) - min(p["first"] for p in done))
+            time.sleep(0.05)
+        raise TimeoutError(f"workers processed {sum(p['events'] for p in self.progress())} of {events} events "
+                           f"in {timeout:.0f}s")
+
+    def peak_rss_mb(self) -> float:
+        return max(_rss_peak_mb(p.pid) for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+async def read_states(bootstrap: str) -> dict[str, WorkflowState]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition("spendwatch-workflows-changelog", p) for p in range(4)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        latest: dict[bytes, bytes] = {}
+        for tp in tps:
+            while await consumer.position(tp) < end[tp]:
+                for msg in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    latest[msg.key] = msg.value
+        return {k.decode(): WorkflowState.load(orjson.loads(v)) for k, v in latest.items()}
+    finally:
+        await consumer.stop()
+
+
+async def check_totals(broker: EmbeddedBroker, load: Load) -> bool:
+    """Calls and tokens per workflow equal the published ground truth, exactly."""
+    states = await read_states(broker.bootstrap)
+    for wf, (calls, inp, out) in load.truth.items():
+        months = [v for k, v in states[wf].spend.periods.items() if len(k) == 7] if wf in states else []
+        got = [sum(v[i] for v in months) for i in (4, 1, 2)]
+        if got != [calls, inp, out]:
+            return False
+    return True
+
+
+async def latency_at(broker: EmbeddedBroker, rate: float, seconds: float) -> list[float]:
+    """Event-to-alert latency of evident loops while background load runs at `rate` events/s."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+    await consumer.start()
+    tps = [TopicPartition("spendwatch.alerts", p) for p in range(4)]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+
+    async def listen() -> None:
+        while True:
+            for msgs in (await consumer.getmany(timeout_ms=100)).values():
+                for m in msgs:
+                    a = orjson.loads(m.value)
+                    if a["kind"] == "loop" and a["run_id"] in sent and a["run_id"] not in got:
+                        got[a["run_id"]] = time.perf_counter()
+
+    listener = asyncio.create_task(listen())
+    per_record = 500
+    background = make_load(int(rate * seconds) + per_record, per_record, seed=7, t0=time.time())
+    start = time.perf_counter()
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5, max_request_size=8_000_000)
+    await producer.start()
+    try:
+        for i, (key, value) in enumerate(background.records):
+            due = start + i * per_record / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            await producer.send(TOPIC, value, key=key)
+            if i % max(1, int(rate / per_record / 2)) == 0:  # two loops a second
+                run = f"loop-{uuid.uuid4().hex[:8]}"
+                for ev in loop_run(run, time.time()):
+                    await producer.send(TOPIC, orjson.dumps(ev), key=b"bench-loops")
+                await producer.flush()
+                sent[run] = time.perf_counter()
+        await asyncio.sleep(5)
+    finally:
+        await producer.stop()
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await consumer.stop()
+    return [got[r] - t for r, t in sent.items() if r in got] + [float("inf")] * sum(r not in got for r in sent)
+
+
+def memory_per_run(runs: int = 100_000, workflows: int = 10_000) -> dict[str, float]:
+    """Bytes of detector and spend state per active run, measured with tracemalloc in this process."""
+    import tracemalloc
+
+    from detectors.monitor import Monitor
+    from schemas.events import UsageEvent
+
+    t0 = time.time() - 3600
+    events = [UsageEvent(type="usage", event_id=f"m{i}", ts=t0 + i * 0.01, workflow=f"wf-{i % workflows}",
+                         model="gpt-4o", run_id=f"run-{i}", agent_id=f"ag-{i % (workflows * 3)}", step=1,
+                         input_tokens=3000, output_tokens=300, fingerprint="a") for i in range(runs)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    monitor = Monitor()
+    for i in range(0, runs, 5000):
+        monitor.process(events[i:i + 5000])
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return {"active_runs": runs, "workflows": workflows, "state_mb": used / 2**20, "bytes_per_run": used / runs}
+
+
+def scenario(name: str, fn: Any) -> Any:
+    print(f"  · {name} ...", file=sys.stderr, flush=True)
+    return fn()
+
+
+def run_bench(quick: bool = False) -> dict[str, Any]:
+    n_single, n_batched, n_naive = (6_000, 150_000, 3_000) if quick else (30_000, 600_000, 10_000)
+    out: dict[str, Any] = {"quick": quick, "cores": os.cpu_count()}
+
+    def one(load: Load, naive: bool = False, count: int = 1, extra=None) -> dict[str, Any]:
+        with EmbeddedBroker() as broker:
+            asyncio.run(publish(broker.bootstrap, TOPIC, load.records))  # a backlog: max throughput
+            workers = Workers(broker, naive=naive, count=count)
+            try:
+                rate = workers.wait_for(load.events, timeout=900)
+                res = {"events": load.events, "events_per_s": round(rate), "peak_rss_mb": round(workers.peak_rss_mb())}
+                if not naive:
+                    res["totals_exact"] = asyncio.run(check_totals(broker, load))
+                if extra:
+                    res.update(extra(broker, rate))
+                return res
+            finally:
+                workers.stop()
+
+    def latency(broker: EmbeddedBroker, rate: float) -> dict[str, Any]:
+        lat = asyncio.run(latency_at(broker, rate / 2, 6 if quick else 15))
+        finite = sorted(x for x in lat if x != float("inf"))
+        q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else lat * 2
+        return {"latency_load_events_per_s": round(rate / 2), "latency_samples": len(lat),
+                "latency_missed": len(lat) - len(finite), "latency_p50_s": round(statistics.median(lat), 3),
+                "latency_p99_s": round(q[98], 3)}
+
+    out["naive"] = scenario("naive baseline (one table write per event)", lambda: one(make_load(n_naive, 1), naive=True))
+    out["single"] = scenario("worker, single-event records", lambda: one(make_load(n_single, 1)))
+    out["batched"] = scenario("worker, batched records (500 events)", lambda: one(make_load(n_batched, 500),
+                                                                                   extra=latency))
+    out["two_workers"] = scenario("two workers, batched records", lambda: one(make_load(n_batched, 500), count=2))
+    out["memory"] = scenario("memory per active run", lambda: memory_per_run(20_000 if quick else 100_000,
+                                                                             2_000 if quick else 10_000))
+    base = out["naive"]["events_per_s"] or 1
+    out["ratio_single_vs_naive"] = round(out["single"]["events_per_s"] / base, 1)
+    out["ratio_batched_vs_naive"] = round(out["batched"]["events_per_s"] / base, 1)
+    return out
