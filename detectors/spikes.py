@@ -231,6 +231,8 @@ MIN_RUNS = 5
 SPARSE = {"prompt_per_run": {"warmup": 30}}
 """Features learned only from intervals that started runs warm up on fewer samples."""
 SPEND_SPIKE = "spend spike"
+FAMILIES = {"retry storm": "errors", "error spike": "errors"}
+"""Causes that are one incident when they follow each other (errors, then the retries)."""
 EMPTY = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # cost micros, calls, input tokens, errors, run starts, their input
 Reading = dict[str, tuple[float, float, float]]  # feature -> (score, value, baseline)
 
@@ -280,7 +282,7 @@ class WorkflowSpikes:
         self.next = first  # the next interval index to close
         self.window: deque[list[float]] = deque(maxlen=max(horizons))
         self.horizons = [Horizon(n, scorer) for n in horizons]
-        self.causes: set[str] = set()  # causes alerted in the open incident (empty: none open)
+        self.causes: set[str] = set()  # cause families alerted in the open incident (empty: none open)
         self.quiet = 0  # intervals since the incident last scored anomalous
 
 
@@ -371,9 +373,10 @@ class SpikeDetector:
             return None
         wf.quiet = 0
         cause = self._cause(reading)
-        if cause in wf.causes or (wf.causes and cause == SPEND_SPIKE) or not self._costly(reading):
+        family = FAMILIES.get(cause, cause)
+        if family in wf.causes or (wf.causes and cause == SPEND_SPIKE) or not self._costly(reading):
             return None
-        wf.causes.add(cause)
+        wf.causes.add(family)
         return self._alert(name, wf, start, cause, reading)
 
     def _cause(self, reading: Reading) -> str:

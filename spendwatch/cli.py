@@ -202,9 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # last resort: one clear line instead of a traceback
+        from spendwatch.signing import KeyringError
         from streams.broker import BrokerError
 
-        if isinstance(err, BrokerError):
+        if isinstance(err, (BrokerError, KeyringError)):
             print(f"spendwatch: error: {err}", file=sys.stderr)
             return 1
         raise

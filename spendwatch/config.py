@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from detectors.budgets import BudgetConfig
+from detectors.policy import PolicyConfig
 from detectors.periods import PeriodClock
 from detectors.pricing import PriceBook, Rate
 
@@ -74,6 +75,12 @@ class Settings(_Strict):
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    control_keys_file: Path | None = None
+    """`kid:secret` lines for signing kill commands (default: $SPENDWATCH_CONTROL_KEYS)."""
+
+    def kills(self) -> bool:
+        return any(rule.action == "kill" for rule in self.policy.rules)
 
     @field_validator("timezone")
     @classmethod

@@ -9,19 +9,26 @@ dead-letter topic at work.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from rich.console import Console
 from rich.table import Table
 
 from detectors.budgets import Budget
 from detectors.counters import CALLS, COST, ERRORS
 from detectors.money import fmt_usd
+from detectors.policy import PolicyConfig, PolicyRule
 from spendwatch.config import Settings
+from spendwatch.control import make_command, publish_command
+from spendwatch.guard import KillSwitch, SpendKilled
+from spendwatch.signing import KEYS_ENV, Keyring
 from streams.app import Worker
 
 
@@ -47,7 +54,14 @@ PROFILES = (
 
 
 def demo_settings(base: Settings) -> Settings:
-    """Give the demo budgets small enough to cross within a minute, unless the config sets its own."""
+    """Demo budgets small enough to cross within a minute, and a policy that really kills loops and
+    zombies (signed with a throwaway demo key), unless the config sets its own."""
+    if base.policy == PolicyConfig():
+        base.policy = PolicyConfig(rules=[
+            PolicyRule(kind="loop", action="kill", kill_scope="run_id", ttl_s=600),
+            PolicyRule(kind="zombie", action="kill", kill_scope="agent_id", ttl_s=600),
+        ])
+        os.environ.setdefault(KEYS_ENV, f"demo:{secrets.token_hex(16)}")
     if not base.budgets.workflows and not base.budgets.teams:
         base.budgets.workflows = {"support-bot": Budget(daily_usd=8.0, monthly_usd=200.0),
                                   "code-review": Budget(daily_usd=40.0)}
@@ -103,18 +117,48 @@ def _call(workflow: str, team: str, agent: str, run: str, step: int, fingerprint
 
 
 async def inject_incidents(worker: Worker) -> None:
-    """A coding agent that gets stuck re-running the same failing tests (a loop), and a triage
-    agent that keeps calling the model after its ticket was resolved (a zombie)."""
-    topic = worker.usage
+    """A coding agent that gets stuck re-running the same failing tests (a loop) until the kill
+    switch stops it, is released by "on-call" and then finishes; and a triage agent that keeps
+    calling the model after its ticket was resolved (a zombie)."""
+    console = Console()
+    switch = KillSwitch(worker.broker, worker.control_topic, keyring=Keyring.load())
+    await switch.start()
     asyncio.ensure_future(_zombie(worker))
     await asyncio.sleep(10)
+    run = "fix-billing-1187"
     plan = ["ls -R", "cat src/billing.py", "edit src/billing.py", "pytest tests/test_billing.py"]
-    for step in range(1, 400):
+    step = 0
+    while step < 60:
+        step += 1
         fp = plan[step - 1] if step <= len(plan) else "pytest tests/test_billing.py"
-        ev = _call("code-agent", "eng", "coder-1", "fix-billing-1187", step, fp, 6_000 + 900 * step,
+        try:
+            switch.check(workflow="code-agent", agent_id="coder-1", run_id=run)
+        except SpendKilled as stop:
+            console.print(f"[bold red]coder-1 stopped by the kill switch[/] before step {step}: {stop}")
+            await asyncio.sleep(15)
+            await publish_command(worker.broker, worker.control_topic, make_command(
+                "release", "run_id", run, "on-call: fixed the flaky test, resume", 600, "demo:on-call",
+                keyring=Keyring.load()))
+            console.print(f"[green]on-call released run {run}[/] (spendwatch release --run {run})")
+            while True:
+                await asyncio.sleep(0.5)
+                try:
+                    switch.check(run_id=run)
+                    break
+                except SpendKilled:
+                    continue
+            plan = plan + ["edit tests/test_billing.py", "pytest tests/test_billing.py -k fixed", "git commit"]
+            for extra, fp2 in enumerate(plan[4:], step):
+                await worker.usage.send(key=b"code-agent", value=orjson.dumps(
+                    _call("code-agent", "eng", "coder-1", run, extra, fp2, 9_000)))
+                await asyncio.sleep(1.0)
+            console.print(f"[green]coder-1 finished run {run} after the release[/]")
+            break
+        ev = _call("code-agent", "eng", "coder-1", run, step, fp, 6_000 + 900 * step,
                    "error" if step > len(plan) else "ok")
-        await topic.send(key=b"code-agent", value=orjson.dumps(ev))
+        await worker.usage.send(key=b"code-agent", value=orjson.dumps(ev))
         await asyncio.sleep(1.0)
+    await switch.stop()
 
 
 async def _zombie(worker: Worker) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -20,10 +21,13 @@ import orjson
 from faust.streams import _current_event  # the table's changelog partition comes from the current event
 
 from detectors.monitor import Monitor
+from detectors.policy import apply_decision, decide
 from detectors.rollup import TeamState
 from detectors.workflow import WorkflowState
 from schemas.alerts import Alert
 from spendwatch.config import Settings
+from spendwatch.control import make_command, record_of
+from spendwatch.signing import Keyring
 from streams.ingest import Ingestor, Record
 from streams.notifier import Notifier
 from streams.progress import ProgressFile
@@ -52,6 +56,8 @@ class Worker:
     stats: Stats
     notifier: Notifier
     usage: faust.TopicT
+    broker: str
+    control_topic: str
 
 
 DETECTOR_SAVE_EVERY = 10.0
@@ -138,11 +144,24 @@ def build_app(
     saved_at: dict[str, float] = {}
     ingestor = Ingestor(monitor, t.usage)
     stats = Stats()
+    control_topic = app.topic(t.control, key_type=bytes, value_type=bytes, partitions=1,
+                              config={"cleanup.policy": "compact"})
+    keyring = Keyring.load(settings.control_keys_file) if settings.kills() else None
+    issuer = f"worker:{socket.gethostname()}:{os.getpid()}"
+    acted: set[str] = set()  # alert ids already acted on: a repeat of an alert does not re-issue its kill
     progress = ProgressFile()
     notifier = Notifier(sinks, _LedgerView(ledger_table))
 
     async def publish_alerts(alerts: list[Alert]) -> None:
         for alert in alerts:
+            decision = decide(alert, settings.policy)
+            alert = apply_decision(alert, decision)
+            if decision.action == "kill" and alert.alert_id not in acted:
+                cmd = make_command("kill", decision.scope, decision.target, alert.summary, decision.ttl_s, issuer,
+                                   keyring=keyring, alert_id=alert.alert_id, workflow=alert.workflow)
+                key, value = record_of(cmd)
+                await control_topic.send(key=key, value=value)  # before the alert: stop first, then tell
+                acted.add(alert.alert_id)
             stats.alerts[alert.kind] = stats.alerts.get(alert.kind, 0) + 1
             await alerts_topic.send(key=alert.workflow.encode(), value=alert.model_dump_json().encode())
             if on_alert:
@@ -205,6 +224,10 @@ def build_app(
         async for event in stream.events():
             await notifier.deliver(Alert.model_validate_json(event.value))
 
+    @app.task
+    async def declare_control_topic() -> None:
+        await control_topic.maybe_declare()
+
     @app.timer(settings.tick_every_s)
     async def tick() -> None:
         """Detector interval work; time passes for quiet agents even when no event arrives."""
@@ -221,7 +244,7 @@ def build_app(
             det.workflows.clear()  # type: ignore[attr-defined]
         saved_at.clear()
 
-    return Worker(app, monitor, stats, notifier, usage)
+    return Worker(app, monitor, stats, notifier, usage, broker, t.control)
 
 
 class _LedgerView:
