@@ -117,6 +117,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from spendwatch.bench.report import print_bench
     from spendwatch.bench.run import run_bench
 
+    if args.kill:
+        from spendwatch.bench.kill import run_kill_bench
+
+        result = run_kill_bench(args.trials)
+        print(json.dumps(result) if args.json else
+              f"event-to-SpendKilled over {result['trials']} looping runs: p50 {result['p50_s']} s, "
+              f"p95 {result['p95_s']} s, max {result['max_s']} s")
+        return 0
     result = run_bench(quick=args.quick)
     if args.json:
         print(json.dumps(result))
@@ -174,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
              cmd_bench)
     bn.add_argument("--quick", action="store_true", help="small loads, finishes in about a minute")
     bn.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    bn.add_argument("--kill", action="store_true", help="measure kill latency instead: looping agent runtime "
+                    "→ detection → signed kill → SpendKilled in the SDK guard")
+    bn.add_argument("--trials", type=int, default=20, help="looping runs for --kill (default: %(default)s)")
 
     s = add("schema", "Wire-contract tools.", None)
     ssub = s.add_subparsers(dest="schema_command", required=True, metavar="SUBCOMMAND")

@@ -399,7 +399,8 @@ def test_log_baseline_moves_from_its_prior_to_the_data():
     b = LogBaseline(median=10, sigma=1.0, prior_n=5)
     for _ in range(200):
         b.learn_one(100)
-    assert b.typical() == pytest.approx(100, rel=0.1) and b.limit(4) < 300
+    assert b.typical() == pytest.approx(100, rel=0.1)
+    assert b.limit(4) < 5 * b.typical()  # the prior's spread (e^4 = 55×) has mostly given way to the data's
 
 
 @pytest.fixture(scope="module")

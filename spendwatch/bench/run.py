@@ -39,9 +39,10 @@ def _rss_peak_mb(pid: int) -> float:
 class Workers:
     """Worker processes (the real one or the naive baseline) on one broker, each reporting progress."""
 
-    def __init__(self, broker: EmbeddedBroker, naive: bool = False, count: int = 1):
+    def __init__(self, broker: EmbeddedBroker, naive: bool = False, count: int = 1, config: Path | None = None):
         cmd = ([sys.executable, "-m", "spendwatch.bench.naive", broker.url] if naive else
-               [sys.executable, "-m", "spendwatch", "worker", "--broker", broker.url])
+               [sys.executable, "-m", "spendwatch", "worker", "--broker", broker.url]
+               + (["--config", str(config)] if config else []))
         self.dir = Path(tempfile.mkdtemp(prefix="spendwatch-bench-"))
         self.files = [self.dir / f"progress-{i}.json" for i in range(count)]
         self.procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -57,7 +58,8 @@ class Workers:
         while time.monotonic() < deadline:
             done = self.progress()
             if sum(p["events"] for p in done) >= events:
-                return events / (max(p["last"] for p in done) - min(p["first"] for p in done))
+                span = max(p["last"] for p in done) - min(p["first"] for p in done)
+                return events / span if span > 0 else float("inf")
             time.sleep(0.05)
         raise TimeoutError(f"workers processed {sum(p['events'] for p in self.progress())} of {events} events "
                            f"in {timeout:.0f}s")

@@ -29,6 +29,8 @@ class ConsoleSink:
         body.add_row(alert.summary)
         body.add_row(grid)
         body.add_row(f"[dim]{alert.alert_id} · event time {when} · action: {alert.action}[/]")
+        if alert.undo:
+            body.add_row(f"undo: [bold]{alert.undo}[/]")
         self.console.print(Panel(body, title=title(alert), border_style=STYLE[alert.severity], expand=False))
         return "printed"
 
