@@ -1,6 +1,9 @@
 """spendwatch: real-time LLM spend monitor. The client SDK services import lives here."""
 
 from spendwatch.emitter import UsageEmitter
+from spendwatch.guard import KillSwitch, SpendKilled
+from spendwatch.signing import Keyring
 from spendwatch.usage import usage_event, usage_from_anthropic, usage_from_openai
 
-__all__ = ["UsageEmitter", "usage_event", "usage_from_anthropic", "usage_from_openai"]
+__all__ = ["Keyring", "KillSwitch", "SpendKilled", "UsageEmitter", "usage_event", "usage_from_anthropic",
+           "usage_from_openai"]

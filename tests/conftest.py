@@ -24,6 +24,13 @@ def broker() -> Iterator[EmbeddedBroker]:
 
 
 @pytest.fixture
+def fresh_broker() -> Iterator[EmbeddedBroker]:
+    """A broker of this test's own: no consumer group, changelog or alert left by other tests."""
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture
 def fake_slack() -> Iterator[FakeSlack]:
     slack = FakeSlack().start()
     yield slack
@@ -60,3 +67,26 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, every: 
         time.sleep(every)
     seen = describe() if describe else value
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last seen: {seen!r})")
+
+
+def start_worker(spawn: Callable[..., subprocess.Popen[bytes]], broker: EmbeddedBroker, *args: str,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a worker and return once it has processed a probe event of its own.
+
+    Earlier tests on the shared broker leave changelog records behind and a dead
+    member in the consumer group, so "the changelog has records" proves nothing.
+    """
+    import uuid
+
+    from tests.kafka_io import create_topic, publish, read_all
+
+    for topic in ("spendwatch.usage", "spendwatch.alerts"):
+        create_topic(broker.bootstrap, topic)
+    proc = spawn("worker", "--broker", broker.url, *args, env=env, log="worker.log")
+    probe = f"probe-{uuid.uuid4().hex[:8]}"
+    publish(broker.bootstrap, "spendwatch.usage", [(probe.encode(), (
+        '{"type":"usage","event_id":"%s","ts":%d,"workflow":"%s","model":"gpt-4o","input_tokens":1,'
+        '"output_tokens":1}' % (probe, time.time(), probe)).encode())])
+    wait_for(lambda: any(k == probe.encode() for k, _ in read_all(broker.bootstrap, "spendwatch-workflows-changelog")),
+             120, "the worker to process its probe event")
+    return proc

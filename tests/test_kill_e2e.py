@@ -11,8 +11,7 @@ from spendwatch.bench.kill import kill_trial
 from spendwatch.control import make_command, publish_command
 from spendwatch.guard import KillSwitch, SpendKilled
 from spendwatch.signing import Keyring
-from tests.conftest import wait_for
-from tests.kafka_io import create_topic, publish, read_all
+from tests.conftest import start_worker
 
 KEYS = "k1:0123456789abcdef0123456789abcdef"
 
@@ -21,14 +20,7 @@ def test_looping_run_is_killed_in_the_runtime_and_release_lets_it_go_on(broker, 
     monkeypatch.setenv("SPENDWATCH_CONTROL_KEYS", KEYS)
     cfg = tmp_path / "policy.toml"
     cfg.write_text('[[policy.rules]]\nkind = "loop"\naction = "kill"\nkill_scope = "run_id"\nttl_s = 600\n')
-    for topic in ("spendwatch.usage", "spendwatch.alerts"):
-        create_topic(broker.bootstrap, topic)
-    spawn("worker", "--broker", broker.url, "--config", str(cfg), env={"SPENDWATCH_CONTROL_KEYS": KEYS},
-          log="worker.log")
-    publish(broker.bootstrap, "spendwatch.usage", [(b"agents", b'{"type":"usage","event_id":"warm","ts":%d,'
-                                                    b'"workflow":"agents","model":"gpt-4o","input_tokens":1,'
-                                                    b'"output_tokens":1}' % int(time.time()))])
-    wait_for(lambda: read_all(broker.bootstrap, "spendwatch-workflows-changelog"), 90, "the worker to start")
+    start_worker(spawn, broker, "--config", str(cfg), env={"SPENDWATCH_CONTROL_KEYS": KEYS})
 
     async def scenario() -> list[float]:
         keyring = Keyring.load()

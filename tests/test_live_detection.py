@@ -9,8 +9,7 @@ import uuid
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tests.conftest import wait_for
-from tests.kafka_io import create_topic, read_all
+from tests.conftest import start_worker
 
 
 def call(run: str, step: int, fp: str, status: str = "ok") -> bytes:
@@ -63,14 +62,7 @@ async def loop_latency(bootstrap: str, run: str) -> float:
 
 
 def test_loop_alert_reaches_the_alerts_topic_within_5_seconds(broker, spawn):
-    for topic in ("spendwatch.usage", "spendwatch.alerts"):
-        create_topic(broker.bootstrap, topic)
-    spawn("worker", "--broker", broker.url, log="worker.log")
-    # Warm-up: the worker is ready once a probe event shows up in its changelog.
-    from tests.kafka_io import publish
-
-    publish(broker.bootstrap, "spendwatch.usage", [(b"coder", call("warmup", 1, "ls"))])
-    wait_for(lambda: read_all(broker.bootstrap, "spendwatch-workflows-changelog"), 90, "the worker to start")
+    start_worker(spawn, broker)
     latency = asyncio.run(loop_latency(broker.bootstrap, "run-looping"))
     print(f"event-to-alert latency of an evident loop: {latency:.2f}s")
     assert latency <= 5.0, f"loop alert took {latency:.1f}s"

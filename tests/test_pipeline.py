@@ -106,7 +106,9 @@ def worker_totals(bootstrap: str) -> dict[str, WorkflowState]:
     return {k.decode(): WorkflowState.load(orjson.loads(v)) for k, v in latest.items()}
 
 
-def test_exact_totals_dead_letters_and_one_slack_message_per_threshold(broker, fake_slack, spawn, tmp_path: Path):
+def test_exact_totals_dead_letters_and_one_slack_message_per_threshold(fresh_broker, fake_slack, spawn,
+                                                                      tmp_path: Path):
+    broker = fresh_broker
     rng = random.Random(7)
     events = make_events(10_000)
     config = tmp_path / "spendwatch.toml"
