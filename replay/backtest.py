@@ -32,12 +32,12 @@ def savings(row: dict[str, Any], watched: dict[tuple[str, str], list[tuple[float
 
 def score(alerts: list[Alert], labels: list[dict[str, Any]], watched: dict) -> dict[str, Any]:
     """Per kind: recall, precision, median time to detect, savings; and the per-incident rows."""
-    rows, unmatched = match(alerts, labels)
+    rows, explained, unmatched = match(alerts, labels)  # explained: side effects of a labelled incident
     per_kind: dict[str, Any] = {}
     for kind in sorted({r["kind"] for r in rows} | {a.kind for a in alerts}):
         rs = [r for r in rows if r["kind"] == kind]
         found = [r for r in rs if r["alert"] is not None]
-        n_alerts = sum(a.kind == kind for a in alerts)
+        n_alerts = sum(a.kind == kind for a in alerts) - sum(a.kind == kind for a in explained)
         false = sum(a.kind == kind for a in unmatched)
         saved = [savings(r, watched) for r in found]
         per_kind[kind] = {

@@ -31,6 +31,8 @@ class Incident(BaseModel):
     kind: Literal["loop", "zombie", "spike", "budget", "burn_rate"]
     subject: Literal["run_id", "agent_id", "workflow"]
     id: str
+    workflow: str | None = None
+    """The workflow the incident happens in; alerts of other kinds there during it count as explained."""
     start: float
     end: float
     type: str | None = None
@@ -64,5 +66,5 @@ def load_labels(path: Path) -> list[dict[str, Any]]:
         except ValidationError as err:
             why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'incident'}: {e['msg']}" for e in err.errors())
             raise LabelError(f"{path}: incident {i}: {why}") from None
-        out.append({**inc.model_dump(exclude_none=True), "type": inc.type or inc.kind})
+        out.append({**inc.model_dump(exclude_none=True), "type": inc.type or inc.kind, "workflow": inc.workflow})
     return out

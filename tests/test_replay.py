@@ -44,7 +44,7 @@ def test_backtest_matches_the_detector_scorecard(scenario, tmp_path):
     """The Monitor in virtual time finds the same incidents as the detectors replayed on their own."""
     events, labels = scenario
     summary = backtest(events, tmp_path, labels=labels)
-    direct, _ = match(replay(events, detectors()), labels)
+    direct, _, _ = match(replay(events, detectors()), labels)
     for kind in ("loop", "zombie", "spike"):
         found = sum(r["alert"] is not None for r in direct if r["kind"] == kind)
         assert summary["score"]["per_kind"].get(kind, {"detected": 0})["detected"] == found, kind
