@@ -349,8 +349,8 @@ def generate(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Events (wire-contract dicts sorted by ts) and incident labels for one scenario.
 
-    `workflows` mixes chat (request/response), agent (multi-step runs, two in
-    three with fingerprints) and always-on agent workflows. With `incidents`,
+    `workflows` mixes chat (request/response), agent (multi-step runs; about
+    half of them send action fingerprints) and always-on agent workflows. With `incidents`,
     about `INCIDENTS_PER_DAY` per 10 workflows are injected after `warmup`
     seconds, so the detectors have seen normal traffic first.
 

@@ -161,14 +161,21 @@ def memory_per_run(runs: int = 100_000, workflows: int = 10_000) -> dict[str, fl
     events = [UsageEvent(type="usage", event_id=f"m{i}", ts=t0 + i * 0.01, workflow=f"wf-{i % workflows}",
                          model="gpt-4o", run_id=f"run-{i}", agent_id=f"ag-{i % (workflows * 3)}", step=1,
                          input_tokens=3000, output_tokens=300, fingerprint="a") for i in range(runs)]
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    monitor = Monitor()
-    for i in range(0, runs, 5000):
-        monitor.process(events[i:i + 5000])
-    used = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
-    return {"active_runs": runs, "workflows": workflows, "state_mb": used / 2**20, "bytes_per_run": used / runs}
+    from detectors.loops import LoopDetector
+
+    def measure(monitor: Monitor) -> int:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(0, runs, 5000):
+            monitor.process(events[i:i + 5000])
+        used = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        return used
+
+    total = measure(Monitor())
+    per_run = measure(Monitor(detectors=[LoopDetector()])) - measure(Monitor(detectors=[]))
+    return {"active_runs": runs, "workflows": workflows, "state_mb": total / 2**20,
+            "bytes_per_run": total / runs, "run_state_bytes": per_run / runs}
 
 
 def scenario(name: str, fn: Any) -> Any:
