@@ -70,8 +70,16 @@ class Rate:
             source=source,
         )
 
+    def __post_init__(self) -> None:
+        parts = (self.input, self.output, self.cache_read, self.cache_write)
+        # Most models have no tiers: keep plain ints for the per-event fast path.
+        object.__setattr__(self, "_flat", None if any(p.tiers for p in parts) else tuple(p.base for p in parts))
+
     def cost_pico(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> int:
         uncached = input_tokens - cache_read - cache_write
+        flat = self._flat  # type: ignore[attr-defined]
+        if flat is not None:
+            return uncached * flat[0] + output_tokens * flat[1] + cache_read * flat[2] + cache_write * flat[3]
         return (
             uncached * self.input.at(input_tokens)
             + cache_read * self.cache_read.at(input_tokens)
