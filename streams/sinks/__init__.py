@@ -1,10 +1,11 @@
-"""Where alerts go: the console, Slack. Each sink says whether a failure is worth retrying."""
+"""Where alerts go: the console, Slack, webhooks, PagerDuty. Each sink says whether a failure is worth retrying."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from schemas.alerts import Alert
+from streams.routing import Notification
 
 
 class DeliveryError(Exception):
@@ -23,3 +24,12 @@ class Sink(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class DigestSink(Sink, Protocol):
+    """A sink that can say a routed group's digest in one message (others get its alerts one by one)."""
+
+    async def send_digest(self, notification: Notification, previous: str | None) -> str | None:
+        """Deliver `notification`; `previous` is what this sink returned for `notification.update_of`."""
+        ...

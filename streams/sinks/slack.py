@@ -19,8 +19,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from schemas.alerts import Alert
+from streams.routing import Notification
 from streams.sinks import DeliveryError
-from streams.sinks.text import SEVERITY_EMOJI, evidence_lines, title, who
+from streams.sinks.text import SEVERITY_EMOJI, digest_title, evidence_lines, title, who
 
 RETRYABLE_API_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 
@@ -35,13 +36,41 @@ def _handlers(retries: int) -> list[Any]:
 
 def blocks(alert: Alert) -> list[dict[str, Any]]:
     """A Block Kit message: what burns, who, how much and how fast, since when, what was done."""
+    return [_header(title(alert)), *_alert_blocks(alert)]
+
+
+DIGEST_DETAIL = 8
+"""Alerts a digest shows in full: at most 5 blocks each, and Slack takes 50 blocks per message."""
+
+
+def digest_blocks(n: Notification) -> list[dict[str, Any]]:
+    """A group's digest: new alerts first, then those still firing, then resolved ones, each in full."""
+    new = {a.alert_id for a in n.new}
+    alerts = n.new + [a for a in n.firing if a.alert_id not in new] + n.resolved
+    out = [_header(digest_title(n))]
+    for alert in alerts[:DIGEST_DETAIL]:
+        out += _alert_blocks(alert, new=alert.alert_id in new)
+    if len(alerts) > DIGEST_DETAIL:
+        out.append(_context(f"…and {len(alerts) - DIGEST_DETAIL} more in `{n.group_key}`"))
+    return out
+
+
+def _header(text: str) -> dict[str, Any]:
+    return {"type": "header", "text": {"type": "plain_text", "text": text[:150]}}
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+
+
+def _alert_blocks(alert: Alert, new: bool = False) -> list[dict[str, Any]]:
+    """One alert without a header: summary, who and evidence, action and undo, when it fired."""
     emoji = ":white_check_mark:" if alert.status == "resolved" else SEVERITY_EMOJI[alert.severity]
     when = datetime.fromtimestamp(alert.ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     fields = [{"type": "mrkdwn", "text": f"*{k}*\n`{v}`"} for k, v in who(alert)]
     fields += [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in evidence_lines(alert)]
     out: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": f"{title(alert)}"[:150]}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"{emoji} {alert.summary}"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"{emoji} {'*New* ' if new else ''}{alert.summary}"}},
     ]
     for i in range(0, len(fields), 10):  # Slack allows 10 fields per section
         out.append({"type": "section", "fields": fields[i:i + 10]})
@@ -49,13 +78,12 @@ def blocks(alert: Alert) -> list[dict[str, Any]]:
     if alert.undo:
         action += f"\n*Undo:* `{alert.undo}`"
     out.append({"type": "section", "text": {"type": "mrkdwn", "text": action}})
-    out.append({"type": "context", "elements": [
-        {"type": "mrkdwn", "text": f"fired at {when} (event time) · `{alert.alert_id}` · spendwatch"}]})
+    out.append(_context(f"fired at {when} (event time) · `{alert.alert_id}` · spendwatch"))
     return out
 
 
 class SlackSink:
-    """Posts new alerts, and updates the earlier message when the same alert id comes again."""
+    """Posts new alerts and digests, and updates the earlier message when asked to."""
 
     name = "slack"
 
@@ -74,7 +102,14 @@ class SlackSink:
         self.channel = channel
 
     async def send(self, alert: Alert, previous: str | None) -> str | None:
-        payload = {"text": f"{title(alert)}: {alert.summary}", "blocks": blocks(alert)}
+        return await self._post({"text": f"{title(alert)}: {alert.summary}", "blocks": blocks(alert)}, previous)
+
+    async def send_digest(self, notification: Notification, previous: str | None) -> str | None:
+        """Post the digest, or rewrite the group's message (`previous`, a ts) when the router says so."""
+        text = digest_title(notification)
+        return await self._post({"text": text, "blocks": digest_blocks(notification)}, previous)
+
+    async def _post(self, payload: dict[str, Any], previous: str | None) -> str | None:
         try:
             if self._webhook is not None:
                 resp = await self._webhook.send(**payload)

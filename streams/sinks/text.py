@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.alerts import Alert
+from streams.routing import Notification
 
 SEVERITY_EMOJI = {"info": ":large_blue_circle:", "warning": ":warning:", "critical": ":rotating_light:"}
 KIND_TITLE = {
@@ -22,6 +23,22 @@ def title(alert: Alert) -> str:
     if alert.status == "resolved":
         return f"Resolved: {head}"
     return f"{head} — {alert.severity}"
+
+
+def digest_title(n: Notification) -> str:
+    """What the group is about and how it stands, e.g. `Runaway agent loop in support — 3 firing, 2 new`."""
+    alerts = n.firing or n.resolved
+    kinds = sorted({a.kind for a in alerts})
+    workflows = sorted({a.workflow for a in alerts})
+    head = KIND_TITLE.get(kinds[0], kinds[0]) if len(kinds) == 1 else "Spend alerts"
+    if len(workflows) == 1:
+        head += f" in {workflows[0]}"
+    if not n.firing:
+        return f"Resolved: {head}"
+    counts = [f"{len(n.firing)} firing"]
+    counts += [f"{len(n.new)} new"] if n.new else []
+    counts += [f"{len(n.resolved)} resolved"] if n.resolved else []
+    return f"{head} — {', '.join(counts)}"
 
 
 def who(alert: Alert) -> list[tuple[str, str]]:
