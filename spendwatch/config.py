@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from detectors.budgets import BudgetConfig
 from detectors.policy import PolicyConfig
+from streams.routing import RoutingConfig
 from detectors.periods import PeriodClock
 from detectors.pricing import PriceBook, Rate
 
@@ -76,6 +77,7 @@ class Settings(_Strict):
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     control_keys_file: Path | None = None
     """`kid:secret` lines for signing kill commands (default: $SPENDWATCH_CONTROL_KEYS)."""
 

@@ -7,6 +7,7 @@ or failing Slack never delays detection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ from spendwatch.signing import Keyring
 from streams.ingest import Ingestor, Record
 from streams.notifier import Notifier
 from streams.progress import ProgressFile
+from streams.routing import Router
 from streams.sinks import Sink
 
 log = logging.getLogger("spendwatch.worker")
@@ -150,7 +152,14 @@ def build_app(
     issuer = f"worker:{socket.gethostname()}:{os.getpid()}"
     acted: set[str] = set()  # alert ids already acted on: a repeat of an alert does not re-issue its kill
     progress = ProgressFile()
-    notifier = Notifier(sinks, _LedgerView(ledger_table))
+    ledger = _LedgerView(ledger_table)
+    # The console shows every alert at once; remote sinks get Alertmanager-style grouped digests.
+    notifier = Notifier([x for x in sinks if x.name == "console"], ledger)
+    digests = Notifier([x for x in sinks if x.name != "console"], ledger)
+    routes = app.Table("alert-routes", key_type=bytes, value_type=bytes, partitions=t.partitions)
+    routers: dict[int, Router] = {}
+    last_alert_event: dict[int, Any] = {}  # a table write needs an event of its partition as context
+    flushing = asyncio.Lock()
 
     async def publish_alerts(alerts: list[Alert]) -> None:
         for alert in alerts:
@@ -219,10 +228,38 @@ def build_app(
             teams[key] = orjson.dumps(monitor.team(key.decode()).dump())
         await publish_alerts(alerts)
 
+    def router_of(partition: int) -> Router:
+        if partition not in routers:
+            raw = routes.get(str(partition).encode())
+            routers[partition] = Router.load(orjson.loads(raw), settings.routing) if raw else Router(settings.routing)
+        return routers[partition]
+
     @app.agent(alerts_topic, name="notify")
     async def notify(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await notifier.deliver(Alert.model_validate_json(event.value))
+            alert = Alert.model_validate_json(event.value)
+            await notifier.deliver(alert)
+            if digests.sinks:
+                p = event.message.partition
+                router_of(p).add(alert, clock.now() or alert.ts)
+                last_alert_event[p] = event
+                routes[str(p).encode()] = orjson.dumps(routers[p].dump())
+
+    @app.timer(1.0)
+    async def route() -> None:
+        """Send the digests that are due; one flush at a time, the ledger blocks duplicates."""
+        if not digests.sinks or not clock.watermark:
+            return
+        async with flushing:
+            for p, router in list(routers.items()):
+                due = router.due(clock.now())
+                for n in due:
+                    _in_context_of(last_alert_event[p])
+                    await digests.deliver_digest(n)
+                    router.sent(n)
+                if due:
+                    _in_context_of(last_alert_event[p])
+                    routes[str(p).encode()] = orjson.dumps(router.dump())
 
     @app.task
     async def declare_control_topic() -> None:
@@ -243,6 +280,8 @@ def build_app(
         for det in monitor.detectors:
             det.workflows.clear()  # type: ignore[attr-defined]
         saved_at.clear()
+        routers.clear()
+        last_alert_event.clear()
 
     return Worker(app, monitor, stats, notifier, usage, broker, t.control)
 

@@ -9,6 +9,7 @@ exact to the micro-dollar.
 from __future__ import annotations
 
 import random
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def test_exact_totals_dead_letters_and_one_slack_message_per_threshold(fresh_bro
         + "".join(f'[budgets.workflows.{wf}]\ndaily_usd = {usd}\n' for wf, usd in BUDGETS.items())
         + f'[budgets.teams.{TEAM_BUDGET[0]}]\ndaily_usd = {TEAM_BUDGET[1]}\n'
         + f'[slack]\nchannel = "#llm-spend"\nbase_url = "{fake_slack.base_url}"\n'
+        + "[routing]\ngroup_wait_s = 1\ngroup_interval_s = 2\n"
     )
     for topic in ("spendwatch.usage", "spendwatch.alerts", "spendwatch.deadletter", "spendwatch.rollups"):
         create_topic(broker.bootstrap, topic)
@@ -170,7 +172,8 @@ def test_exact_totals_dead_letters_and_one_slack_message_per_threshold(fresh_bro
     assert any("over the 1000000-byte limit" in r for r in reasons)
     assert any("input_tokens" in r and "greater than or equal to 0" in r for r in reasons)
 
-    # One Slack message per threshold crossed, workflow and team budgets alike.
+    # Each threshold crossed reaches Slack exactly once (grouped into digests per workflow and kind),
+    # workflow and team budgets alike.
     expected = {f"budget:workflow:{wf}:2026-01-15:{t}" for wf, usd in BUDGETS.items() for t in (50, 75, 90, 100)
                 if truth[wf][0] * 100 >= usd_to_micros(usd) * t}
     team_spend = sum(v[0] for wf, v in truth.items() if WORKFLOWS[wf] == TEAM_BUDGET[0])
@@ -179,7 +182,15 @@ def test_exact_totals_dead_letters_and_one_slack_message_per_threshold(fresh_bro
     assert len(expected) >= 6  # the scenario must cross several thresholds to mean anything
 
     def posted_ids() -> list[str]:
-        return [m["blocks"][-1]["elements"][0]["text"].split("`")[1] for m in fake_slack.messages]
+        """Alert ids announced as *New* in the digests (a digest also lists alerts still firing)."""
+        ids, new = [], False
+        for block in (b for m in fake_slack.messages for b in m["blocks"]):
+            text = block.get("text", {}).get("text", "") if block["type"] == "section" else ""
+            if text.startswith(":"):  # an alert starts with its severity emoji
+                new = "*New*" in text
+            elif block["type"] == "context" and new:
+                ids += re.findall(r"`(budget:[^`]+)`", block["elements"][0]["text"])
+        return ids
 
     wait_for(lambda: set(posted_ids()) >= expected, 60, "Slack messages")
     import time
