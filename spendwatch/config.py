@@ -65,6 +65,14 @@ class SlackConfig(_Strict):
         return os.environ.get(self.webhook_url_env) or None
 
 
+class SinksConfig(_Strict):
+    """Other alert receivers; each is on when its environment variable is set."""
+
+    webhook_url_env: str = "SPENDWATCH_WEBHOOK_URL"
+    pagerduty_routing_key_env: str = "PAGERDUTY_ROUTING_KEY"
+    pagerduty_base_url: str = "https://events.pagerduty.com"
+
+
 class Settings(_Strict):
     timezone: str = "UTC"
     dedup_window_s: float = Field(default=3600.0, ge=60, le=7 * 86400)
@@ -76,6 +84,7 @@ class Settings(_Strict):
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
+    sinks: SinksConfig = Field(default_factory=SinksConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     control_keys_file: Path | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
@@ -17,7 +18,9 @@ from streams.app import Worker, build_app
 from streams.broker import EmbeddedBroker
 from streams.sinks import Sink
 from streams.sinks.console import ConsoleSink
+from streams.sinks.pagerduty import PagerDutySink
 from streams.sinks.slack import SlackSink
+from streams.sinks.webhook import WebhookSink
 
 log = logging.getLogger("spendwatch")
 
@@ -29,6 +32,10 @@ def make_sinks(settings: Settings, console: Console) -> list[Sink]:
         sinks.append(SlackSink(token=s.token(), channel=s.channel, webhook_url=s.webhook_url(), base_url=s.base_url))
     elif s.channel:
         log.warning("slack.channel is set but $%s is empty: Slack alerts are off", s.token_env)
+    if url := os.environ.get(settings.sinks.webhook_url_env):
+        sinks.append(WebhookSink(url))
+    if key := os.environ.get(settings.sinks.pagerduty_routing_key_env):
+        sinks.append(PagerDutySink(key, base_url=settings.sinks.pagerduty_base_url))
     return sinks
 
 

@@ -98,3 +98,17 @@ def test_schema_export_command(tmp_path):
 def test_example_config_in_the_repo_is_valid():
     s = load_settings(ROOT / "spendwatch.example.toml")
     assert s.budgets.workflows["support-bot"].daily_usd == 200
+
+
+def test_sinks_are_switched_on_by_their_environment(monkeypatch):
+    from rich.console import Console
+
+    from spendwatch.config import Settings
+    from spendwatch.runner import make_sinks
+
+    assert [s.name for s in make_sinks(Settings(), Console())] == ["console"]
+    monkeypatch.setenv("SPENDWATCH_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY", "R0UTING")
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    settings = Settings.model_validate({"slack": {"channel": "#spend"}})
+    assert [s.name for s in make_sinks(settings, Console())] == ["console", "slack", "webhook", "pagerduty"]
