@@ -91,15 +91,22 @@ async def read_states(bootstrap: str) -> dict[str, WorkflowState]:
         await consumer.stop()
 
 
-async def check_totals(broker: EmbeddedBroker, load: Load) -> bool:
-    """Calls and tokens per workflow equal the published ground truth, exactly."""
-    states = await read_states(broker.bootstrap)
-    for wf, (calls, inp, out) in load.truth.items():
-        months = [v for k, v in states[wf].spend.periods.items() if len(k) == 7] if wf in states else []
-        got = [sum(v[i] for v in months) for i in (4, 1, 2)]
-        if got != [calls, inp, out]:
-            return False
-    return True
+async def check_totals(broker: EmbeddedBroker, load: Load, patience: float = 30.0) -> bool:
+    """Calls and tokens per workflow equal the published ground truth, exactly.
+
+    The last batches' changelog records may still be in the worker's producer
+    when the progress file says done, so this reads again for `patience` seconds.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        states = await read_states(broker.bootstrap)
+        exact = True
+        for wf, (calls, inp, out) in load.truth.items():
+            months = [v for k, v in states[wf].spend.periods.items() if len(k) == 7] if wf in states else []
+            exact &= [sum(v[i] for v in months) for i in (4, 1, 2)] == [calls, inp, out]
+        if exact or time.monotonic() > deadline:
+            return exact
+        await asyncio.sleep(1.0)
 
 
 async def latency_at(broker: EmbeddedBroker, rate: float, seconds: float) -> list[float]:
