@@ -14,9 +14,8 @@ import math
 from typing import Protocol, runtime_checkable
 
 from schemas.alerts import Alert
-from schemas.events import OutcomeEvent, UsageEvent
+from schemas.structs import Event
 
-Event = UsageEvent | OutcomeEvent
 
 
 @runtime_checkable

@@ -19,9 +19,8 @@ from detectors.spikes import SpikeDetector
 from detectors.workflow import WorkflowState
 from detectors.zombies import ZombieDetector
 from schemas.alerts import Alert
-from schemas.events import OutcomeEvent, UsageEvent
+from schemas.structs import Event
 
-Event = UsageEvent | OutcomeEvent
 BUCKET = 5.0
 """Finest window bucket (the 1 min window's); every coarser bucket is a multiple of it."""
 PRUNE_EVERY = 60.0

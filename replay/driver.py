@@ -13,7 +13,7 @@ from typing import Any
 
 from detectors.monitor import Event, Monitor
 from schemas.alerts import Alert
-from schemas.events import validate_event
+from schemas.decode import validate_event
 
 TICK = 10.0
 FLUSH = 900.0

@@ -32,7 +32,8 @@ from typing import Any, TextIO
 
 import orjson
 
-from schemas.events import OutcomeEvent, UsageEvent, parse_ts, validate_event
+from schemas.decode import validate_event
+from schemas.events import OutcomeEvent, UsageEvent, parse_ts
 
 DEFAULT_START = datetime(2025, 1, 1, tzinfo=timezone.utc).timestamp()
 """Where relative traces (Mooncake) start, unless the caller picks `start`."""

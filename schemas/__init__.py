@@ -2,13 +2,8 @@
 
 from schemas.alerts import Alert
 from schemas.control import ControlCommand
-from schemas.events import (
-    Event,
-    OutcomeEvent,
-    RecordError,
-    UsageEvent,
-    parse_record,
-)
+from schemas.decode import RecordError, parse_record, validate_event
+from schemas.events import Event, OutcomeEvent, UsageEvent
 
 __all__ = [
     "Alert",
@@ -18,4 +13,5 @@ __all__ = [
     "RecordError",
     "UsageEvent",
     "parse_record",
+    "validate_event",
 ]

@@ -1,8 +1,8 @@
-"""Usage and outcome events: the input wire contract.
+"""Usage and outcome events: the input wire contract, as pydantic models.
 
-A Kafka record holds one event object or a JSON array of them. `parse_record`
-turns raw bytes into valid events plus one clear reason per rejected event, so
-one bad event in an array never takes its neighbours down with it.
+These models are the source of truth (JSON Schema export, readable errors);
+`schemas.structs` derives the engine's fast types from them and
+`schemas.decode` turns raw records into events.
 """
 
 from __future__ import annotations
@@ -50,6 +50,17 @@ def parse_ts(value: Any) -> float:
     return ts
 
 
+def check_token_parts(ev: Any) -> None:
+    """Token parts must fit in their totals (shared by the model and its Struct in `schemas.structs`)."""
+    if ev.cache_read_tokens + ev.cache_write_tokens > ev.input_tokens:
+        raise ValueError(
+            "cache_read_tokens + cache_write_tokens exceed input_tokens; input_tokens must "
+            "count the whole prompt including cache (Anthropic: add cache tokens to input_tokens)"
+        )
+    if ev.reasoning_tokens > ev.output_tokens:
+        raise ValueError("reasoning_tokens exceed output_tokens; output_tokens must include reasoning")
+
+
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,18 +101,8 @@ class UsageEvent(_Event):
 
     @model_validator(mode="after")
     def _token_parts(self) -> UsageEvent:
-        if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
-            raise ValueError(
-                "cache_read_tokens + cache_write_tokens exceed input_tokens; input_tokens must "
-                "count the whole prompt including cache (Anthropic: add cache tokens to input_tokens)"
-            )
-        if self.reasoning_tokens > self.output_tokens:
-            raise ValueError("reasoning_tokens exceed output_tokens; output_tokens must include reasoning")
+        check_token_parts(self)
         return self
-
-    @property
-    def is_error(self) -> bool:
-        return self.status != "ok"
 
 
 class OutcomeEvent(_Event):
@@ -113,76 +114,4 @@ class OutcomeEvent(_Event):
 
 
 Event = Annotated[Union[UsageEvent, OutcomeEvent], Field(discriminator="type")]
-_adapter: TypeAdapter[UsageEvent | OutcomeEvent] = TypeAdapter(Event)
-_many: TypeAdapter[list[UsageEvent | OutcomeEvent]] = TypeAdapter(list[Event])
-
-
-class RecordError(ValueError):
-    """Why (part of) a record was rejected; `index` is the array position, if any."""
-
-    def __init__(self, reason: str, index: int | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.index = index
-
-
-def _explain(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors(include_url=False):
-        loc_parts = e["loc"][1:] if e["loc"][:1] in (("usage",), ("outcome",)) else e["loc"]
-        loc = ".".join(str(p) for p in loc_parts) or "event"
-        msg = e["msg"]
-        if e["type"] == "union_tag_invalid":
-            msg = "unknown event type (expected 'usage' or 'outcome')"
-        elif e["type"] == "union_tag_not_found":
-            msg = "missing 'type' (expected 'usage' or 'outcome')"
-        elif e["type"] == "extra_forbidden":
-            msg = "unknown field (put extra attribution in 'labels')"
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
-
-
-def validate_event(obj: Any) -> UsageEvent | OutcomeEvent:
-    """Validate one decoded JSON object, raising RecordError with a readable reason."""
-    try:
-        return _adapter.validate_python(obj)
-    except ValidationError as err:
-        raise RecordError(_explain(err)) from None
-
-
-def parse_record(
-    raw: bytes, max_bytes: int = limits.MAX_RECORD_BYTES
-) -> tuple[list[UsageEvent | OutcomeEvent], list[RecordError]]:
-    """Decode one Kafka record value into (valid events, errors)."""
-    if len(raw) > max_bytes:
-        return [], [RecordError(f"record is {len(raw)} bytes, over the {max_bytes}-byte limit")]
-    try:  # fast path: pydantic-core parses and validates the whole record in one pass
-        many = _many if raw.lstrip()[:1] == b"[" else None
-        events = many.validate_json(raw) if many else [_adapter.validate_json(raw)]
-        if len(events) <= limits.MAX_EVENTS_PER_RECORD:
-            return events, []
-    except ValueError:
-        pass  # find out exactly which events are bad, and why
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as err:
-        return [], [RecordError(f"not valid JSON: {err}")]
-    if isinstance(doc, dict):
-        try:
-            return [validate_event(doc)], []
-        except RecordError as err:
-            return [], [err]
-    if not isinstance(doc, list):
-        return [], [RecordError(f"record must be a JSON object or array of objects, got {type(doc).__name__}")]
-    if len(doc) > limits.MAX_EVENTS_PER_RECORD:
-        return [], [RecordError(f"array of {len(doc)} events, over the {limits.MAX_EVENTS_PER_RECORD} limit")]
-    events, errors = [], []
-    for i, obj in enumerate(doc):
-        if not isinstance(obj, dict):
-            errors.append(RecordError(f"[{i}]: array items must be event objects", i))
-            continue
-        try:
-            events.append(validate_event(obj))
-        except RecordError as err:
-            errors.append(RecordError(f"[{i}] {err.reason}", i))
-    return events, errors
+ADAPTER: TypeAdapter[UsageEvent | OutcomeEvent] = TypeAdapter(Event)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-import orjson
 
-from schemas.events import parse_record
+from schemas.decode import parse_record
+from schemas.structs import to_wire
 from spendwatch.emitter import UsageEmitter
 
 
@@ -28,7 +28,7 @@ async def emit_lines(fh: BinaryIO, broker: str, topic: str, skip_bad: bool = Fal
                 bad += 1
                 continue
             for ev in events:
-                emitter.emit(orjson.loads(ev.model_dump_json(exclude_none=True)))
+                emitter.emit(to_wire(ev))
                 sent += 1
         await emitter.flush()
     finally:

@@ -15,7 +15,8 @@ import orjson
 
 from detectors.monitor import Monitor
 from schemas.alerts import Alert
-from schemas.events import parse_record
+from schemas.decode import parse_record
+from schemas.structs import to_wire
 
 
 class Record(NamedTuple):
@@ -80,7 +81,7 @@ class Ingestor:
             for ev in events:
                 if ev.workflow != key:
                     # State of a workflow lives on the partition of its key: send it there.
-                    fx.reroutes.append((ev.workflow.encode(), orjson.dumps(ev.model_dump(exclude_none=True))))
+                    fx.reroutes.append((ev.workflow.encode(), orjson.dumps(to_wire(ev))))
                     continue
                 if rec.offset <= self.monitor.workflow(key).offset:
                     fx.redelivered += 1
@@ -90,7 +91,7 @@ class Ingestor:
         out = self.monitor.process(batch)
         for ev, reason in out.late:
             fx.deadletters.append(deadletter(self.topic, last[ev.workflow], reason,
-                                             ev.model_dump(exclude_none=True)))
+                                             to_wire(ev)))
         for wf, rec in last.items():
             self.monitor.workflows[wf].offset = rec.offset
         fx.dirty = last

@@ -10,7 +10,7 @@ from detectors.counters import CALLS, COST
 from detectors.monitor import Monitor
 from detectors.periods import PeriodClock
 from detectors.pricing import PriceBook, Rate
-from schemas.events import validate_event
+from schemas.decode import validate_event
 
 PARIS = ZoneInfo("Europe/Paris")
 

@@ -22,7 +22,8 @@ from detectors.zombies import ZombieDetector
 from replay.scenarios import generate
 from replay.scorecard import match, replay, run_scorecard
 from schemas.alerts import Alert
-from schemas.events import OutcomeEvent, UsageEvent, validate_event
+from schemas.decode import validate_event
+from schemas.events import OutcomeEvent, UsageEvent
 
 T0 = 1_740_960_000.0  # 2025-03-03 00:00 UTC
 _ids = iter(range(10**9))

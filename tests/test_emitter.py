@@ -5,7 +5,7 @@ import asyncio
 import orjson
 
 from spendwatch import UsageEmitter, usage_from_anthropic, usage_from_openai
-from schemas.events import validate_event
+from schemas.decode import validate_event
 from tests.kafka_io import create_topic, read_all
 
 

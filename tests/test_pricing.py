@@ -7,7 +7,7 @@ from genai_prices import Usage, calc_price
 
 from detectors.money import usd_to_micros
 from detectors.pricing import PriceBook, Rate, catalog_rate
-from schemas.events import validate_event
+from schemas.decode import validate_event
 
 
 def usage(**kw):

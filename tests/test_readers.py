@@ -17,7 +17,7 @@ from replay.readers import (
     detect_format,
     read_traffic,
 )
-from schemas.events import validate_event
+from schemas.decode import validate_event
 
 DATA = Path(__file__).parent / "data"
 AZURE = DATA / "azure_code_slice.csv"

@@ -250,6 +250,14 @@ async def test_sinks_without_digests_get_the_new_and_resolved_alerts_one_by_one(
     await deliver(r, notifier, 30 + HOUR + 300, resolved(loop("r-1")))
     printed = out.getvalue()
     assert printed.count("Runaway agent loop — critical") == 2 and printed.count("Resolved: Runaway agent loop") == 1
+    assert len(printed.splitlines()) == 3  # not a terminal: one line per alert
+
+
+async def test_console_draws_a_panel_per_alert_on_a_terminal():
+    out = io.StringIO()
+    await ConsoleSink(Console(file=out, width=120, force_terminal=True)).send(loop("r-1"), None)
+    printed = out.getvalue()
+    assert "Runaway agent loop — critical" in printed and "╭" in printed and "$4.20 burned" in printed
 
 
 async def test_webhook_posts_digest_json_and_retries_only_what_may_succeed(fake_http):

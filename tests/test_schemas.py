@@ -5,7 +5,7 @@ import json
 import orjson
 import pytest
 
-from schemas.events import parse_record
+from schemas.decode import parse_record
 from schemas.export import export_json_schemas
 
 GOOD = {"type": "usage", "event_id": "e1", "ts": 1_768_435_200.5, "workflow": "w", "model": "gpt-4o",

@@ -38,7 +38,7 @@ def make_load(events: int, per_record: int, workflows: int = 200, seed: int = 1,
             batch.append({"type": "usage", "event_id": f"b{seed}-{i}", "ts": t0 + i * 0.002, "workflow": wf,
                           "team": f"team-{hash(wf) % 9}", "provider": provider, "model": model,
                           "input_tokens": inp, "output_tokens": out, "cache_read_tokens": inp // 3,
-                          "agent_id": f"{wf}-a{i % 4}", "run_id": f"{wf}-r{i // 400}", "step": i % 400,
+                          "agent_id": f"{wf}-a{i % 4}", "run_id": f"{wf}-r{i // 40}", "step": i % 40,
                           "fingerprint": f"act-{rng.randrange(60)}"})
             t = load.truth.setdefault(wf, [0, 0, 0])
             t[0] += 1

@@ -13,7 +13,7 @@ import sys
 import faust
 import orjson
 
-from schemas.events import parse_record
+from schemas.decode import parse_record
 from streams.progress import ProgressFile
 
 

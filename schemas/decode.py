@@ -1,0 +1,96 @@
+"""Raw records → events: msgspec on the fast path, pydantic for exact reasons.
+
+A Kafka record holds one event object or a JSON array of them. `parse_record`
+turns raw bytes into valid events plus one clear reason per rejected event, so
+one bad event in an array never takes its neighbours down with it. Valid
+records (nearly all) are decoded by msgspec into `schemas.structs` types in one
+pass; only a record msgspec refuses is re-read item by item by the pydantic
+models, which also accept the lax forms (RFC 3339 `ts`, numeric strings).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import orjson
+from pydantic import ValidationError
+
+from schemas import limits
+from schemas.events import ADAPTER
+from schemas.structs import Event, from_model
+
+_one = msgspec.json.Decoder(Event)
+_many = msgspec.json.Decoder(list[Event])  # type: ignore[valid-type]
+
+
+class RecordError(ValueError):
+    """Why (part of) a record was rejected; `index` is the array position, if any."""
+
+    def __init__(self, reason: str, index: int | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.index = index
+
+
+def _explain(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors(include_url=False):
+        loc_parts = e["loc"][1:] if e["loc"][:1] in (("usage",), ("outcome",)) else e["loc"]
+        loc = ".".join(str(p) for p in loc_parts) or "event"
+        msg = e["msg"]
+        if e["type"] == "union_tag_invalid":
+            msg = "unknown event type (expected 'usage' or 'outcome')"
+        elif e["type"] == "union_tag_not_found":
+            msg = "missing 'type' (expected 'usage' or 'outcome')"
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown field (put extra attribution in 'labels')"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def validate_event(obj: Any) -> Any:
+    """One decoded JSON object as an engine event, or RecordError with a readable reason."""
+    try:
+        return msgspec.convert(obj, Event)
+    except msgspec.ValidationError:
+        pass
+    try:
+        return from_model(ADAPTER.validate_python(obj))
+    except ValidationError as err:
+        raise RecordError(_explain(err)) from None
+
+
+def parse_record(raw: bytes, max_bytes: int = limits.MAX_RECORD_BYTES) -> tuple[list[Any], list[RecordError]]:
+    """Decode one Kafka record value into (valid events, errors)."""
+    if len(raw) > max_bytes:
+        return [], [RecordError(f"record is {len(raw)} bytes, over the {max_bytes}-byte limit")]
+    try:
+        events = _many.decode(raw) if raw.lstrip()[:1] == b"[" else [_one.decode(raw)]
+        if len(events) <= limits.MAX_EVENTS_PER_RECORD:
+            return events, []
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass  # find out exactly which events are bad, and why
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        return [], [RecordError(f"not valid JSON: {err}")]
+    if isinstance(doc, dict):
+        try:
+            return [validate_event(doc)], []
+        except RecordError as err:
+            return [], [err]
+    if not isinstance(doc, list):
+        return [], [RecordError(f"record must be a JSON object or array of objects, got {type(doc).__name__}")]
+    if len(doc) > limits.MAX_EVENTS_PER_RECORD:
+        return [], [RecordError(f"array of {len(doc)} events, over the {limits.MAX_EVENTS_PER_RECORD} limit")]
+    events, errors = [], []
+    for i, obj in enumerate(doc):
+        if not isinstance(obj, dict):
+            errors.append(RecordError(f"[{i}]: array items must be event objects", i))
+            continue
+        try:
+            events.append(validate_event(obj))
+        except RecordError as err:
+            errors.append(RecordError(f"[{i}] {err.reason}", i))
+    return events, errors
