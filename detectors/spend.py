@@ -6,17 +6,21 @@ from typing import Any
 
 from detectors.counters import RollingWindow, add_into, zero
 
-WINDOWS: dict[str, tuple[float, int]] = {"1m": (60.0, 12), "1h": (3600.0, 12), "24h": (86400.0, 24)}
-"""Rolling windows kept for every entity: name -> (span seconds, buckets)."""
+Windows = dict[str, tuple[float, int]]
+WINDOWS: Windows = {"1m": (60.0, 12), "1h": (3600.0, 12), "24h": (86400.0, 24)}
+"""Rolling windows of a workflow: name -> (span seconds, buckets)."""
+ENTITY_WINDOWS: Windows = {"1h": (3600.0, 12)}
+"""Rolling windows of a team, model or agent within a workflow: who burns *now* (alert evidence).
+Fewer than the workflow's, because every event updates three entities."""
 
 
 class EntitySpend:
-    """Rolling 1 min / 1 h / 24 h windows plus day and month period totals."""
+    """Rolling windows (by default 1 min / 1 h / 24 h) plus day and month period totals."""
 
     __slots__ = ("windows", "periods", "last_ts")
 
-    def __init__(self) -> None:
-        self.windows = {name: RollingWindow(span, n) for name, (span, n) in WINDOWS.items()}
+    def __init__(self, windows: Windows = WINDOWS) -> None:
+        self.windows = {name: RollingWindow(span, n) for name, (span, n) in windows.items()}
         self.periods: dict[str, list[int]] = {}
         self.last_ts = 0.0
 
@@ -56,10 +60,10 @@ class EntitySpend:
         }
 
     @classmethod
-    def load(cls, doc: dict[str, Any]) -> EntitySpend:
-        spend = cls()
+    def load(cls, doc: dict[str, Any], windows: Windows = WINDOWS) -> EntitySpend:
+        spend = cls({})
         spend.windows = {
-            name: RollingWindow.load(span, n, doc["w"].get(name, {})) for name, (span, n) in WINDOWS.items()
+            name: RollingWindow.load(span, n, doc["w"].get(name, {})) for name, (span, n) in windows.items()
         }
         spend.periods = doc["p"]
         spend.last_ts = doc["t"]

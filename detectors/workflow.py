@@ -7,10 +7,11 @@ duplicated event is recognised after a crash as well as before.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from detectors.counters import COST, zero
-from detectors.spend import EntitySpend
+from detectors.spend import ENTITY_WINDOWS, EntitySpend
 
 DIMENSIONS = ("team", "model", "agent")
 
@@ -30,15 +31,6 @@ class WorkflowState:
         self.unpriced = 0
         self.pruned_at = 0.0
 
-    def seen(self, event_id: str, ts: float) -> bool:
-        """True if this event was already counted; otherwise remember it."""
-        if event_id in self.dedup:
-            return True
-        self.dedup[event_id] = ts
-        if ts > self.watermark:
-            self.watermark = ts
-        return False
-
     def add_usage(self, ts: float, keys: tuple[str, str], vec: list[int], team: str | None, model: str,
                   agent: str | None) -> None:
         self.spend.add(ts, keys, vec)
@@ -46,7 +38,7 @@ class WorkflowState:
             if name is not None:
                 entity = self.by[dim].get(name)
                 if entity is None:
-                    entity = self.by[dim][name] = EntitySpend()
+                    entity = self.by[dim][name] = EntitySpend(ENTITY_WINDOWS)
                 entity.add(ts, keys, vec)
 
     def add_outcome(self, keys: tuple[str, str], value_micros: int) -> None:
@@ -57,10 +49,12 @@ class WorkflowState:
 
     def top(self, dim: str, period_key: str, n: int = 3) -> list[list[Any]]:
         """The `n` biggest spenders of a dimension in a period: [[name, usd], ...]."""
-        ranked = sorted(
-            ((e.period(period_key)[COST], name) for name, e in self.by[dim].items()), reverse=True
-        )
-        return [[name, cost / 1e6] for cost, name in ranked[:n] if cost > 0]
+        return _ranked(((e.period(period_key)[COST], name) for name, e in self.by[dim].items()), n)
+
+    def top_last_hour(self, dim: str, n: int = 3) -> list[list[Any]]:
+        """The `n` biggest spenders of a dimension over the last hour of event time: who burns now."""
+        now = self.watermark
+        return _ranked(((e.window("1h", now)[COST], name) for name, e in self.by[dim].items()), n)
 
     def period_cost(self, key: str) -> int:
         return self.spend.period(key)[COST]
@@ -68,11 +62,14 @@ class WorkflowState:
     def prune(self, horizon: float, keep_periods: set[str], max_ids: int = 20_000) -> None:
         """Forget event ids older than the dedup horizon (or beyond `max_ids`) and idle entities."""
         now = self.pruned_at = self.watermark
-        if self.dedup and min(self.dedup.values()) < now - horizon:
-            self.dedup = {k: t for k, t in self.dedup.items() if t >= now - horizon}
-        if len(self.dedup) > max_ids:  # bound the table value: keep the newest ids
-            keep = sorted(self.dedup.items(), key=lambda kv: kv[1])[-max_ids:]
-            self.dedup = dict(keep)
+        # Ids sit in arrival order, which is event-time order up to jitter: drop from the
+        # front until the first id still inside the horizon (a jittered one lingers a while,
+        # which only makes dedup stricter). Costs the ids dropped, not the window.
+        dedup, cut = self.dedup, now - horizon
+        stale = [k for k, _ in itertools.takewhile(lambda kv: kv[1] < cut, dedup.items())]
+        stale += itertools.islice(dedup, len(stale), max(len(dedup) - max_ids, 0))  # bound the table value
+        for k in stale:
+            del dedup[k]
         self.spend.prune(now, keep_periods)
         for entities in self.by.values():
             for name in list(entities):
@@ -106,8 +103,12 @@ class WorkflowState:
         st.watermark = doc["watermark"]
         st.dedup = doc["dedup"]
         st.spend = EntitySpend.load(doc["spend"])
-        st.by = {d: {n: EntitySpend.load(e) for n, e in doc["by"].get(d, {}).items()} for d in DIMENSIONS}
+        st.by = {d: {n: EntitySpend.load(e, ENTITY_WINDOWS) for n, e in doc["by"].get(d, {}).items()} for d in DIMENSIONS}
         st.outcomes = doc["outcomes"]
         st.fired = set(doc["fired"])
         st.unpriced = doc["unpriced"]
         return st
+
+
+def _ranked(costs: Any, n: int) -> list[list[Any]]:
+    return [[name, cost / 1e6] for cost, name in sorted(costs, reverse=True)[:n] if cost > 0]

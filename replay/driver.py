@@ -41,7 +41,7 @@ def run(
     watch: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
     progress: Callable[[int], None] | None = None,
 ) -> Replayed:
-    """Replay `events` (wire dicts or validated events, ts-ordered) and collect every alert."""
+    """Replay `events` (wire dicts, or readers' validated events, ts-ordered) and collect every alert."""
     monitor = monitor or Monitor()
     out = Replayed()
     batch: list[Event] = []

@@ -11,12 +11,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
-
+from schemas.structs import Event, to_wire
 from spendwatch.emitter import UsageEmitter
 
 
-async def replay_live(events: Iterable[dict[str, Any]], broker: str, topic: str, speed: float | None,
+async def replay_live(events: Iterable[Event], broker: str, topic: str, speed: float | None,
                       progress: Callable[[int], None] | None = None) -> dict[str, float]:
     """Publish `events`; `speed` None means as fast as the producer goes. Returns rate statistics."""
     emitter = UsageEmitter(broker, topic, max_buffer=1_000_000)
@@ -28,15 +27,15 @@ async def replay_live(events: Iterable[dict[str, Any]], broker: str, topic: str,
     try:
         for ev in events:
             if first is None:
-                first = ev["ts"]
-            offset = (ev["ts"] - first) / speed if speed else 0.0
+                first = ev.ts
+            offset = (ev.ts - first) / speed if speed else 0.0
             if speed:
                 delay = t0 + offset - time.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
             elif len(emitter.buffer) > 200_000:
                 await asyncio.sleep(0.01)  # let the sender drain
-            emitter.emit({**ev, "ts": t0 + offset if speed else time.time(), "event_id": f"{run}:{ev['event_id']}"})
+            emitter.emit({**to_wire(ev), "ts": t0 + offset if speed else time.time(), "event_id": f"{run}:{ev.event_id}"})
             sent += 1
             if progress and sent % 1000 == 0:
                 progress(1000)

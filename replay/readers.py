@@ -1,7 +1,8 @@
-"""Readers of recorded traffic: trace files in, time-ordered wire-contract event dicts out.
+"""Readers of recorded traffic: trace files in, time-ordered validated events out.
 
 Replay drives the detectors with real traffic shapes, so every event a reader
-yields is checked against the wire contract (`schemas.events.validate_event`)
+yields is checked against the wire contract (`schemas.decode.validate_event`),
+once: the replay driver takes the readers' events as they are,
 and carries a deterministic `event_id` (`<file name>:<line>`): replaying a file
 twice gives identical events. `read_traffic` is the one entry point; the
 formats it reads (`FORMATS`) are:
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,6 +36,7 @@ import orjson
 
 from schemas.decode import validate_event
 from schemas.events import OutcomeEvent, UsageEvent, parse_ts
+from schemas.structs import Event
 
 DEFAULT_START = datetime(2025, 1, 1, tzinfo=timezone.utc).timestamp()
 """Where relative traces (Mooncake) start, unless the caller picks `start`."""
@@ -225,15 +228,14 @@ def _key(obj: Any, name: str) -> Any:
     return obj[name]
 
 
-def _valid(event: Any) -> dict[str, Any]:
-    """`event` if the wire contract accepts it, with `ts` as epoch seconds (RFC 3339 may come in)."""
-    event["ts"] = validate_event(event).ts
-    return event
+def _valid(event: Any) -> Event:
+    """The engine event of a wire object, if the contract accepts it (ValueError says why not)."""
+    return validate_event(event)
 
 
 # -- files ----------------------------------------------------------------------------------
 
-Parsed = Iterator[tuple[int, "list[dict[str, Any]] | ValueError"]]
+Parsed = Iterator[tuple[int, "list[Event] | ValueError"]]
 """A file's lines, each as its events or as the reason it is bad."""
 
 
@@ -246,7 +248,7 @@ class _Source:
     start: float
     mapping: ColumnMap | None
 
-    def event(self, line: int, fields: dict[str, Any], suffix: str = "") -> dict[str, Any]:
+    def event(self, line: int, fields: dict[str, Any], suffix: str = "") -> Event:
         """The valid wire event of `line`, with its deterministic id and attribution."""
         source = self.path.name
         event = {"type": "usage", "event_id": f"{source}:{line}{suffix}", **fields}
@@ -385,7 +387,7 @@ def _read_agent(src: _Source, f: TextIO) -> Parsed:
         if row["resolved"] not in ("True", "False"):
             raise ValueError(f"resolved {row['resolved']!r} is not True or False")
         event = src.event(line, fields)
-        run, ts = row["instance_id"], event["ts"]
+        run, ts = row["instance_id"], event.ts
         if row["resolved"] == "True" and ts >= resolved.get(run, (0, -math.inf))[1]:
             resolved[run] = (line, ts)
         return [event]
@@ -456,10 +458,10 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 # -- order ----------------------------------------------------------------------------------
 
 
-def _behind(events: list[dict[str, Any]], latest: dict[Any, tuple[float, int]], by_run: bool) -> str | None:
+def _behind(events: list[Event], latest: dict[Any, tuple[float, int]], by_run: bool) -> str | None:
     """Why `events` break time order (beyond the tolerance), if they do."""
     for event in events:
-        ts, group = event["ts"], event.get("run_id") if by_run else None
+        ts, group = event.ts, event.run_id if by_run else None
         if group in latest and ts < latest[group][0] - TS_TOLERANCE_S:
             prev_ts, prev_line = latest[group]
             scope = f"run {group}" if by_run else "the file"
@@ -470,12 +472,12 @@ def _behind(events: list[dict[str, Any]], latest: dict[Any, tuple[float, int]], 
     return None
 
 
-def _in_time_order(src: _Source, parsed: Parsed, by_run: bool, skip_bad: bool, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def _in_time_order(src: _Source, parsed: Parsed, by_run: bool, skip_bad: bool, stats: ReadStats) -> Iterator[Event]:
     """Events by (ts, position in file), stopping at or skipping bad lines. Events are
     held TS_TOLERANCE_S behind the newest ts, so in-tolerance jitter comes out
     sorted; `by_run` formats are held whole, since only their runs are sorted."""
     hold = math.inf if by_run else TS_TOLERANCE_S
-    held: list[tuple[float, int, dict[str, Any]]] = []
+    held: list[tuple[float, int, Event]] = []
     latest: dict[Any, tuple[float, int]] = {}
     newest, seq = -math.inf, itertools.count()
     for line, result in parsed:
@@ -486,11 +488,12 @@ def _in_time_order(src: _Source, parsed: Parsed, by_run: bool, skip_bad: bool, s
             stats.skip(src.path, line, reason)
             continue
         for event in result:  # type: ignore[union-attr]
-            group = event.get("run_id") if by_run else None
-            if event["ts"] >= latest.get(group, (-math.inf, 0))[0]:
-                latest[group] = (event["ts"], line)
-            newest = max(newest, event["ts"])
-            heapq.heappush(held, (event["ts"], next(seq), event))
+            ts, group = event.ts, event.run_id if by_run else None
+            if ts >= latest.get(group, (-math.inf, 0))[0]:
+                latest[group] = (ts, line)
+            if ts > newest:
+                newest = ts
+            heapq.heappush(held, (ts, next(seq), event))
         while held and held[0][0] <= newest - hold:
             stats.read += 1
             yield heapq.heappop(held)[2]
@@ -499,7 +502,7 @@ def _in_time_order(src: _Source, parsed: Parsed, by_run: bool, skip_bad: bool, s
         yield heapq.heappop(held)[2]
 
 
-def _read_file(src: _Source, fmt: str, skip_bad: bool, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def _read_file(src: _Source, fmt: str, skip_bad: bool, stats: ReadStats) -> Iterator[Event]:
     spec = _FORMATS[fmt]
     with _reading(src.path), _open(src.path) as f:
         yield from _in_time_order(src, spec.read(src, f), spec.by_run, skip_bad, stats)
@@ -513,8 +516,8 @@ def read_traffic(
     skip_bad: bool = False,
     stats: ReadStats | None = None,
     start: float = DEFAULT_START,
-) -> Iterator[dict[str, Any]]:
-    """Wire-contract event dicts from recorded traffic files, in time order.
+) -> Iterator[Event]:
+    """Validated events (`schemas.structs`) from recorded traffic files, in time order.
 
     `fmt` is one of FORMATS or `auto` (each file's first line decides; with a
     `mapping`, any CSV is read through it). `start` anchors relative traces
@@ -539,4 +542,4 @@ def read_traffic(
             raise ReplayInputError(path, 1, "CSV header of no known trace", "name its columns with --map")
         src = _Source(path, attribution, start, mapping)
         streams.append(_read_file(src, file_fmt, skip_bad, stats))
-    return heapq.merge(*streams, key=lambda event: event["ts"])
+    return heapq.merge(*streams, key=attrgetter("ts"))

@@ -106,12 +106,12 @@ def _struct(model: type[BaseModel]) -> type[msgspec.Struct]:
 Usage = _struct(UsageEvent)
 Outcome = _struct(OutcomeEvent)
 Event = Union[Usage, Outcome]  # type: ignore[valid-type]
-_TYPES: dict[str, Any] = {"usage": Usage, "outcome": Outcome}
+BY_TYPE: dict[str, Any] = {"usage": Usage, "outcome": Outcome}
 
 
 def from_model(model: UsageEvent | OutcomeEvent) -> Any:
     """The Struct of an already validated pydantic event (the slow path's result)."""
-    return msgspec.convert(model.model_dump(), _TYPES[model.type])
+    return msgspec.convert(model.model_dump(), BY_TYPE[model.type])
 
 
 def to_wire(event: Any) -> dict[str, Any]:

@@ -18,12 +18,18 @@ from replay.readers import (
     read_traffic,
 )
 from schemas.decode import validate_event
+from schemas.structs import to_wire
 
 DATA = Path(__file__).parent / "data"
 AZURE = DATA / "azure_code_slice.csv"
 MOONCAKE = DATA / "mooncake_slice.jsonl"
 AGENT = DATA / "mini_swe_agent_slice.csv"
 AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+
+
+def read(*args, **kwargs) -> list[dict]:
+    """Events of `read_traffic` as wire objects (defaults left out)."""
+    return [to_wire(e) for e in read_traffic(*args, **kwargs)]
 
 
 def write(path: Path, text: str) -> Path:
@@ -40,14 +46,14 @@ def assert_sorted_and_valid(events: list[dict]) -> None:
 
 @pytest.mark.parametrize("path", [AZURE, MOONCAKE, AGENT])
 def test_slices_read_sorted_valid_and_deterministic(path: Path) -> None:
-    first = list(read_traffic(path))
-    assert first == list(read_traffic(path))
+    first = read(path)
+    assert first == read(path)
     assert_sorted_and_valid(first)
 
 
 def test_azure_slice() -> None:
     stats = ReadStats()
-    events = list(read_traffic(AZURE, stats=stats))
+    events = read(AZURE, stats=stats)
     assert (len(events), stats.read, stats.skipped) == (150, 150, 0)
     # row 2: 2023-11-16 18:17:03.9799600,4808,10 (naive, UTC)
     assert events[0] == {
@@ -62,18 +68,18 @@ def test_azure_slice() -> None:
 
 
 def test_mooncake_slice_is_anchored_at_start() -> None:
-    events = list(read_traffic(MOONCAKE))
+    events = read(MOONCAKE)
     assert len(events) == 120
     assert events[0]["ts"] == DEFAULT_START == 1735689600.0
     last = events[-1]  # line 120: timestamp 41999 ms, 87172 in, 7 out
     assert last["event_id"] == "mooncake_slice.jsonl:120"
     assert (last["ts"], last["input_tokens"], last["output_tokens"]) == (DEFAULT_START + 41.999, 87172, 7)
-    shifted = list(read_traffic(MOONCAKE, start=1_700_000_000.0))
+    shifted = read(MOONCAKE, start=1_700_000_000.0)
     assert shifted[-1]["ts"] == pytest.approx(1_700_000_041.999)
 
 
 def test_agent_slice_runs_costs_and_outcomes() -> None:
-    events = list(read_traffic(AGENT, attribution=Attribution(workflow="swe-bench", team="agents")))
+    events = read(AGENT, attribution=Attribution(workflow="swe-bench", team="agents"))
     usage = [e for e in events if e["type"] == "usage"]
     outcomes = [e for e in events if e["type"] == "outcome"]
     assert len(usage) == 75
@@ -90,8 +96,7 @@ def test_agent_slice_runs_costs_and_outcomes() -> None:
         "step": 1,
         "input_tokens": 1524,
         "output_tokens": 296,  # OpenRouter: reasoning already inside
-        "cache_read_tokens": 0,
-        "reasoning_tokens": 242,
+                "reasoning_tokens": 242,
         "cost_usd": 0.0066,
         "workflow": "swe-bench",
         "team": "agents",
@@ -137,7 +142,7 @@ def test_gzip_jsonl_by_magic_bytes_with_arrays(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"  # gzip inside, despite the name
     path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
     assert detect_format(path) == "jsonl"
-    events = list(read_traffic(path, attribution=Attribution(team="ignored")))
+    events = read(path, attribution=Attribution(team="ignored"))
     assert [e["event_id"] for e in events] == ["e1", "e2", "e3", "o"]
     assert events[0]["ts"] == 1735689600.0  # RFC 3339 in, epoch seconds out
     assert events[2]["team"] == "t" and "team" not in events[1]  # wire events attribute themselves
@@ -151,7 +156,7 @@ def test_mapped_csv(tmp_path: Path) -> None:
         "1735689602,200,30,claude-x,\n",
     )
     mapping = "ts=created, input_tokens=prompt, output_tokens=completion, model=model_name, cost_usd=cost, service='search'"
-    events = list(read_traffic(path, mapping=mapping, attribution=Attribution(workflow="search", runs=2)))
+    events = read(path, mapping=mapping, attribution=Attribution(workflow="search", runs=2))
     assert events[0] == {
         "type": "usage",
         "event_id": "calls.csv:2",
@@ -171,22 +176,22 @@ def test_mapped_csv(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a wire field"):
         read_traffic(path, mapping="ts=created,tokens=prompt")
     with pytest.raises(ReplayInputError, match=r"calls\.csv:1: missing column\(s\) nope"):
-        list(read_traffic(path, mapping="ts=created,input_tokens=nope"))
+        read(path, mapping="ts=created,input_tokens=nope")
 
 
 def test_missing_column_names_the_header_line(tmp_path: Path) -> None:
     path = write(tmp_path / "az.csv", "TIMESTAMP,ContextTokens\n2023-11-16 18:17:03.9799600,4808\n")
     with pytest.raises(ReplayInputError, match=r"az\.csv:1: missing column\(s\) GeneratedTokens"):
-        list(read_traffic(path, fmt="azure", skip_bad=True))
+        read(path, fmt="azure", skip_bad=True)
 
 
 def test_broken_json_line(tmp_path: Path) -> None:
     good = MOONCAKE.read_text().splitlines()[:4]
     path = write(tmp_path / "mc.jsonl", "\n".join(good[:2] + ['{"timestamp": 0, "input_len'] + good[2:]) + "\n")
     with pytest.raises(ReplayInputError, match=r"mc\.jsonl:3: not valid JSON .*--skip-bad"):
-        list(read_traffic(path))
+        read(path)
     stats = ReadStats()
-    assert len(list(read_traffic(path, skip_bad=True, stats=stats))) == 4
+    assert len(read(path, skip_bad=True, stats=stats)) == 4
     assert (stats.read, stats.skipped) == (4, 1) and stats.reasons[0].startswith(f"{path}:3: not valid JSON")
 
 
@@ -201,9 +206,9 @@ def test_bad_values_are_bad_lines(tmp_path: Path) -> None:
         "2023-11-16 18:17:04.3,7,14\n",
     )
     with pytest.raises(ReplayInputError, match=r"az\.csv:3: ContextTokens 'abc' is not an integer"):
-        list(read_traffic(path))
+        read(path)
     stats = ReadStats()
-    events = list(read_traffic(path, skip_bad=True, stats=stats))
+    events = read(path, skip_bad=True, stats=stats)
     assert [e["event_id"] for e in events] == ["az.csv:2", "az.csv:7"]
     assert stats.skipped == 4
     assert [r.split(": ", 1)[0] for r in stats.reasons] == [f"{path}:{n}" for n in (3, 4, 5, 6)]
@@ -215,7 +220,7 @@ def test_wire_contract_errors_name_array_item(tmp_path: Path) -> None:
     bad = wire_event(2, 1735689601, cache_read_tokens=50)  # cache beyond input_tokens
     path = write(tmp_path / "w.jsonl", orjson.dumps([wire_event(1, 1735689600), bad]).decode() + "\n")
     with pytest.raises(ReplayInputError, match=r"w\.jsonl:1: \[1\] .*cache_read_tokens \+ cache_write_tokens exceed"):
-        list(read_traffic(path))
+        read(path)
 
 
 def test_unsorted_timestamps(tmp_path: Path) -> None:
@@ -227,9 +232,9 @@ def test_unsorted_timestamps(tmp_path: Path) -> None:
         "2023-11-16 18:17:11.0,4,4\n",
     )
     with pytest.raises(ReplayInputError, match=r"az\.csv:4: ts .* goes back 5\.000 s from line 2"):
-        list(read_traffic(path))
+        read(path)
     stats = ReadStats()
-    events = list(read_traffic(path, skip_bad=True, stats=stats))
+    events = read(path, skip_bad=True, stats=stats)
     assert [e["input_tokens"] for e in events] == [2, 1, 4]
     assert stats.skipped == 1
 
@@ -240,13 +245,13 @@ def test_agent_csv_is_sorted_per_run(tmp_path: Path) -> None:
     swapped = run[:3] + [run[4], run[3]] + run[5:]  # step 5 (t+15 s) before step 4
     path = write(tmp_path / "agent.csv", "\n".join([header, *swapped]) + "\n")
     with pytest.raises(ReplayInputError, match=r"agent\.csv:6: .* run django__django-11163 must be sorted"):
-        list(read_traffic(path))
+        read(path)
 
 
 def test_several_files_merge_by_ts() -> None:
-    azure_start = next(read_traffic(AZURE))["ts"]
+    azure_start = next(read_traffic(AZURE)).ts
     stats = ReadStats()
-    events = list(read_traffic([AZURE, MOONCAKE], start=azure_start, stats=stats))
+    events = read([AZURE, MOONCAKE], start=azure_start, stats=stats)
     assert len(events) == stats.read == 270
     assert_sorted_and_valid(events)
     assert {e["event_id"].split(":")[0] for e in events[:20]} == {"azure_code_slice.csv", "mooncake_slice.jsonl"}
@@ -259,4 +264,4 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
     truncated.write_bytes(gzip.compress(MOONCAKE.read_bytes())[:500])
     for path in (latin1, truncated):
         with pytest.raises(ReplayInputError, match=rf"{path.name}: cannot be read"):
-            list(read_traffic(path))
+            read(path)

@@ -120,4 +120,4 @@ def test_live_replay_delivers_every_event(broker):
     res = asyncio.run(replay_live(events, broker.url, "replay-live-test", speed=None))
     assert res["events"] == len(events) and res["dropped"] == 0
     got = [ev for _, v in read_all(broker.bootstrap, "replay-live-test") for ev in orjson.loads(v)]
-    assert sorted(e["event_id"].split(":", 1)[1] for e in got) == sorted(e["event_id"] for e in events)
+    assert sorted(e["event_id"].split(":", 1)[1] for e in got) == sorted(e.event_id for e in events)
