@@ -30,48 +30,42 @@ def as_dict(vec: list[int]) -> dict[str, int]:
 
 
 class RollingWindow:
-    """Sum of counter vectors over the last `span` seconds of event time.
+    """Spend (micro-USD) over the last `span` seconds of event time.
 
     Kept as `buckets` sparse buckets of `span / buckets` seconds each (a sliding
-    window to one bucket's precision), so memory per entity is bounded.
+    window to one bucket's precision), so memory per entity is bounded. Only
+    spend is kept: burn rates are what windows answer; token and call totals
+    live in the period vectors.
 
     >>> w = RollingWindow(span=60, buckets=12)
-    >>> w.add(1000.0, [5, 1, 1, 0, 1, 0]); w.add(1059.0, [7, 1, 1, 0, 1, 0])
-    >>> w.total(1059.0)[0], w.total(1110.0)[0]
+    >>> w.add(1000.0, 5); w.add(1059.0, 7)
+    >>> w.total(1059.0), w.total(1110.0)
     (12, 7)
     """
 
     __slots__ = ("width", "buckets", "data")
 
-    def __init__(self, span: float, buckets: int = 12, data: dict[int, list[int]] | None = None):
+    def __init__(self, span: float, buckets: int = 12, data: dict[int, int] | None = None):
         self.width = span / buckets
         self.buckets = buckets
-        self.data: dict[int, list[int]] = data if data is not None else {}
+        self.data: dict[int, int] = data if data is not None else {}
 
-    def add(self, ts: float, vec: list[int]) -> None:
+    def add(self, ts: float, micros: int) -> None:
         idx = int(ts // self.width)
-        cur = self.data.get(idx)
-        if cur is None:
-            self.data[idx] = list(vec)
-        else:
-            add_into(cur, vec)
+        self.data[idx] = self.data.get(idx, 0) + micros
 
-    def total(self, now: float) -> list[int]:
+    def total(self, now: float) -> int:
         lo = int(now // self.width) - self.buckets
-        acc = zero()
-        for idx, vec in self.data.items():
-            if idx > lo:
-                add_into(acc, vec)
-        return acc
+        return sum(v for idx, v in self.data.items() if idx > lo)
 
     def prune(self, now: float) -> None:
         lo = int(now // self.width) - self.buckets
         for idx in [i for i in self.data if i <= lo]:
             del self.data[idx]
 
-    def dump(self) -> dict[str, list[int]]:
+    def dump(self) -> dict[str, int]:
         return {str(k): v for k, v in self.data.items()}
 
     @classmethod
-    def load(cls, span: float, buckets: int, data: dict[str, list[int]]) -> RollingWindow:
+    def load(cls, span: float, buckets: int, data: dict[str, int]) -> RollingWindow:
         return cls(span, buckets, {int(k): v for k, v in data.items()})

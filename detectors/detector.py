@@ -3,7 +3,7 @@
 A detector is a plain object in event time, no Kafka and no clock:
 `observe(event, cost_micros)` folds one priced event into per-workflow state in
 O(1); `tick(now)` does the interval work (scoring, timeouts, alerting) and
-returns new alerts. Each keeps its state in `workflows`, one picklable value
+returns new alerts; `flagged(now)` returns those due without waiting for a tick. Each keeps its state in `workflows`, one picklable value
 per workflow, so the Monitor can own one instance per kind, route events by
 workflow and snapshot or restore a workflow's state with its partition.
 """
@@ -25,6 +25,11 @@ class Detector(Protocol):
     def observe(self, event: Event, cost_micros: int) -> None: ...
 
     def tick(self, now: float) -> list[Alert]: ...
+
+    def flagged(self, now: float) -> list[Alert]:
+        """Alerts `observe` already knows are due; the Monitor asks after every batch,
+        so an evident case is not held until the next tick."""
+        ...
 
 
 def alert_id(kind: str, workflow: str, subject: str, episode: float | None = None) -> str:

@@ -16,8 +16,9 @@ Two kinds of evidence, both checked per event in O(1):
   was 3.3 log-sigmas out; z = 4 leaves margin (3.5 already flags one real
   unresolved run).
 
-Re-polling the same action 2–3 times is normal and does not fire. Alerts are
-emitted on `tick`, so a burst of events costs one alert, not one per event.
+Re-polling the same action 2–3 times is normal and does not fire. A flagged run
+alerts once, when the batch that flagged it ends (`flagged`), so a burst of
+events costs one alert and an evident loop never waits for the next tick.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class LoopDetector:
         self.priors = priors or PRIORS
         self.workflows: dict[str, WorkflowLoops] = {}
         self.swept = 0.0
+        self._flagged: set[str] = set()  # workflows with new flags since the last `flagged`
 
     def observe(self, event: Event, cost_micros: int) -> None:
         rid = event.run_id
@@ -199,21 +201,36 @@ class LoopDetector:
         if flag is not None:
             run.flag = flag
             wf.pending.append(rid)
+            self._flagged.add(event.workflow)
+
+    def flagged(self, now: float) -> list[Alert]:
+        alerts = []
+        for name in self._flagged:
+            wf = self.workflows.get(name)
+            if wf is not None:
+                alerts.extend(self._fire(name, wf, now))
+        self._flagged.clear()
+        return alerts
 
     def tick(self, now: float) -> list[Alert]:
         alerts = []
         sweep = now - self.swept >= self.sweep_every
         for name, wf in self.workflows.items():
-            for rid in wf.pending:
-                run = wf.runs[rid]
-                if not run.fired:
-                    run.fired = True
-                    alerts.append(self._alert(name, rid, run, wf, now))
-            wf.pending.clear()
+            alerts.extend(self._fire(name, wf, now))  # flags restored with a workflow's state
             if sweep:
                 self._sweep(wf, now)
         if sweep:
             self.swept = now
+        return alerts
+
+    def _fire(self, name: str, wf: WorkflowLoops, now: float) -> list[Alert]:
+        alerts = []
+        for rid in wf.pending:
+            run = wf.runs[rid]
+            if not run.fired:
+                run.fired = True
+                alerts.append(self._alert(name, rid, run, wf, now))
+        wf.pending.clear()
         return alerts
 
     def _sweep(self, wf: WorkflowLoops, now: float) -> None:

@@ -157,6 +157,9 @@ class Monitor:
                 observe(ev, micros)
             if ev.team is not None:
                 teams_touched.setdefault(name, set()).add(ev.team)
+        if out.accepted:
+            now = max(self.workflows[n].watermark for n in touched)
+            out.alerts.extend(a for det in self.detectors for a in det.flagged(now))
         for (wf, ts, keys, team, model, agent), vec in grouped.items():
             self.workflows[wf].add_usage(ts, keys, vec, team, model, agent)
         for name in out.touched:
@@ -254,8 +257,8 @@ class Monitor:
             "top_models": st.top("model", key),
             "top_agents": st.top("agent", key),
             "top_agents_last_hour": st.top_last_hour("agent"),
-            "burn_usd_per_hour": hour[COST] / 1e6,
-            "burn_usd_per_min_last_minute": minute[COST] / 1e6,
+            "burn_usd_per_hour": hour / 1e6,
+            "burn_usd_per_min_last_minute": minute / 1e6,
             "calls": totals[4],
             "cached_tokens": totals[CACHED],
             **self._forecast(st.period_cost(key), key, st.watermark),

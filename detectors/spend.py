@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from detectors.counters import RollingWindow, add_into, zero
+from detectors.counters import COST, RollingWindow, add_into, zero
 
 Windows = dict[str, tuple[float, int]]
 WINDOWS: Windows = {"1m": (60.0, 12), "1h": (3600.0, 12), "24h": (86400.0, 24)}
@@ -26,7 +26,7 @@ class EntitySpend:
 
     def add(self, ts: float, period_keys: tuple[str, str], vec: list[int]) -> None:
         for w in self.windows.values():
-            w.add(ts, vec)
+            w.add(ts, vec[COST])
         for key in period_keys:
             cur = self.periods.get(key)
             if cur is None:
@@ -36,7 +36,8 @@ class EntitySpend:
         if ts > self.last_ts:
             self.last_ts = ts
 
-    def window(self, name: str, now: float) -> list[int]:
+    def window(self, name: str, now: float) -> int:
+        """Micro-USD spent in the window `name` ending at `now`."""
         return self.windows[name].total(now)
 
     def period(self, key: str) -> list[int]:

@@ -54,7 +54,7 @@ class WorkflowState:
     def top_last_hour(self, dim: str, n: int = 3) -> list[list[Any]]:
         """The `n` biggest spenders of a dimension over the last hour of event time: who burns now."""
         now = self.watermark
-        return _ranked(((e.window("1h", now)[COST], name) for name, e in self.by[dim].items()), n)
+        return _ranked(((e.window("1h", now), name) for name, e in self.by[dim].items()), n)
 
     def period_cost(self, key: str) -> int:
         return self.spend.period(key)[COST]

@@ -139,6 +139,10 @@ class ZombieDetector:
         """Active seconds without an outcome beyond which this agent is a zombie."""
         return max(self.factor * agent.gap, self.min_gap)
 
+    def flagged(self, now: float) -> list[Alert]:
+        """Zombies are a matter of time passing: only `tick` finds them."""
+        return []
+
     def tick(self, now: float) -> list[Alert]:
         if now - self.checked < self.every:
             return []

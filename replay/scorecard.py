@@ -25,14 +25,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from detectors.detector import Detector, Event
+from detectors.detector import Detector
 from detectors.loops import LoopDetector
-from detectors.pricing import PriceBook
+from detectors.monitor import Monitor
 from detectors.spikes import SeriesScorer, SpikeDetector
 from detectors.zombies import ZombieDetector
+from replay import driver
 from replay.scenarios import generate
 from schemas.alerts import Alert
-from schemas.events import OutcomeEvent, UsageEvent
 
 TICK = 10.0
 GRACE = 900.0
@@ -47,34 +47,10 @@ def detectors() -> list[Detector]:
     return [LoopDetector(), ZombieDetector(), SpikeDetector()]
 
 
-def _event(doc: dict[str, Any]) -> Event:
-    return UsageEvent.model_validate(doc) if doc["type"] == "usage" else OutcomeEvent.model_validate(doc)
-
-
 def replay(events: Iterable[dict[str, Any]], dets: list[Detector], tick: float = TICK,
            flush: float = GRACE) -> list[Alert]:
-    """Feed events in order, ticking every `tick` s of event time (and `flush` s past the last)."""
-    prices = PriceBook()
-    alerts: list[Alert] = []
-    next_tick = None
-    last = 0.0
-    for doc in events:
-        ev = _event(doc)
-        if next_tick is None:
-            next_tick = ev.ts + tick
-        while ev.ts >= next_tick:
-            for d in dets:
-                alerts.extend(d.tick(next_tick))
-            next_tick += tick
-        cost = prices.price(ev).micros if ev.type == "usage" else 0
-        for d in dets:
-            d.observe(ev, cost)
-        last = ev.ts
-    while next_tick is not None and next_tick <= last + flush:
-        for d in dets:
-            alerts.extend(d.tick(next_tick))
-        next_tick += tick
-    return alerts
+    """The alerts of `dets` over `events`, through the same engine and virtual time as a backtest."""
+    return driver.run(events, Monitor(detectors=dets), tick=tick, flush=flush).alerts
 
 
 def _subject(alert: Alert, subject: str) -> str | None:

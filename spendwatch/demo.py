@@ -188,8 +188,8 @@ def summary_table(worker: Worker, started: float) -> Table:
         today = st.totals(day)
         top = st.top("model", day, 1)
         table.add_row(name, ", ".join(st.by["team"]) or "—", fmt_usd(today[COST]),
-                      fmt_usd(st.spend.window("1m", st.watermark)[COST]),
-                      fmt_usd(st.spend.window("1h", st.watermark)[COST]),
+                      fmt_usd(st.spend.window("1m", st.watermark)),
+                      fmt_usd(st.spend.window("1h", st.watermark)),
                       f"{today[CALLS]:,}", f"{today[ERRORS]:,}", top[0][0] if top else "—")
     s = worker.stats
     elapsed = max(time.time() - started, 1e-9)

@@ -162,10 +162,10 @@ def memory_per_run(runs: int = 100_000, workflows: int = 10_000) -> dict[str, fl
     import tracemalloc
 
     from detectors.monitor import Monitor
-    from schemas.events import UsageEvent
+    from schemas.structs import Usage
 
     t0 = time.time() - 3600
-    events = [UsageEvent(type="usage", event_id=f"m{i}", ts=t0 + i * 0.01, workflow=f"wf-{i % workflows}",
+    events = [Usage(event_id=f"m{i}", ts=t0 + i * 0.01, workflow=f"wf-{i % workflows}",
                          model="gpt-4o", run_id=f"run-{i}", agent_id=f"ag-{i % (workflows * 3)}", step=1,
                          input_tokens=3000, output_tokens=300, fingerprint="a") for i in range(runs)]
     from detectors.loops import LoopDetector
