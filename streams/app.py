@@ -120,6 +120,9 @@ def build_app(
         consumer_auto_offset_reset="earliest",
         producer_max_request_size=8_000_000,
         broker_commit_interval=settings.commit_interval_s,  # table values can outgrow 1 MB on very busy workflows
+        # take_events waits for batch_max records or batch_within_s; a smaller stream buffer (Faust's
+        # default is 4096) could never hold a full batch, so every batch would wait out the timeout.
+        stream_buffer_maxsize=2 * settings.batch_max,
     )
     t = settings.topics
     usage = app.topic(t.usage, key_type=bytes, value_type=bytes, partitions=t.partitions)
