@@ -34,7 +34,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from schemas.decode import validate_event
+from schemas.decode import parse_record, validate_event
 from schemas.events import OutcomeEvent, UsageEvent, parse_ts
 from schemas.structs import Event
 
@@ -314,16 +314,10 @@ def _csv(
 def _read_jsonl(src: _Source, f: TextIO) -> Parsed:
     """Wire events; one bad object in an array makes its whole line bad (a line is the unit skipped)."""
 
-    def parse(line: int, raw: str) -> list[dict[str, Any]]:
-        doc = _json(raw)
-        if not isinstance(doc, list):
-            return [_valid(doc)]
-        events = []
-        for i, obj in enumerate(doc):
-            try:
-                events.append(_valid(obj))
-            except ValueError as err:
-                raise ValueError(f"[{i}] {err}") from None
+    def parse(line: int, raw: str) -> list[Event]:
+        events, errors = parse_record(raw.encode())  # a line is a Kafka record's value: same decoder
+        if errors:
+            raise ValueError(errors[0].reason)
         return events
 
     return _parsed(_json_lines(f), parse)
