@@ -146,7 +146,10 @@ def add_traffic_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="gpt-4o-mini", help="model of traces without one (default: %(default)s)")
     g.add_argument("--provider", help="provider to price the model with")
     g.add_argument("--team", help="team of every event")
-    g.add_argument("--runs", type=int, help="spread calls round-robin over this many runs (for run detectors)")
+    g.add_argument("--runs", type=int,
+                   help="spread calls round-robin over this many runs (for run detectors); these runs never "
+                        "end, so pick enough that each stays as short as a real run (events / 20 or more), "
+                        "or the loop detector rightly calls them loops")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of stopping")
 
 
