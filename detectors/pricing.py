@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import TieredPrices
@@ -88,7 +88,12 @@ class Rate:
         )
 
     def cost_micros(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> int:
-        pico = self.cost_pico(input_tokens, output_tokens, cache_read, cache_write)
+        flat = self._flat  # type: ignore[attr-defined]
+        if flat is not None:  # cost_pico inlined: this runs once per event
+            pico = ((input_tokens - cache_read - cache_write) * flat[0] + output_tokens * flat[1]
+                    + cache_read * flat[2] + cache_write * flat[3])
+        else:
+            pico = self.cost_pico(input_tokens, output_tokens, cache_read, cache_write)
         return (pico + PICO_PER_MICRO // 2) // PICO_PER_MICRO
 
 
@@ -112,8 +117,7 @@ def catalog_rate(model: str, provider: str | None, at: datetime | None = None) -
     )
 
 
-@dataclass
-class Priced:
+class Priced(NamedTuple):
     micros: int
     source: str  # "caller", "override", "genai-prices:...", "fallback"
 
@@ -148,7 +152,7 @@ class PriceBook:
         """Cost of one usage event in micro-USD, and where the price came from."""
         if event.cost_usd is not None:
             return Priced(usd_to_micros(event.cost_usd), "caller")
-        rate = self.rate(event.model, event.provider)
+        rate = self._cache.get((event.provider, event.model)) or self.rate(event.model, event.provider)
         if rate is self.fallback:
             self.unpriced[event.model] = self.unpriced.get(event.model, 0) + 1
         return Priced(

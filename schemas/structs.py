@@ -99,7 +99,7 @@ def _struct(model: type[BaseModel]) -> type[msgspec.Struct]:
     if "_token_parts" in validators.model_validators:
         namespace["__post_init__"] = check_token_parts
     return msgspec.defstruct(tag.capitalize(), fields, namespace=namespace, tag_field="type", tag=tag,
-                             forbid_unknown_fields=True, omit_defaults=True, frozen=True,
+                             forbid_unknown_fields=True, omit_defaults=True, frozen=True, gc=False,
                              module=__name__)
 
 
