@@ -24,6 +24,7 @@ events costs one alert and an evident loop never waits for the next tick.
 from __future__ import annotations
 
 import zlib
+from array import array
 
 from detectors.detector import Event, LogBaseline, alert_id
 from detectors.money import fmt_usd
@@ -50,7 +51,7 @@ only past ~330 calls, 36M tokens, 740k context or $61 per run."""
 
 class Run:
     """What the detector keeps per run: counters and CRC-32s of the last WINDOW
-    fingerprints, about 1.3 KB in memory however long the run."""
+    fingerprints: about 450 bytes in memory however long the run."""
 
     __slots__ = (
         "agent", "team", "start", "last", "step", "calls", "tokens", "context", "micros",
@@ -61,7 +62,7 @@ class Run:
         self.agent, self.team = agent, team
         self.start = self.last = ts
         self.step = self.calls = self.tokens = self.context = self.micros = 0
-        self.recent: list[int] = []  # CRC-32 of the last WINDOW fingerprints, oldest first
+        self.recent = array("I")  # CRC-32 of the last WINDOW fingerprints, oldest first: 4 bytes each, not 32
         self.same = self.same_err = self.alt = self.cycle = self.echo = self.last_out = 0
         self.flag: tuple[str, int, int, str | None] | None = None  # (rule, loop start step, repeats, fingerprint)
         self.fired = False

@@ -209,7 +209,7 @@ class Monitor:
     def _snapshot(self, st: WorkflowState, team: str) -> dict[str, Any]:
         entity = st.by["team"][team]
         return {"team": team, "workflow": st.name, "ts": st.watermark,
-                "periods": {k: v[COST] for k, v in entity.periods.items()}}
+                "periods": dict(entity.periods)}
 
     def _check_workflow_budget(self, st: WorkflowState) -> list[Alert]:
         budget = self.budgets.workflows.get(st.name)

@@ -1,4 +1,4 @@
-"""Spend of one entity (a workflow, or a team, model or agent within it)."""
+"""Spend of a workflow (`EntitySpend`), and of a team, model or agent within it (`EntityCost`)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,19 @@ from typing import Any
 
 from detectors.counters import COST, RollingWindow, add_into, zero
 
-Windows = dict[str, tuple[float, int]]
-WINDOWS: Windows = {"1m": (60.0, 12), "1h": (3600.0, 12), "24h": (86400.0, 24)}
+WINDOWS: dict[str, tuple[float, int]] = {"1m": (60.0, 12), "1h": (3600.0, 12), "24h": (86400.0, 24)}
 """Rolling windows of a workflow: name -> (span seconds, buckets)."""
-ENTITY_WINDOWS: Windows = {"1h": (3600.0, 12)}
-"""Rolling windows of a team, model or agent within a workflow: who burns *now* (alert evidence).
-Fewer than the workflow's, because every event updates three entities."""
+HOUR = WINDOWS["1h"]
 
 
 class EntitySpend:
-    """Rolling windows (by default 1 min / 1 h / 24 h) plus day and month period totals."""
+    """A workflow's rolling spend windows (1 min / 1 h / 24 h) and day and month counter vectors."""
 
-    __slots__ = ("windows", "periods", "last_ts")
+    __slots__ = ("windows", "periods")
 
-    def __init__(self, windows: Windows = WINDOWS) -> None:
-        self.windows = {name: RollingWindow(span, n) for name, (span, n) in windows.items()}
+    def __init__(self) -> None:
+        self.windows = {name: RollingWindow(span, n) for name, (span, n) in WINDOWS.items()}
         self.periods: dict[str, list[int]] = {}
-        self.last_ts = 0.0
 
     def add(self, ts: float, period_keys: tuple[str, str], vec: list[int]) -> None:
         for w in self.windows.values():
@@ -33,8 +29,6 @@ class EntitySpend:
                 self.periods[key] = list(vec)
             else:
                 add_into(cur, vec)
-        if ts > self.last_ts:
-            self.last_ts = ts
 
     def window(self, name: str, now: float) -> int:
         """Micro-USD spent in the window `name` ending at `now`."""
@@ -57,15 +51,54 @@ class EntitySpend:
         return {
             "w": {name: w.dump() for name, w in self.windows.items()},
             "p": self.periods,
-            "t": self.last_ts,
         }
 
     @classmethod
-    def load(cls, doc: dict[str, Any], windows: Windows = WINDOWS) -> EntitySpend:
-        spend = cls({})
-        spend.windows = {
-            name: RollingWindow.load(span, n, doc["w"].get(name, {})) for name, (span, n) in windows.items()
-        }
+    def load(cls, doc: dict[str, Any]) -> EntitySpend:
+        spend = cls()
+        spend.windows = {name: RollingWindow.load(span, n, doc["w"].get(name, {})) for name, (span, n) in WINDOWS.items()}
         spend.periods = doc["p"]
-        spend.last_ts = doc["t"]
         return spend
+
+
+class EntityCost:
+    """Cost of a team, model or agent within a workflow: the last hour, and day and month totals.
+
+    Alerts only rank these by cost (who burns now, who burned today), and every
+    event updates three of them, so they keep micro-USD alone and one window:
+    a third of an `EntitySpend`'s memory.
+    """
+
+    __slots__ = ("hour", "periods")
+
+    def __init__(self, hour: RollingWindow | None = None, periods: dict[str, int] | None = None) -> None:
+        self.hour = hour or RollingWindow(*HOUR)
+        self.periods: dict[str, int] = periods if periods is not None else {}
+
+    def add(self, ts: float, period_keys: tuple[str, str], micros: int) -> None:
+        self.hour.add(ts, micros)
+        periods = self.periods
+        for key in period_keys:
+            periods[key] = periods.get(key, 0) + micros
+
+    def last_hour(self, now: float) -> int:
+        return self.hour.total(now)
+
+    def period(self, key: str) -> int:
+        return self.periods.get(key, 0)
+
+    def prune(self, now: float, keep_periods: set[str]) -> None:
+        self.hour.prune(now)
+        for key in [k for k in self.periods if k not in keep_periods]:
+            del self.periods[key]
+
+    @property
+    def empty(self) -> bool:
+        return not self.periods and not self.hour.data
+
+    def dump(self) -> dict[str, Any]:
+        return {"h": self.hour.dump(), "p": self.periods}
+
+    @classmethod
+    def load(cls, doc: dict[str, Any]) -> EntityCost:
+        return cls(RollingWindow.load(*HOUR, doc["h"]), doc["p"])

@@ -23,6 +23,7 @@ ramping up", so every daily peak looks new. It is not used here.
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 from typing import Literal
 
@@ -85,7 +86,7 @@ class SeriesScorer:
         self.warmup, self.clip, self.protect, self.adapt_after = warmup, clip, protect, adapt_after
         self.min_scale, self.z_half, self.tail_rate = min_scale, z_half, tail_rate
         self.level = 0.0
-        self.season = [0.0] * slots
+        self.season: array[float] | None = None  # the hour-of-day profile, allocated when it first moves
         self.scale = 0.0  # mean absolute residual
         self.tail = 0.0  # 99th percentile of |residual|, by stochastic approximation
         self.above = False  # the last residual exceeded the tail
@@ -101,6 +102,8 @@ class SeriesScorer:
         return i % self.slots, (i + 1) % self.slots, pos - i
 
     def _season(self, ts: float) -> float:
+        if self.season is None:
+            return 0.0
         i, j, w = self._knots(ts)
         return (1.0 - w) * self.season[i] + w * self.season[j]
 
@@ -158,6 +161,8 @@ class SeriesScorer:
         self.level += a * ec
         i, j, w = self._knots(ts)
         g = self.gamma * min(dt * self.slots / self.period, 1.0) * (1.0 - a) * ec
+        if self.season is None:
+            self.season = array("d", bytes(8 * self.slots))  # 8 bytes a slot; a list of floats takes 32
         self.season[i] += (1.0 - w) * g
         self.season[j] += w * g
         if abs(e) <= lim:

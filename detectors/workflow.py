@@ -11,7 +11,7 @@ import itertools
 from typing import Any
 
 from detectors.counters import COST, zero
-from detectors.spend import ENTITY_WINDOWS, EntitySpend
+from detectors.spend import EntityCost, EntitySpend
 
 DIMENSIONS = ("team", "model", "agent")
 
@@ -25,7 +25,7 @@ class WorkflowState:
         self.watermark = 0.0  # highest event time seen
         self.dedup: dict[str, float] = {}  # event_id -> ts, within the dedup window
         self.spend = EntitySpend()
-        self.by: dict[str, dict[str, EntitySpend]] = {d: {} for d in DIMENSIONS}
+        self.by: dict[str, dict[str, EntityCost]] = {d: {} for d in DIMENSIONS}
         self.outcomes: dict[str, list[int]] = {}  # period key -> [count, value_micros]
         self.fired: set[str] = set()
         self.unpriced = 0
@@ -34,12 +34,13 @@ class WorkflowState:
     def add_usage(self, ts: float, keys: tuple[str, str], vec: list[int], team: str | None, model: str,
                   agent: str | None) -> None:
         self.spend.add(ts, keys, vec)
+        micros = vec[COST]
         for dim, name in (("team", team), ("model", model), ("agent", agent)):
             if name is not None:
                 entity = self.by[dim].get(name)
                 if entity is None:
-                    entity = self.by[dim][name] = EntitySpend(ENTITY_WINDOWS)
-                entity.add(ts, keys, vec)
+                    entity = self.by[dim][name] = EntityCost()
+                entity.add(ts, keys, micros)
 
     def add_outcome(self, keys: tuple[str, str], value_micros: int) -> None:
         for key in keys:
@@ -49,12 +50,12 @@ class WorkflowState:
 
     def top(self, dim: str, period_key: str, n: int = 3) -> list[list[Any]]:
         """The `n` biggest spenders of a dimension in a period: [[name, usd], ...]."""
-        return _ranked(((e.period(period_key)[COST], name) for name, e in self.by[dim].items()), n)
+        return _ranked(((e.period(period_key), name) for name, e in self.by[dim].items()), n)
 
     def top_last_hour(self, dim: str, n: int = 3) -> list[list[Any]]:
         """The `n` biggest spenders of a dimension over the last hour of event time: who burns now."""
         now = self.watermark
-        return _ranked(((e.window("1h", now), name) for name, e in self.by[dim].items()), n)
+        return _ranked(((e.last_hour(now), name) for name, e in self.by[dim].items()), n)
 
     def period_cost(self, key: str) -> int:
         return self.spend.period(key)[COST]
@@ -103,7 +104,7 @@ class WorkflowState:
         st.watermark = doc["watermark"]
         st.dedup = doc["dedup"]
         st.spend = EntitySpend.load(doc["spend"])
-        st.by = {d: {n: EntitySpend.load(e, ENTITY_WINDOWS) for n, e in doc["by"].get(d, {}).items()} for d in DIMENSIONS}
+        st.by = {d: {n: EntityCost.load(e) for n, e in doc["by"].get(d, {}).items()} for d in DIMENSIONS}
         st.outcomes = doc["outcomes"]
         st.fired = set(doc["fired"])
         st.unpriced = doc["unpriced"]
