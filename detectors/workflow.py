@@ -1,29 +1,48 @@
 """All state of one workflow: dedup window, spend by entity, outcomes, fired budgets.
 
-This is exactly what one Faust table value holds, so a single changelog record
-carries the totals *and* the event ids they already include: a redelivered or
-duplicated event is recognised after a crash as well as before.
+`checkpoint()` says what to persist: the totals together with the event ids
+they already include, so a redelivered or duplicated event is recognised after
+a crash as well as before. Ids are sealed into buckets of `SEAL_IDS` that are
+written once, each under a key of its own, and the state value lists them: a
+busy workflow's value then holds a few hundred fresh ids, not the whole hour.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from detectors.counters import COST, zero
 from detectors.spend import EntityCost, EntitySpend
 
 DIMENSIONS = ("team", "model", "agent")
+SEAL_IDS = 256
+"""Fresh event ids that make a bucket: the most a state value carries."""
+MAX_IDS = 20_000
+"""Event ids kept per workflow (memory bound); a busier workflow dedups over less than the window."""
+
+
+class Checkpoint(NamedTuple):
+    """What to write for a workflow, in this order: sealed id buckets, expired ones, then the state."""
+
+    sealed: list[tuple[int, dict[str, float]]]  # (bucket number, event id -> ts), written once
+    expired: list[int]  # bucket numbers whose ids all left the window: delete them
+    state: dict[str, Any]  # the value that names the live buckets
 
 
 class WorkflowState:
-    __slots__ = ("name", "offset", "watermark", "dedup", "spend", "by", "outcomes", "fired", "unpriced", "pruned_at")
+    __slots__ = ("name", "offset", "watermark", "dedup", "spend", "by", "outcomes", "fired", "unpriced", "pruned_at",
+                 "buckets", "next_bucket", "expired")  # fmt: skip
 
     def __init__(self, name: str):
         self.name = name
         self.offset = -1  # last source offset applied (idempotence against redelivery)
         self.watermark = 0.0  # highest event time seen
-        self.dedup: dict[str, float] = {}  # event_id -> ts, within the dedup window
+        self.dedup: dict[str, float] = {}  # event_id -> ts, within the dedup window, in arrival order
+        self.buckets: dict[int, int] = {}  # sealed bucket -> ids of it still in `dedup` (its oldest ids, in order)
+        self.next_bucket = 0
+        self.expired: list[int] = []  # buckets emptied by pruning, to delete at the next checkpoint
         self.spend = EntitySpend()
         self.by: dict[str, dict[str, EntityCost]] = {d: {} for d in DIMENSIONS}
         self.outcomes: dict[str, list[int]] = {}  # period key -> [count, value_micros]
@@ -60,7 +79,7 @@ class WorkflowState:
     def period_cost(self, key: str) -> int:
         return self.spend.period(key)[COST]
 
-    def prune(self, horizon: float, keep_periods: set[str], max_ids: int = 20_000) -> None:
+    def prune(self, horizon: float, keep_periods: set[str], max_ids: int = MAX_IDS) -> None:
         """Forget event ids older than the dedup horizon (or beyond `max_ids`) and idle entities."""
         now = self.pruned_at = self.watermark
         # Ids sit in arrival order, which is event-time order up to jitter: drop from the
@@ -68,9 +87,17 @@ class WorkflowState:
         # which only makes dedup stricter). Costs the ids dropped, not the window.
         dedup, cut = self.dedup, now - horizon
         stale = [k for k, _ in itertools.takewhile(lambda kv: kv[1] < cut, dedup.items())]
-        stale += itertools.islice(dedup, len(stale), max(len(dedup) - max_ids, 0))  # bound the table value
+        stale += itertools.islice(dedup, len(stale), max(len(dedup) - max_ids, 0))
         for k in stale:
             del dedup[k]
+        dropped = len(stale)
+        for seq, n in list(self.buckets.items()):  # the oldest ids are the oldest buckets'
+            if dropped < n:
+                self.buckets[seq] = n - dropped
+                break
+            dropped -= n
+            del self.buckets[seq]
+            self.expired.append(seq)
         self.spend.prune(now, keep_periods)
         for entities in self.by.values():
             for name in list(entities):
@@ -84,12 +111,30 @@ class WorkflowState:
     def totals(self, period_key: str) -> list[int]:
         return self.spend.period(period_key) if period_key in self.spend.periods else zero()
 
+    def checkpoint(self) -> Checkpoint:
+        """Seal the fresh ids if there are `SEAL_IDS` of them, and say what to write."""
+        sealed = []
+        fresh = self._fresh_ids()
+        if len(fresh) >= SEAL_IDS:
+            sealed.append((self.next_bucket, fresh))
+            self.buckets[self.next_bucket] = len(fresh)
+            self.next_bucket += 1
+        expired, self.expired = self.expired, []
+        return Checkpoint(sealed, expired, self.dump())
+
+    def _fresh_ids(self) -> dict[str, float]:
+        """Ids added since the last seal: the newest entries of `dedup`."""
+        n = len(self.dedup) - sum(self.buckets.values())
+        return dict(reversed(list(itertools.islice(reversed(self.dedup.items()), n))))
+
     def dump(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "offset": self.offset,
             "watermark": self.watermark,
-            "dedup": self.dedup,
+            "dedup": self._fresh_ids(),
+            "buckets": list(self.buckets),
+            "next_bucket": self.next_bucket,
             "spend": self.spend.dump(),
             "by": {d: {n: e.dump() for n, e in ents.items()} for d, ents in self.by.items()},
             "outcomes": self.outcomes,
@@ -98,11 +143,18 @@ class WorkflowState:
         }
 
     @classmethod
-    def load(cls, doc: dict[str, Any]) -> WorkflowState:
+    def load(cls, doc: dict[str, Any], bucket: Callable[[int], dict[str, float] | None] = lambda seq: None) -> WorkflowState:
+        """The state from `dump()`; `bucket(seq)` reads a sealed id bucket back (None: gone)."""
         st = cls(doc["name"])
         st.offset = doc["offset"]
         st.watermark = doc["watermark"]
-        st.dedup = doc["dedup"]
+        for seq in doc.get("buckets", ()):
+            ids = bucket(seq)
+            if ids:
+                st.buckets[seq] = len(ids)
+                st.dedup.update(ids)
+        st.dedup.update(doc["dedup"])
+        st.next_bucket = doc.get("next_bucket", 0)
         st.spend = EntitySpend.load(doc["spend"])
         st.by = {d: {n: EntityCost.load(e) for n, e in doc["by"].get(d, {}).items()} for d in DIMENSIONS}
         st.outcomes = doc["outcomes"]

@@ -31,6 +31,7 @@ from spendwatch.control import make_command, record_of
 from spendwatch.signing import Keyring
 from streams.ingest import Ingestor, Record
 from streams.notifier import Notifier
+from streams import workflow_table
 from streams.progress import ProgressFile
 from streams.routing import Router
 from streams.sinks import Sink
@@ -135,8 +136,7 @@ def build_app(
     detector_table = app.Table("detectors", key_type=bytes, value_type=bytes, partitions=t.partitions)
 
     def load_workflow(name: str) -> WorkflowState | None:
-        raw = workflows.get(name.encode())
-        return WorkflowState.load(orjson.loads(raw)) if raw else None
+        return workflow_table.load(workflows.get, name)
 
     def load_team(name: str) -> TeamState | None:
         raw = teams.get(name.encode())
@@ -195,7 +195,7 @@ def build_app(
         for wf, rec in fx.dirty.items():
             _in_context_of(by_offset[(rec.partition, rec.offset)])
             st = monitor.workflows[wf]
-            workflows[wf.encode()] = orjson.dumps(st.dump())
+            workflow_table.save(workflows, st)
             clock.advance(st.watermark)
             if wall - saved_at.get(wf, 0.0) >= DETECTOR_SAVE_EVERY:  # models are saved per interval, not per batch
                 detector_table[wf.encode()] = monitor.dump_detectors(wf)

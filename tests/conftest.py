@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker import EmbeddedBroker
+from streams.workflow_table import state_key
 from tests.fakeslack import FakeSlack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +88,6 @@ def start_worker(spawn: Callable[..., subprocess.Popen[bytes]], broker: Embedded
     publish(broker.bootstrap, "spendwatch.usage", [(probe.encode(), (
         '{"type":"usage","event_id":"%s","ts":%d,"workflow":"%s","model":"gpt-4o","input_tokens":1,'
         '"output_tokens":1}' % (probe, time.time(), probe)).encode())])
-    wait_for(lambda: any(k == probe.encode() for k, _ in read_all(broker.bootstrap, "spendwatch-workflows-changelog")),
+    wait_for(lambda: any(k == state_key(probe) for k, _ in read_all(broker.bootstrap, "spendwatch-workflows-changelog")),
              120, "the worker to process its probe event")
     return proc

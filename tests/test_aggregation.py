@@ -3,6 +3,7 @@
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 
 from detectors.budgets import Budget, BudgetConfig
@@ -115,3 +116,55 @@ def test_state_survives_a_dump_load_round_trip():
     st = m.workflows["w"]
     again = WorkflowState.load(st.dump())
     assert again.dump() == st.dump()
+
+
+def test_event_ids_are_sealed_into_buckets_written_once_and_reloaded_after_a_restart():
+    from detectors.workflow import SEAL_IDS
+    from streams import workflow_table
+
+    writes: list[bytes] = []
+
+    class Table(dict):  # records the order of writes, as the changelog would
+        def __setitem__(self, key, value):
+            writes.append(key)
+            super().__setitem__(key, value)
+
+    table = Table()
+    t0 = ts(2026, 5, 1, 9)
+    events = [ev(i, t0 + i) for i in range(1000)]
+    m = monitor()
+    for i in range(0, 1000, 100):
+        m.process(events[i:i + 100])
+        workflow_table.save(table, m.workflows["w"])
+    buckets = sorted(k for k in table if k.startswith(workflow_table.BUCKET))
+    assert len(buckets) == 1000 // SEAL_IDS
+    assert len(orjson.loads(table[workflow_table.state_key("w")])["dedup"]) < SEAL_IDS  # the value stays small
+    first = writes.index(workflow_table.bucket_key("w", 0))
+    assert writes[first + 1] == workflow_table.state_key("w")  # the bucket lands before the state naming it
+    assert writes.count(workflow_table.bucket_key("w", 0)) == 1  # a sealed bucket is written once
+
+    # A new worker reloads state and ids from the table: every replayed event is a duplicate.
+    again = Monitor(PriceBook(fallback=Rate.flat(0, 0, source="fallback")), timezone="Europe/Paris",
+                    load_workflow=lambda name: workflow_table.load(table.get, name))
+    out = again.process(events)
+    assert (out.duplicates, out.accepted) == (1000, 0)
+    assert list(again.workflows["w"].dedup.items()) == list(m.workflows["w"].dedup.items())  # order kept
+
+    # As the window moves on, ids leave it; a bucket whose ids all left is deleted from the table.
+    m.process([ev(1500, t0 + 4000)])  # the window now starts at t0 + 400: bucket 0 (ids 0-255) is out
+    workflow_table.save(table, m.workflows["w"])
+    assert workflow_table.bucket_key("w", 0) not in table and workflow_table.bucket_key("w", 1) in table
+    assert set(workflow_table.load(table.get, "w").dedup) >= set(m.workflows["w"].dedup)
+    later = [ev(2000 + i, t0 + 5000 + i) for i in range(10)]
+    m.process(later)
+    workflow_table.save(table, m.workflows["w"])
+    assert not any(k.startswith(workflow_table.BUCKET) for k in table)
+    assert set(m.workflows["w"].dedup) == {"e1500"} | {e.event_id for e in later}
+    assert workflow_table.load(table.get, "w").dedup == m.workflows["w"].dedup
+
+
+def test_a_workflow_named_like_a_bucket_key_does_not_collide():
+    from streams import workflow_table
+
+    assert workflow_table.state_key("i:0:w") != workflow_table.bucket_key("w", 0)
+    assert workflow_table.bucket_key("w:1", 0) != workflow_table.bucket_key("w", 10)

@@ -19,6 +19,7 @@ from genai_prices import Usage, calc_price
 from detectors.counters import CALLS, COST, INPUT, OUTPUT
 from detectors.money import usd_to_micros
 from detectors.workflow import WorkflowState
+from streams.workflow_table import latest_states
 from tests.conftest import wait_for
 from tests.kafka_io import create_topic, publish, read_all
 
@@ -100,11 +101,7 @@ def records_for(events: list[dict], rng: random.Random) -> list[tuple[bytes, byt
 
 
 def worker_totals(bootstrap: str) -> dict[str, WorkflowState]:
-    latest: dict[bytes, bytes] = {}
-    for key, value in read_all(bootstrap, "spendwatch-workflows-changelog"):
-        if key is not None and value is not None:
-            latest[key] = value
-    return {k.decode(): WorkflowState.load(orjson.loads(v)) for k, v in latest.items()}
+    return latest_states(read_all(bootstrap, "spendwatch-workflows-changelog"))
 
 
 def test_exact_totals_dead_letters_and_one_slack_message_per_threshold(fresh_broker, fake_slack, spawn,

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from detectors.workflow import WorkflowState
 from spendwatch.bench.load import Load, loop_run, make_load, publish
 from streams.broker import EmbeddedBroker
+from streams.workflow_table import latest_states
 
 TOPIC = "spendwatch.usage"
 
@@ -81,12 +82,11 @@ async def read_states(bootstrap: str) -> dict[str, WorkflowState]:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
-        latest: dict[bytes, bytes] = {}
+        records: list[tuple[bytes | None, bytes | None]] = []
         for tp in tps:
             while await consumer.position(tp) < end[tp]:
-                for msg in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                    latest[msg.key] = msg.value
-        return {k.decode(): WorkflowState.load(orjson.loads(v)) for k, v in latest.items()}
+                records += ((m.key, m.value) for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []))
+        return latest_states(records)
     finally:
         await consumer.stop()
 
