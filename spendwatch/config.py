@@ -80,6 +80,8 @@ class Settings(_Strict):
     batch_within_s: float = Field(default=0.2, gt=0, le=10)
     tick_every_s: float = Field(default=1.0, gt=0, le=60)
     commit_interval_s: float = Field(default=2.8, gt=0, le=60)
+    session_timeout_s: float = Field(default=10.0, ge=6, le=300)
+    """How long a silent worker keeps its partitions; a joining worker waits half of it for peers."""
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     topics: TopicsConfig = Field(default_factory=TopicsConfig)

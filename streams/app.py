@@ -117,7 +117,8 @@ def build_app(
         topic_partitions=settings.topics.partitions,
         producer_enable_idempotence=False,  # Tansu rejects InitProducerId; event-id dedup covers retries
         web_enabled=False,
-        broker_session_timeout=10,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 4,
         consumer_auto_offset_reset="earliest",
         producer_max_request_size=8_000_000,
         broker_commit_interval=settings.commit_interval_s,  # table values can outgrow 1 MB on very busy workflows

@@ -58,8 +58,6 @@ def run_kill_bench(trials: int = 20) -> dict[str, float]:
     import os
     import secrets
     import statistics
-    import tempfile
-    from pathlib import Path
 
     from spendwatch.bench.load import make_load, publish
     from spendwatch.bench.run import Workers
@@ -67,8 +65,7 @@ def run_kill_bench(trials: int = 20) -> dict[str, float]:
     from streams.broker import EmbeddedBroker
 
     os.environ.setdefault(KEYS_ENV, f"bench:{secrets.token_hex(16)}")
-    cfg = Path(tempfile.mkstemp(suffix=".toml")[1])
-    cfg.write_text('[[policy.rules]]\nkind = "loop"\naction = "kill"\nkill_scope = "run_id"\nttl_s = 600\n')
+    cfg = '[[policy.rules]]\nkind = "loop"\naction = "kill"\nkill_scope = "run_id"\nttl_s = 600\n'
 
     async def trials_on(broker: EmbeddedBroker) -> list[float]:
         switch = KillSwitch(broker.url, keyring=Keyring.load())
