@@ -195,10 +195,10 @@ class LoopDetector:
         else:
             flag = None
         if flag is None and run.calls >= self.min_calls:
-            for i, (x, lim) in enumerate(zip(run.values(), wf.limits)):
-                if x > lim:
-                    flag = (f"{FEATURES[i]} far beyond this workflow's runs", 0, 0, None)
-                    break
+            lim = wf.limits  # compared inline first: this runs per event, the naming loop once per flag
+            if run.calls > lim[0] or run.tokens > lim[1] or run.context > lim[2] or run.micros / 1e6 > lim[3]:
+                i = next(i for i, (x, limit) in enumerate(zip(run.values(), lim)) if x > limit)
+                flag = (f"{FEATURES[i]} far beyond this workflow's runs", 0, 0, None)
         if flag is not None:
             run.flag = flag
             wf.pending.append(rid)
