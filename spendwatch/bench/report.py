@@ -26,4 +26,5 @@ def print_bench(r: dict[str, Any], console: Console | None = None) -> None:
                   f"({b['latency_missed']} missed)")
     console.print(f"state: {m['state_mb']:.0f} MB for {m['active_runs']:,} active runs in {m['workflows']:,} "
                   f"workflows = {m['bytes_per_run']:,.0f} bytes per run, of which per-run loop state "
-                  f"{m['run_state_bytes']:,.0f} bytes (the rest: event-id dedup window and per-agent spend)")
+                  f"{m['run_state_bytes']:,.0f} bytes (the rest: event-id dedup window, per-agent spend, "
+                  f"per-workflow models); a fresh process holding it peaks at {m['peak_rss_mb']:,} MB RSS")

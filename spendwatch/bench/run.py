@@ -165,7 +165,16 @@ async def latency_at(broker: EmbeddedBroker, rate: float, seconds: float) -> lis
 
 
 def memory_per_run(runs: int = 100_000, workflows: int = 10_000) -> dict[str, float]:
-    """Bytes of detector and spend state per active run, measured with tracemalloc in this process."""
+    """State per active run, in a fresh process: its peak RSS holding `runs` runs, then the
+    bytes the state takes (tracemalloc, a second pass) and the loop detector's share."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_measure_state, runs, workflows).result()
+
+
+def _measure_state(runs: int, workflows: int) -> dict[str, float]:
     import tracemalloc
 
     from detectors.monitor import Monitor
@@ -173,19 +182,24 @@ def memory_per_run(runs: int = 100_000, workflows: int = 10_000) -> dict[str, fl
 
     t0 = time.time() - 3600
     events = [Usage(event_id=f"m{i}", ts=t0 + i * 0.01, workflow=f"wf-{i % workflows}",
-                         model="gpt-4o", run_id=f"run-{i}", agent_id=f"ag-{i % (workflows * 3)}", step=1,
-                         input_tokens=3000, output_tokens=300, fingerprint="a") for i in range(runs)]
-    monitor = Monitor()
-    monitor.prices.price(events[0])  # load the price catalog untraced: a minute under tracemalloc, and not state
+                    model="gpt-4o", run_id=f"run-{i}", agent_id=f"ag-{i % (workflows * 3)}", step=1,
+                    input_tokens=3000, output_tokens=300, fingerprint="a") for i in range(runs)]
+
+    def fill(monitor: Monitor) -> Monitor:
+        for i in range(0, runs, 5000):
+            monitor.process(events[i:i + 5000])
+        return monitor
+
+    untraced = fill(Monitor())  # also loads the price catalog, which would take a minute under tracemalloc
+    rss = _rss_peak_mb(os.getpid())
+    del untraced
     tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for i in range(0, runs, 5000):
-        monitor.process(events[i:i + 5000])
-    total = tracemalloc.get_traced_memory()[0] - before
+    traced = fill(Monitor())
+    total = tracemalloc.get_traced_memory()[0]
     by_file = tracemalloc.take_snapshot().statistics("filename")
     tracemalloc.stop()
     per_run = sum(st.size for st in by_file if Path(st.traceback[0].filename).match("detectors/loops.py"))
-    return {"active_runs": runs, "workflows": workflows, "state_mb": total / 2**20,
+    return {"active_runs": runs, "workflows": workflows, "peak_rss_mb": round(rss), "state_mb": total / 2**20,
             "bytes_per_run": total / runs, "run_state_bytes": per_run / runs}
 
 
