@@ -53,10 +53,14 @@ def _settings(path: Path | None):  # type: ignore[no-untyped-def]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from spendwatch.runner import default_store, run
+    from spendwatch.runner import run
 
+    if args.data_dir and not args.broker:
+        raise CliError("--data-dir needs --broker: the embedded broker keeps topics in memory, so tables on disk "
+                       "would outlive their changelogs. Point --broker at a Kafka that keeps its data, or drop "
+                       "--data-dir to keep tables in memory.")
     settings = _settings(args.config)
-    run(settings, args.broker, store=default_store(args.data_dir), loglevel=args.log_level)
+    run(settings, args.broker, data_dir=args.data_dir, loglevel=args.log_level)
     return 0
 
 
@@ -158,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
             cmd_worker)
     w.add_argument("--broker", type=_broker_arg, help=broker_help + " (default: start the embedded broker)")
     w.add_argument("--config", type=Path, help="TOML config file (budgets, pricing, topics, Slack)")
-    w.add_argument("--data-dir", type=Path, help="keep tables in RocksDB here (default: in memory, rebuilt "
-                   "from changelog topics on start)")
+    w.add_argument("--data-dir", type=Path, help="keep tables in RocksDB here, one database per table and "
+                   "partition, so a restart reads only the changelog tail (default: in memory, rebuilt from "
+                   "the changelog topics on start); needs --broker")
     w.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
     d = add("demo", "Embedded broker + worker + built-in traffic with a live console; fires a budget alert "

@@ -82,6 +82,9 @@ class Settings(_Strict):
     commit_interval_s: float = Field(default=2.8, gt=0, le=60)
     session_timeout_s: float = Field(default=10.0, ge=6, le=300)
     """How long a silent worker keeps its partitions; a joining worker waits half of it for peers."""
+    check_changelog_offsets: bool = True
+    """On start, refuse tables on disk that are ahead of their changelog (topics deleted or recreated).
+    Turn off on Tansu, which under-reports a partition's end offset after some writes."""
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     topics: TopicsConfig = Field(default_factory=TopicsConfig)

@@ -47,7 +47,7 @@ def run(
     settings: Settings,
     broker: str | None,
     *,
-    store: str = "memory://",
+    data_dir: Path | None = None,
     console: Console | None = None,
     tasks: list[Callable[[Worker], Awaitable[None]]] = (),  # type: ignore[assignment]
     duration: float | None = None,
@@ -60,7 +60,7 @@ def run(
             embedded = stack.enter_context(EmbeddedBroker())
             broker = embedded.url
             console.print(f"[dim]embedded Tansu broker on {embedded.bootstrap} (memory storage)[/]")
-        worker = build_app(settings, broker, make_sinks(settings, console), store=store)
+        worker = build_app(settings, broker, make_sinks(settings, console), data_dir=data_dir)
         for task in tasks:
             worker.app.task(_bind(task, worker))
         if duration is not None:
@@ -93,6 +93,3 @@ def _bind(task: Callable[[Worker], Awaitable[None]], worker: Worker) -> Callable
     bound.__qualname__ = bound.__name__
     return bound
 
-
-def default_store(data_dir: Path | None) -> str:
-    return f"rocksdb://{data_dir}" if data_dir else "memory://"

@@ -15,6 +15,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -105,18 +106,22 @@ def build_app(
     sinks: Sequence[Sink],
     *,
     app_id: str = "spendwatch",
-    store: str = "memory://",
+    data_dir: Path | None = None,
     on_alert: Callable[[Alert], None] | None = None,
 ) -> Worker:
+    """The worker's Faust app; with `data_dir` its tables live in RocksDB there (one
+    database per table and partition), else in memory, rebuilt from changelogs on start."""
+    disk = {"store": "rocksdb://", "tabledir": str(data_dir.resolve())} if data_dir else {"store": "memory://"}
     app = faust.App(
         app_id,
         broker=broker,
-        store=store,
+        **disk,  # type: ignore[arg-type]
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.topics.partitions,
         producer_enable_idempotence=False,  # Tansu rejects InitProducerId; event-id dedup covers retries
         web_enabled=False,
+        recovery_consistency_check=settings.check_changelog_offsets,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.session_timeout_s / 4,
         consumer_auto_offset_reset="earliest",

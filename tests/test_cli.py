@@ -52,6 +52,12 @@ def test_missing_config_file_via_cli_is_one_line(tmp_path):
     assert r.stderr.decode().strip() == f"spendwatch: error: {tmp_path / 'nope.toml'}: no such config file"
 
 
+def test_data_dir_without_a_broker_is_refused_with_the_reason(tmp_path):
+    r = run_cli("worker", "--data-dir", str(tmp_path / "tables"))
+    assert r.returncode == 2
+    assert "--data-dir needs --broker" in r.stderr.decode() and not (tmp_path / "tables").exists()
+
+
 @pytest.mark.parametrize("args,expected", [
     (["worker", "--broker", "localhost"], "is not a broker address; use kafka://HOST:PORT"),
     (["worker", "--broker", "kafka://host:99999"], "is not a broker address"),
