@@ -119,8 +119,9 @@ class WorkflowState:
             sealed.append((self.next_bucket, fresh))
             self.buckets[self.next_bucket] = len(fresh)
             self.next_bucket += 1
+            fresh = {}
         expired, self.expired = self.expired, []
-        return Checkpoint(sealed, expired, self.dump())
+        return Checkpoint(sealed, expired, self._dump(fresh))
 
     def _fresh_ids(self) -> dict[str, float]:
         """Ids added since the last seal: the newest entries of `dedup`."""
@@ -128,11 +129,14 @@ class WorkflowState:
         return dict(reversed(list(itertools.islice(reversed(self.dedup.items()), n))))
 
     def dump(self) -> dict[str, Any]:
+        return self._dump(self._fresh_ids())
+
+    def _dump(self, fresh: dict[str, float]) -> dict[str, Any]:
         return {
             "name": self.name,
             "offset": self.offset,
             "watermark": self.watermark,
-            "dedup": self._fresh_ids(),
+            "dedup": fresh,
             "buckets": list(self.buckets),
             "next_bucket": self.next_bucket,
             "spend": self.spend.dump(),
