@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -167,7 +168,7 @@ def build_app(
     digests = Notifier([x for x in sinks if x.name != "console"], ledger)
     routes = app.Table("alert-routes", key_type=bytes, value_type=bytes, partitions=t.partitions)
     routers: dict[int, Router] = {}
-    last_alert_event: dict[int, Any] = {}  # a table write needs an event of its partition as context
+    partitions = _PartitionContexts(t.alerts)  # the digest timer writes tables without an event of its own
     flushing = asyncio.Lock()
 
     async def publish_alerts(alerts: list[Alert]) -> None:
@@ -251,24 +252,37 @@ def build_app(
             if digests.sinks:
                 p = event.message.partition
                 router_of(p).add(alert, clock.now() or alert.ts)
-                last_alert_event[p] = event
                 routes[str(p).encode()] = orjson.dumps(routers[p].dump())
 
     @app.timer(1.0)
     async def route() -> None:
-        """Send the digests that are due; one flush at a time, the ledger blocks duplicates."""
-        if not digests.sinks or not clock.watermark:
+        """Send the digests that are due; one flush at a time, the ledger blocks duplicates.
+
+        Before the first event since start, event time is taken to be wall time, so
+        digests left pending by a crashed worker go out even if no traffic follows.
+        """
+        if not digests.sinks:
             return
         async with flushing:
             for p, router in list(routers.items()):
-                due = router.due(clock.now())
+                due = router.due(clock.now() or time.time())
                 for n in due:
-                    _in_context_of(last_alert_event[p])
+                    _in_context_of(partitions.of(p))
                     await digests.deliver_digest(n)
                     router.sent(n)
                 if due:
-                    _in_context_of(last_alert_event[p])
+                    _in_context_of(partitions.of(p))
                     routes[str(p).encode()] = orjson.dumps(router.dump())
+
+    @app.on_rebalance_complete.connect
+    async def resume_routing(app: faust.App, **kwargs: Any) -> None:
+        """Reload the routers of the alert partitions this worker now owns (tables are restored
+        by now): their pending digests, reminders and resolutions are due whether or not
+        another alert ever arrives there."""
+        if digests.sinks:
+            for tp in app.consumer.assignment():
+                if tp.topic == t.alerts:
+                    router_of(tp.partition)
 
     @app.task
     async def declare_control_topic() -> None:
@@ -290,9 +304,33 @@ def build_app(
             det.workflows.clear()  # type: ignore[attr-defined]
         saved_at.clear()
         routers.clear()
-        last_alert_event.clear()
 
     return Worker(app, monitor, stats, notifier, usage, broker, t.control)
+
+
+class _PartitionContexts:
+    """Stand-ins for "an event of partition p" of a topic.
+
+    Faust writes a table key to the changelog partition of the current event. The
+    digest timer runs outside any stream, so it sets one of these as the current event
+    (they are kept here because Faust holds the current event by weak reference).
+    """
+
+    def __init__(self, topic: str):
+        self.topic = topic
+        self.contexts: dict[int, Any] = {}
+
+    def of(self, partition: int) -> Any:
+        if partition not in self.contexts:
+            self.contexts[partition] = _StandIn(SimpleNamespace(topic=self.topic, partition=partition))
+        return self.contexts[partition]
+
+
+class _StandIn:
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, message: Any):
+        self.message = message
 
 
 class _LedgerView:

@@ -230,3 +230,38 @@ def test_a_worker_killed_and_restarted_on_its_rocksdb_store_keeps_totals_and_ded
         got = states[wf].spend.periods["2026-01-15"]
         assert (got[CALLS], got[INPUT], got[COST]) == (len(mine), sum(ev["input_tokens"] for ev in mine),
                                                        sum(truth_micros(ev) for ev in mine)), wf
+
+
+def test_a_digest_left_pending_by_a_killed_worker_is_sent_by_the_next(fresh_broker, fake_slack, spawn,
+                                                                      tmp_path: Path):
+    """The worker dies while a Slack digest waits out `group_wait`; its alerts are already
+    committed, so nothing is redelivered. The next worker reloads the pending digest and sends it.
+
+    Tables are on disk here: Tansu under-reports changelog end offsets, so an in-memory
+    worker on it may not restore a partition's last records (Kafka reports them right)."""
+    broker = fresh_broker
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(f'check_changelog_offsets = false\n[budgets.workflows.support-bot]\ndaily_usd = 1\n'
+                      f'[slack]\nchannel = "#llm-spend"\nbase_url = "{fake_slack.base_url}"\n'
+                      "[routing]\ngroup_wait_s = 20\ngroup_interval_s = 20\n")
+    for topic in ("spendwatch.usage", "spendwatch.alerts", "spendwatch.deadletter", "spendwatch.rollups"):
+        create_topic(broker.bootstrap, topic)
+    now = time.time()  # live traffic: the next worker, seeing no events, takes event time to be wall time
+    events = [{"type": "usage", "event_id": f"d{i}", "ts": now - 10 + i, "workflow": "support-bot",
+               "model": "gpt-4o", "input_tokens": 10, "output_tokens": 1, "cost_usd": 0.6} for i in range(2)]
+    publish(broker.bootstrap, "spendwatch.usage", [(b"support-bot", orjson.dumps(events))])
+    env = {"SLACK_BOT_TOKEN": fake_slack.token}
+    args = ("worker", "--broker", broker.url, "--config", str(config), "--data-dir", str(tmp_path / "tables"))
+
+    first = spawn(*args, env=env, log="worker1.log")
+    wait_for(lambda: read_all(broker.bootstrap, "spendwatch-alert-routes-changelog"), 120, "a pending digest")
+    time.sleep(4)  # past the 2.8 s offset commit: the next worker will not be handed these alerts again
+    assert fake_slack.messages == []  # the digest is still waiting out group_wait
+    first.kill()
+    first.wait()
+
+    spawn(*args, env=env, log="worker2.log")
+    wait_for(lambda: fake_slack.messages, 90, "the digest from the next worker")
+    text = orjson.dumps(fake_slack.messages).decode()
+    day = time.strftime("%Y-%m-%d", time.gmtime(now - 10))
+    assert f"budget:workflow:support-bot:{day}:100" in text
