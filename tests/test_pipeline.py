@@ -205,7 +205,7 @@ def test_a_worker_killed_and_restarted_on_its_rocksdb_store_keeps_totals_and_ded
     for topic in ("spendwatch.usage", "spendwatch.alerts", "spendwatch.deadletter", "spendwatch.rollups"):
         create_topic(broker.bootstrap, topic)
     config = tmp_path / "spendwatch.toml"
-    config.write_text("check_changelog_offsets = false\n")  # Tansu reports end offsets one short
+    config.write_text("check_changelog_offsets = false\n")  # Tansu under-reports end offsets (README)
     args = ("worker", "--broker", broker.url, "--config", str(config), "--data-dir", str(tmp_path / "tables"))
 
     def calls() -> int:
