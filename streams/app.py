@@ -256,16 +256,12 @@ def build_app(
 
     @app.timer(1.0)
     async def route() -> None:
-        """Send the digests that are due; one flush at a time, the ledger blocks duplicates.
-
-        Before the first event since start, event time is taken to be wall time, so
-        digests left pending by a crashed worker go out even if no traffic follows.
-        """
-        if not digests.sinks:
+        """Send the digests that are due; one flush at a time, the ledger blocks duplicates."""
+        if not digests.sinks or not clock.watermark:
             return
         async with flushing:
             for p, router in list(routers.items()):
-                due = router.due(clock.now() or time.time())
+                due = router.due(clock.now())
                 for n in due:
                     _in_context_of(partitions.of(p))
                     await digests.deliver_digest(n)
@@ -278,11 +274,12 @@ def build_app(
     async def resume_routing(app: faust.App, **kwargs: Any) -> None:
         """Reload the routers of the alert partitions this worker now owns (tables are restored
         by now): their pending digests, reminders and resolutions are due whether or not
-        another alert ever arrives there."""
+        another alert ever arrives there. Event time resumes from the newest they hold, so a
+        restart with no traffic still moves their clock on."""
         if digests.sinks:
             for tp in app.consumer.assignment():
                 if tp.topic == t.alerts:
-                    router_of(tp.partition)
+                    clock.advance(router_of(tp.partition).last_seen())
 
     @app.task
     async def declare_control_topic() -> None:

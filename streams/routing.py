@@ -141,6 +141,12 @@ class Router:
         if not group.alerts:
             del self.groups[notification.group_key]
 
+    def last_seen(self) -> float:
+        """Event time of the newest alert or notification here (0 if none): where the clock of
+        a worker that reloads this router resumes, so nothing looks stale or due too early."""
+        return max((max(group.created, group.last_sent or 0.0, *group.seen.values())
+                    for group in self.groups.values()), default=0.0)
+
     def dump(self) -> dict[str, Any]:
         return {key: group.model_dump(mode="json") for key, group in self.groups.items()}
 

@@ -2,8 +2,12 @@
 
 10,000 usage events with known prices, 500 duplicates and 100 malformed
 records go through a real worker process. Half-way the worker is killed with
-SIGKILL and a new one takes over from the changelog: totals must still be
-exact to the micro-dollar.
+SIGKILL and a new one takes over: totals must still be exact to the micro-dollar.
+
+The workers keep tables on disk (`--data-dir`), as in production. In memory, a
+restarted worker rebuilds them from the changelog, which on Tansu is unreliable:
+Tansu under-reports end offsets, so Faust may stop before a partition's newest
+records (README, "Running against a real Kafka").
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ def test_exact_totals_dead_letters_and_one_slack_message_per_threshold(fresh_bro
     events = make_events(10_000)
     config = tmp_path / "spendwatch.toml"
     config.write_text(
-        'timezone = "UTC"\n'
+        'timezone = "UTC"\ncheck_changelog_offsets = false\n'
         + "".join(f'[budgets.workflows.{wf}]\ndaily_usd = {usd}\n' for wf, usd in BUDGETS.items())
         + f'[budgets.teams.{TEAM_BUDGET[0]}]\ndaily_usd = {TEAM_BUDGET[1]}\n'
         + f'[slack]\nchannel = "#llm-spend"\nbase_url = "{fake_slack.base_url}"\n'
@@ -121,7 +125,7 @@ def test_exact_totals_dead_letters_and_one_slack_message_per_threshold(fresh_bro
     for topic in ("spendwatch.usage", "spendwatch.alerts", "spendwatch.deadletter", "spendwatch.rollups"):
         create_topic(broker.bootstrap, topic)
     env = {"SLACK_BOT_TOKEN": fake_slack.token}
-    args = ("worker", "--broker", broker.url, "--config", str(config))
+    args = ("worker", "--broker", broker.url, "--config", str(config), "--data-dir", str(tmp_path / "tables"))
 
     # Phase 1: a fifth of the traffic, then the worker dies without warning.
     first = events[:2_000]
@@ -131,6 +135,7 @@ def test_exact_totals_dead_letters_and_one_slack_message_per_threshold(fresh_bro
                          for s in worker_totals(broker.bootstrap).values()) >= 2_000, 120, "phase 1 totals")
     w1.kill()
     w1.wait()
+    assert any((tmp_path / "tables").iterdir())  # on disk, with a sealed id bucket per workflow (400 ids each)
 
     # Phase 2: the rest, 500 duplicates (some of phase 1, some of phase 2), 100 malformed records.
     rest = events[2_000:]
@@ -195,50 +200,10 @@ def test_exact_totals_dead_letters_and_one_slack_message_per_threshold(fresh_bro
     assert sorted(posted_ids()) == sorted(expected)
 
 
-def test_a_worker_killed_and_restarted_on_its_rocksdb_store_keeps_totals_and_dedup(fresh_broker, spawn,
-                                                                                   tmp_path: Path):
-    """`--data-dir` keeps tables in RocksDB: after SIGKILL the next worker reads state and sealed
-    event-id buckets from disk (plus the changelog tail), so replayed duplicates are not counted."""
-    broker = fresh_broker
-    rng = random.Random(3)
-    events = make_events(2_500, seed=5)
-    for topic in ("spendwatch.usage", "spendwatch.alerts", "spendwatch.deadletter", "spendwatch.rollups"):
-        create_topic(broker.bootstrap, topic)
-    config = tmp_path / "spendwatch.toml"
-    config.write_text("check_changelog_offsets = false\n")  # Tansu under-reports end offsets (README)
-    args = ("worker", "--broker", broker.url, "--config", str(config), "--data-dir", str(tmp_path / "tables"))
-
-    def calls() -> int:
-        return sum(s.spend.periods.get("2026-01-15", [0] * 6)[CALLS]
-                   for s in worker_totals(broker.bootstrap).values())
-
-    publish(broker.bootstrap, "spendwatch.usage", records_for(events[:2_000], rng))  # 400 per workflow: sealed
-    first = spawn(*args, log="worker1.log")
-    wait_for(lambda: calls() >= 2_000, 120, "phase 1 totals")
-    first.kill()
-    first.wait()
-    assert any((tmp_path / "tables").iterdir())  # the tables really are on disk
-
-    replayed = [(ev["workflow"].encode(), orjson.dumps(ev)) for ev in rng.sample(events[:2_000], 300)]
-    publish(broker.bootstrap, "spendwatch.usage", replayed + records_for(events[2_000:], rng))
-    spawn(*args, log="worker2.log")
-    wait_for(lambda: calls() >= 2_500, 120, "phase 2 totals")
-    time.sleep(3)  # a double count of the replayed events would land now
-    states = worker_totals(broker.bootstrap)
-    for wf in WORKFLOWS:
-        mine = [ev for ev in events if ev["workflow"] == wf]
-        got = states[wf].spend.periods["2026-01-15"]
-        assert (got[CALLS], got[INPUT], got[COST]) == (len(mine), sum(ev["input_tokens"] for ev in mine),
-                                                       sum(truth_micros(ev) for ev in mine)), wf
-
-
 def test_a_digest_left_pending_by_a_killed_worker_is_sent_by_the_next(fresh_broker, fake_slack, spawn,
                                                                       tmp_path: Path):
     """The worker dies while a Slack digest waits out `group_wait`; its alerts are already
-    committed, so nothing is redelivered. The next worker reloads the pending digest and sends it.
-
-    Tables are on disk here: Tansu under-reports changelog end offsets, so an in-memory
-    worker on it may not restore a partition's last records (Kafka reports them right)."""
+    committed, so nothing is redelivered. The next worker reloads the pending digest and sends it."""
     broker = fresh_broker
     config = tmp_path / "spendwatch.toml"
     config.write_text(f'check_changelog_offsets = false\n[budgets.workflows.support-bot]\ndaily_usd = 1\n'

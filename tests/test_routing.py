@@ -105,6 +105,16 @@ def test_loop_incident_is_grouped_deduplicated_repeated_and_resolved():
     assert len({n.notification_id for n in (first, second, repeat, partly, last)}) == 5
 
 
+def test_last_seen_is_the_newest_alert_or_notification_a_reloaded_router_holds():
+    r = Replay()
+    assert r.router.last_seen() == 0.0
+    r.at(0, loop("r-1"))
+    r.at(5, loop("r-2"))
+    assert Router.load(r.router.dump()).last_seen() == 5
+    r.at(30)  # the digest goes out
+    assert Router.load(r.router.dump()).last_seen() == 30
+
+
 def test_groups_are_separate_and_a_reopened_group_gets_fresh_ids():
     r = Replay(RoutingConfig(group_wait_s=10, group_interval_s=60))
     spike = Alert(alert_id="spike:support", kind="spike", severity="warning", workflow="support", ts=T0,
