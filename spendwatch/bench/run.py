@@ -243,8 +243,8 @@ def run_bench(quick: bool = False) -> dict[str, Any]:
     out["batched"] = scenario("worker, batched records (500 events)", lambda: one(make_load(n_batched, 500),
                                                                                    extra=latency))
     out["two_workers"] = scenario("two workers, batched records", lambda: one(make_load(n_batched, 500), count=2))
-    out["memory"] = scenario("memory per active run", lambda: memory_per_run(20_000 if quick else 100_000,
-                                                                             2_000 if quick else 10_000))
+    out["memory"] = scenario("memory per active run", lambda: memory_per_run(10_000 if quick else 100_000,
+                                                                             1_000 if quick else 10_000))
     base = out["naive"]["events_per_s"] or 1
     out["ratio_single_vs_naive"] = round(out["single"]["events_per_s"] / base, 1)
     out["ratio_batched_vs_naive"] = round(out["batched"]["events_per_s"] / base, 1)
