@@ -31,9 +31,9 @@ from schemas.alerts import Alert
 from spendwatch.config import Settings
 from spendwatch.control import make_command, record_of
 from spendwatch.signing import Keyring
+from streams import workflow_table
 from streams.ingest import Ingestor, Record
 from streams.notifier import Notifier
-from streams import workflow_table
 from streams.progress import ProgressFile
 from streams.routing import Router
 from streams.sinks import Sink
