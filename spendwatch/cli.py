@@ -60,7 +60,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
                        "would outlive their changelogs. Point --broker at a Kafka that keeps its data, or drop "
                        "--data-dir to keep tables in memory.")
     settings = _settings(args.config)
-    run(settings, args.broker, data_dir=args.data_dir, loglevel=args.log_level)
+    from faust.exceptions import ConsistencyError
+
+    try:  # tables on disk ahead of their changelogs (runner re-raises it from Faust's crash)
+        run(settings, args.broker, data_dir=args.data_dir, loglevel=args.log_level)
+    except ConsistencyError:
+        raise CliError(f"the tables in {args.data_dir} are ahead of their changelog topics. If the topics were "
+                       "deleted or recreated, move the directory away and start again (tables are rebuilt from "
+                       "the changelogs); on a Tansu broker, which under-reports end offsets, set "
+                       "check_changelog_offsets = false in the config.") from None
     return 0
 
 

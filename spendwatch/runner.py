@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import faust
+from faust.exceptions import ConsistencyError
 from rich.console import Console
 
 from spendwatch.config import Settings
@@ -82,6 +83,8 @@ def run(
             fw.execute_from_commandline()
         except SystemExit as exit_:
             if exit_.code not in (0, None):
+                if isinstance(fw.crash_reason, ConsistencyError):
+                    raise fw.crash_reason from None  # the CLI says what to do about it
                 raise
     return worker
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +27,7 @@ from detectors.counters import CALLS, COST, INPUT, OUTPUT
 from detectors.money import usd_to_micros
 from detectors.workflow import WorkflowState
 from streams.workflow_table import latest_states
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 from tests.kafka_io import create_topic, publish, read_all
 
 DAY = 1_768_435_200.0  # 2026-01-15 00:00 UTC
@@ -230,3 +232,28 @@ def test_a_digest_left_pending_by_a_killed_worker_is_sent_by_the_next(fresh_brok
     text = orjson.dumps(fake_slack.messages).decode()
     day = time.strftime("%Y-%m-%d", time.gmtime(now - 10))
     assert f"budget:workflow:support-bot:{day}:100" in text
+
+
+def test_tables_on_disk_ahead_of_their_changelog_stop_the_worker_with_what_to_do(fresh_broker, spawn, tmp_path: Path):
+    """Faust refuses RocksDB tables newer than their changelog (topics deleted or recreated). Tansu's
+    short end offsets look exactly like that once a partition's last batch holds several records,
+    which 200 workflows written in one batch make certain."""
+    broker = fresh_broker
+    for topic in ("spendwatch.usage", "spendwatch.alerts", "spendwatch.deadletter", "spendwatch.rollups"):
+        create_topic(broker.bootstrap, topic)
+    now = time.time()
+    events = [{"type": "usage", "event_id": f"c{i}", "ts": now - 10 + i / 100, "workflow": f"w{i % 200}",
+               "model": "gpt-4o", "input_tokens": 10, "output_tokens": 1} for i in range(2_000)]
+    publish(broker.bootstrap, "spendwatch.usage", [(e["workflow"].encode(), orjson.dumps(e)) for e in events])
+    args = ("worker", "--broker", broker.url, "--data-dir", str(tmp_path / "tables"))
+    first = spawn(*args, log="worker1.log")
+    wait_for(lambda: len(worker_totals(broker.bootstrap)) == 200, 120, "200 workflow states")
+    time.sleep(2)
+    first.kill()
+    first.wait()
+
+    again = subprocess.run([sys.executable, "-m", "spendwatch", *args], cwd=ROOT, capture_output=True, timeout=120)
+    assert again.returncode == 2
+    last = again.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("spendwatch: error: the tables in") and "ahead of their changelog topics" in last
+    assert "check_changelog_offsets = false" in last
