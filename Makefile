@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test bench score clean
+.PHONY: run test bench score fuzz chaos clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,12 @@ bench: $(STAMP)  ## throughput and latency against a naive baseline, same run
 
 score: $(STAMP)  ## detector scorecard on generated scenarios (and ../shared/data when present)
 	$(BIN)/spendwatch score
+
+fuzz: $(DEV_STAMP)  ## property-based fuzzing with thousands of examples (make test runs a bounded few)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -m "fuzz or not fuzz" tests/test_fuzz_engine.py tests/test_record_fuzz.py -p no:randomly -q
+
+chaos: $(DEV_STAMP)  ## 200k events, 5 SIGKILLs of the worker, totals checked against ground truth (minutes)
+	$(BIN)/python -m tests.chaos --events 200000 --workflows 60 --partitions 8
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info
