@@ -252,7 +252,7 @@ class LoopDetector:
             "duration_s": round(run.last - run.start, 1), "run_start": run.start, "typical_run": typical,
         }  # fmt: skip
         burn = f"{fmt_usd(run.micros)} burned, {fmt_usd(round(usd_per_min * 1e6))}/min"
-        if since:
+        if repeats:  # a fingerprint rule; volume flags carry no repeats (a loop may start at step 0)
             evidence.update(repeats=repeats, loop_start_step=since, fingerprint=fp)
             what = f"{rule} ({repeats}× from step {since}{f', action {fp}' if fp else ''})"
             severity = "critical"
