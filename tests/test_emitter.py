@@ -1,8 +1,12 @@
 """The SDK emitter on a real broker, and with no broker at all."""
 
 import asyncio
+import decimal
+import threading
+import uuid
 
 import orjson
+import pytest
 
 from spendwatch import UsageEmitter, usage_from_anthropic, usage_from_openai
 from schemas.decode import validate_event
@@ -33,6 +37,109 @@ async def test_emitter_never_blocks_when_kafka_is_down_and_counts_drops():
     assert loop.time() - t0 < 0.05
     assert results.count(False) == 30 and emitter.dropped == 30 and len(emitter.buffer) == 50
     await asyncio.wait_for(emitter.stop(), 30)
+
+
+def usage(event_id: str, workflow: str = "w", **extra: object) -> dict[str, object]:
+    return {"type": "usage", "event_id": event_id, "ts": 1_768_435_200, "workflow": workflow, "model": "m",
+            "input_tokens": 1, "output_tokens": 1, **extra}
+
+
+def delivered(broker, topic: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [ev["event_id"] for _, value in read_all(broker.bootstrap, topic) for ev in orjson.loads(value)]
+
+
+async def test_events_json_cannot_carry_are_counted_and_dropped_and_the_rest_still_flow(broker):
+    """A Decimal cost (and friends) used to kill the sender task for good; now only that event is lost."""
+    topic = f"emit-bad-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(create_topic, broker.bootstrap, topic, 1)
+    emitter = UsageEmitter(broker.url, topic, max_request_size=100_000)
+    await emitter.start()
+    bad = [usage("b1", cost_usd=decimal.Decimal("0.0021")), usage("b2", labels={1: "x"}),
+           usage("b3", input_tokens=2**70), usage("b4", workflow="\ud800"), usage("b5", blob="x" * 200_000),
+           ["not", "a", "dict"], None]
+    results = []
+    for i in range(20):  # bad events in the middle of the same batches as good ones
+        results.append(emitter.emit(usage(f"g{i}", workflow=f"w{i % 2}")))
+        if i % 3 == 0 and bad:
+            results.append(emitter.emit(bad.pop()))  # type: ignore[arg-type]
+    while bad:
+        results.append(emitter.emit(bad.pop()))  # type: ignore[arg-type]
+    await emitter.flush()
+    assert emitter.emit(usage("after"))  # the sender is still alive
+    await emitter.stop()
+    assert results.count(False) == 7 and emitter.invalid == 7 and emitter.dropped == 0
+    assert sorted(await asyncio.to_thread(delivered, broker, topic)) == sorted([f"g{i}" for i in range(20)] + ["after"])
+    assert emitter.sent == 21
+
+
+def test_emitter_built_outside_any_loop_sends_from_the_loop_that_runs_it(broker):
+    """Built at import time (no loop), fed before the loop exists, started inside asyncio.run()."""
+    topic = f"emit-loop-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic, 1)
+    emitter = UsageEmitter(broker.url, topic)
+    assert all(emitter.emit(usage(f"early{i}")) for i in range(10))
+
+    async def main() -> None:
+        await emitter.start()
+        assert all(emitter.emit(usage(f"late{i}")) for i in range(10))
+        await emitter.stop()
+
+    asyncio.run(main())
+    assert sorted(delivered(broker, topic)) == sorted([f"early{i}" for i in range(10)] + [f"late{i}" for i in range(10)])
+
+
+def test_emitter_follows_its_caller_to_a_new_loop_in_another_thread(broker):
+    """First used in one asyncio.run() that ends without stop(), then in another loop on another thread:
+    nothing emitted in either is lost (at-least-once: a record cut off mid-send may come twice)."""
+    topic = f"emit-loop-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic, 1)
+    emitter = UsageEmitter(broker.url, topic)
+
+    async def first() -> None:  # no start(): the first emit() binds the emitter to this loop
+        for i in range(300):
+            emitter.emit(usage(f"a{i}"))
+            if i == 150:
+                await asyncio.sleep(0.5)  # some are sent from this loop, the rest are not yet
+
+    async def second() -> None:
+        for i in range(300):
+            emitter.emit(usage(f"b{i}"))
+        await emitter.stop()
+
+    asyncio.run(first())
+    sent_by_first = emitter.sent
+    thread = threading.Thread(target=asyncio.run, args=(second(),))
+    thread.start()
+    thread.join(60)
+    assert 0 < sent_by_first < 600
+    ids = delivered(broker, topic)
+    assert set(ids) == {f"a{i}" for i in range(300)} | {f"b{i}" for i in range(300)}
+
+
+def test_emitter_refuses_a_second_loop_while_its_own_still_runs(broker):
+    """Two loops sharing one emitter would race on its buffer: start() on the second fails loudly, and
+    emit() from it still never raises (the first loop's sender delivers the event)."""
+    topic = f"emit-loop-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic, 1)
+    emitter = UsageEmitter(broker.url, topic)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(emitter.start(), loop).result(10)
+
+        async def elsewhere() -> bool:
+            with pytest.raises(RuntimeError, match="another thread"):
+                await emitter.start()
+            return emitter.emit(usage("from-the-other-loop"))
+
+        assert asyncio.run(elsewhere())
+        asyncio.run_coroutine_threadsafe(emitter.stop(), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    assert delivered(broker, topic) == ["from-the-other-loop"]
 
 
 def test_openai_usage_counts_cache_inside_prompt():
