@@ -96,6 +96,11 @@ class EmbeddedBroker:
                 self.proc.wait()
         self.proc = None
 
+    def restart(self) -> EmbeddedBroker:
+        """Stop and start again on the same port (memory storage: every topic is gone), as after an outage."""
+        self.stop()
+        return self.start()
+
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
