@@ -1,34 +1,57 @@
-"""What every detector is, and the two small pieces they share.
+"""What every detector is, and the small pieces they share.
 
 A detector is a plain object in event time, no Kafka and no clock:
 `observe(event, cost_micros)` folds one priced event into per-workflow state in
-O(1); `tick(now)` does the interval work (scoring, timeouts, alerting) and
-returns new alerts; `flagged(now)` returns those due without waiting for a tick. Each keeps its state in `workflows`, one picklable value
-per workflow, so the Monitor can own one instance per kind, route events by
-workflow and snapshot or restore a workflow's state with its partition.
+O(1); `tick(workflow, now)` does one workflow's interval work (scoring,
+timeouts, alerting) and returns new alerts; `flagged(now)` returns those due
+without waiting for a tick. Each keeps its state in `workflows`, one value per
+workflow, so the Monitor can own one instance per kind, route events by
+workflow, contain a failure to one workflow, and save or restore a workflow's
+state with its partition as plain JSON data (`dump` / `load`, versioned), never
+pickle: a changelog record must not be able to run code, and renaming a class
+must not break stored state.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from detectors import state
+from detectors.versions import StateError
 from schemas.alerts import Alert
 from schemas.structs import Event
 
+__all__ = ["Alert", "Detector", "Event", "LogBaseline", "StateError", "alert_id"]
 
 
 @runtime_checkable
 class Detector(Protocol):
     kind: str
+    workflows: dict[str, Any]
+    """Per-workflow state objects; the Monitor may drop an entry (a workflow whose tick raised)."""
 
     def observe(self, event: Event, cost_micros: int) -> None: ...
-
-    def tick(self, now: float) -> list[Alert]: ...
 
     def flagged(self, now: float) -> list[Alert]:
         """Alerts `observe` already knows are due; the Monitor asks after every batch,
         so an evident case is not held until the next tick."""
+        ...
+
+    def tick(self, workflow: str, now: float) -> list[Alert]:
+        """Interval work for one workflow at event time `now`: O(1) when nothing is due, and
+        never proportional to a gap in event time. [] for a workflow the detector does not
+        hold; may forget the workflow (delete it from `workflows`) when nothing is left."""
+        ...
+
+    def dump(self, workflow: str) -> dict[str, Any] | None:
+        """One workflow's state as JSON-able plain data with a format version `"v"`;
+        None if the detector holds nothing for it."""
+        ...
+
+    def load(self, workflow: str, doc: dict[str, Any]) -> None:
+        """The inverse of `dump`: the detector then behaves exactly as before. Raises
+        StateError for a doc it cannot read (unknown version, malformed)."""
         ...
 
 
@@ -65,6 +88,14 @@ class LogBaseline:
         self.var = sigma * sigma
         self.n = 0
         self.prior_n, self.window, self.min_sigma = prior_n, window, min_sigma
+
+    def dump(self) -> list[float]:
+        """What was learned, as [mean, var, n]; the prior and window are configuration."""
+        return [self.mean, self.var, self.n]
+
+    def load(self, doc: list[Any]) -> None:
+        mean, var, n = doc
+        self.mean, self.var, self.n = state.num(mean), state.num(var), state.count(n)
 
     def learn_one(self, x: float) -> None:
         self.n += 1

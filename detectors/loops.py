@@ -19,16 +19,22 @@ Two kinds of evidence, both checked per event in O(1):
 Re-polling the same action 2–3 times is normal and does not fire. A flagged run
 alerts once, when the batch that flagged it ends (`flagged`), so a burst of
 events costs one alert and an evident loop never waits for the next tick.
+
+State is saved as plain data (`dump` / `load`, format "v": 1); `MIGRATIONS`
+upgrades older formats.
 """
 
 from __future__ import annotations
 
 import zlib
 from array import array
+from typing import Any
 
+from detectors import state
 from detectors.detector import Event, LogBaseline, alert_id
 from detectors.money import fmt_usd
 from schemas.alerts import Alert
+from schemas.limits import MAX_ID_LEN
 
 REPEAT = 4
 REPEAT_ERROR = 3
@@ -47,6 +53,19 @@ PRIORS: dict[str, tuple[float, float]] = {
 }
 """Cold-start (median, log-sigma) of a finished run: at z = 4 a new workflow alerts
 only past ~330 calls, 36M tokens, 740k context or $61 per run."""
+Flag = tuple[str, int, int, str | None]  # (rule, loop start step, repeats, fingerprint)
+
+
+def _v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """v0 is an illustrative older layout (never shipped) that exercises the migration path:
+    runs under "active", a run's fingerprint CRCs under "crcs" and its spend under "spend_micros"."""
+    runs = {rid: {("recent" if k == "crcs" else "micros" if k == "spend_micros" else k): x for k, x in run.items()}
+            for rid, run in doc["active"].items()}
+    return {"runs": runs, **{k: x for k, x in doc.items() if k != "active"}}
+
+
+MIGRATIONS = {0: _v0_to_v1}
+"""Format n → n + 1 of a workflow's dump: a layout change adds a function here, so stored state still loads."""
 
 
 class Run:
@@ -64,16 +83,43 @@ class Run:
         self.step = self.calls = self.tokens = self.context = self.micros = 0
         self.recent = array("I")  # CRC-32 of the last WINDOW fingerprints, oldest first: 4 bytes each, not 32
         self.same = self.same_err = self.alt = self.cycle = self.echo = self.last_out = 0
-        self.flag: tuple[str, int, int, str | None] | None = None  # (rule, loop start step, repeats, fingerprint)
+        self.flag: Flag | None = None
         self.fired = False
         self.ended: float | None = None  # ts of the run's outcome
+
+    def dump(self) -> dict[str, Any]:
+        doc = {s: getattr(self, s) for s in self.__slots__}
+        doc["recent"] = self.recent.tolist()
+        doc["flag"] = None if self.flag is None else list(self.flag)
+        return doc
+
+    @classmethod
+    def load(cls, doc: dict[str, Any]) -> Run:
+        d = state.obj(doc)
+        run = cls(state.num(d["start"]), state.opt_text(d["agent"]), state.opt_text(d["team"]))
+        run.last = state.num(d["last"])
+        for s in ("step", "calls", "tokens", "context", "micros", "same", "same_err", "alt", "cycle", "echo",
+                  "last_out"):
+            setattr(run, s, state.count(d[s]))
+        recent = d["recent"]
+        if not isinstance(recent, list) or len(recent) > WINDOW:
+            raise ValueError(f"recent must be a list of at most {WINDOW} CRCs")
+        run.recent = array("I", [state.count(h) for h in recent])
+        f = d["flag"]
+        if f is not None:
+            rule, since, repeats, fp = f
+            run.flag = (state.text(rule), state.count(since), state.count(repeats), state.opt_text(fp))
+        run.fired = state.flag(d["fired"])
+        run.ended = state.opt_num(d["ended"])
+        return run
 
     def values(self) -> tuple[float, float, float, float]:
         return (self.calls, self.tokens, self.context, self.micros / 1e6)
 
-    def fingerprint_rule(self, fp: str, error: bool) -> tuple[str, int, int, str | None] | None:
+    def fingerprint_rule(self, fp: str, error: bool) -> Flag | None:
         rec, step = self.recent, self.step
         h = zlib.crc32(fp.encode())
+        fp = fp[:MAX_ID_LEN]  # the flag keeps it: a huge one (the wire caps it) must not be held per run
         last = rec[-1] if rec else None
         if h == last:
             self.same += 1
@@ -99,7 +145,7 @@ class Run:
                 return (f"{distinct} distinct actions in {WINDOW} steps", step - WINDOW + 1, WINDOW, fp)
         return None
 
-    def echo_rule(self, output_tokens: int) -> tuple[str, int, int, str | None] | None:
+    def echo_rule(self, output_tokens: int) -> Flag | None:
         if output_tokens < ECHO_MIN_TOKENS:
             self.echo = 0
             return None
@@ -111,16 +157,22 @@ class Run:
 
 
 class WorkflowLoops:
-    """Per-workflow state: active runs, what finished runs reach, and runs flagged since the last tick."""
+    """Per-workflow state: active runs, what finished runs reach, runs flagged since the last
+    tick, and when idle runs were last swept (per workflow, so a tick is O(1) when none is due)."""
 
-    __slots__ = ("runs", "baselines", "limits", "pending")
+    __slots__ = ("runs", "baselines", "limits", "pending", "swept")
 
     def __init__(self, priors: dict[str, tuple[float, float]], z: float):
         self.runs: dict[str, Run] = {}
         self.baselines = {f: LogBaseline(*priors[f]) for f in FEATURES}
         self.limits: tuple[float, ...] = ()
         self.pending: list[str] = []
+        self.swept = 0.0
         self.refresh(z)
+
+    def fresh(self) -> bool:
+        """Nothing here that a new WorkflowLoops would not have: safe to forget."""
+        return not self.runs and not self.pending and all(b.n == 0 for b in self.baselines.values())
 
     def refresh(self, z: float) -> None:
         self.limits = tuple(self.baselines[f].limit(z) for f in FEATURES)
@@ -142,11 +194,14 @@ class LoopDetector:
     ...                       output_tokens=150, fingerprint=fp)
     >>> for step, fp in enumerate(["ls", "cat a.py", "pytest", "pytest", "pytest"], 1):
     ...     det.observe(call(step, fp), cost_micros=4000)
-    >>> det.tick(1_740_000_030.0)  # a re-poll three times is normal
+    >>> det.tick("coder", 1_740_000_030.0)  # a re-poll three times is normal
     []
     >>> det.observe(call(6, "pytest"), cost_micros=4000)
-    >>> [(a.kind, a.run_id, a.evidence["repeats"], a.evidence["loop_start_step"]) for a in det.tick(1_740_000_040.0)]
+    >>> [(a.kind, a.run_id, a.evidence["repeats"], a.evidence["loop_start_step"])
+    ...  for a in det.tick("coder", 1_740_000_040.0)]
     [('loop', 'run-1', 4, 3)]
+    >>> det.flagged(1_740_000_040.0), det.tick("other", 1_740_000_040.0)  # alerted once; a workflow it does not hold
+    ([], [])
     """
 
     kind = "loop"
@@ -156,7 +211,6 @@ class LoopDetector:
         self.z, self.idle, self.min_calls, self.sweep_every = z, idle, min_calls, sweep_every
         self.priors = priors or PRIORS
         self.workflows: dict[str, WorkflowLoops] = {}
-        self.swept = 0.0
         self._flagged: set[str] = set()  # workflows with new flags since the last `flagged`
 
     def observe(self, event: Event, cost_micros: int) -> None:
@@ -213,16 +267,42 @@ class LoopDetector:
         self._flagged.clear()
         return alerts
 
-    def tick(self, now: float) -> list[Alert]:
-        alerts = []
-        sweep = now - self.swept >= self.sweep_every
-        for name, wf in self.workflows.items():
-            alerts.extend(self._fire(name, wf, now))  # flags restored with a workflow's state
-            if sweep:
-                self._sweep(wf, now)
-        if sweep:
-            self.swept = now
+    def tick(self, workflow: str, now: float) -> list[Alert]:
+        """Fire flags restored with a workflow's state; every `sweep_every` s, forget idle runs
+        (O(runs)) and then the workflow itself if nothing is left that a fresh one lacks."""
+        wf = self.workflows.get(workflow)
+        if wf is None:
+            return []
+        alerts = self._fire(workflow, wf, now) if wf.pending else []
+        if now - wf.swept >= self.sweep_every:
+            wf.swept = now
+            self._sweep(wf, now)
+            if wf.fresh():
+                del self.workflows[workflow]
         return alerts
+
+    def dump(self, workflow: str) -> dict[str, Any] | None:
+        wf = self.workflows.get(workflow)
+        if wf is None:
+            return None
+        return {"v": state.V, "runs": {rid: run.dump() for rid, run in wf.runs.items()},
+                "baselines": {f: b.dump() for f, b in wf.baselines.items()}, "pending": list(wf.pending),
+                "swept": wf.swept}
+
+    def load(self, workflow: str, doc: dict[str, Any]) -> None:
+        d = state.upgrade(doc, self.kind, workflow, MIGRATIONS)
+        with state.loading(self.kind, workflow):
+            wf = WorkflowLoops(self.priors, self.z)
+            wf.runs = {state.text(rid): Run.load(run) for rid, run in state.obj(d["runs"]).items()}
+            baselines = state.obj(d["baselines"])
+            for f in FEATURES:
+                wf.baselines[f].load(baselines[f])
+            wf.refresh(self.z)
+            wf.pending = [state.text(rid) for rid in d["pending"]]
+            if any(rid not in wf.runs for rid in wf.pending):
+                raise ValueError("a pending run is not among the runs")
+            wf.swept = state.num(d["swept"])
+        self.workflows[workflow] = wf
 
     def _fire(self, name: str, wf: WorkflowLoops, now: float) -> list[Alert]:
         alerts = []

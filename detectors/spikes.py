@@ -25,8 +25,10 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
+from detectors import state
 from detectors.detector import Event, alert_id
 from detectors.money import fmt_usd
 from schemas.alerts import Alert
@@ -94,6 +96,26 @@ class SeriesScorer:
         self.streak = 0  # consecutive anomalous samples not learned
         self.last_ts: float | None = None
         self._buffer: list[tuple[float, float]] | None = [] if offset is None else None
+
+    def dump(self) -> dict[str, Any]:
+        """What was learned (the offset too: the level lives in log(value + offset)); the
+        constructor's parameters are configuration, given again on load."""
+        return {
+            "offset": self.offset, "level": self.level, "season": None if self.season is None else self.season.tolist(),
+            "scale": self.scale, "tail": self.tail, "above": self.above, "n": self.n, "streak": self.streak,
+            "last_ts": self.last_ts, "buffer": None if self._buffer is None else [list(p) for p in self._buffer],
+        }  # fmt: skip
+
+    def load(self, doc: dict[str, Any]) -> None:
+        d = state.obj(doc)
+        self.offset, self.level = state.opt_num(d["offset"]), state.num(d["level"])
+        self.season = None if d["season"] is None else array("d", state.nums(d["season"], self.slots))
+        self.scale, self.tail, self.above = state.num(d["scale"]), state.num(d["tail"]), state.flag(d["above"])
+        self.n, self.streak, self.last_ts = state.count(d["n"]), state.count(d["streak"]), state.opt_num(d["last_ts"])
+        buf = d["buffer"]
+        self._buffer = None if buf is None else [(ts, v) for ts, v in (state.nums(p, 2) for p in buf)]
+        if (self.offset is None) == (self._buffer is None):
+            raise ValueError("a series scorer has either an offset or a warm-up buffer")
 
     def _knots(self, ts: float) -> tuple[int, int, float]:
         """The two profile knots around `ts` and the weight of the second."""
@@ -213,6 +235,14 @@ class RateScorer:
         self.dispersion = 1.0
         self.n = 0
 
+    def dump(self) -> list[float]:
+        """What was learned, as [rate, dispersion, n]."""
+        return [self.rate, self.dispersion, self.n]
+
+    def load(self, doc: list[Any]) -> None:
+        rate, dispersion, n = doc
+        self.rate, self.dispersion, self.n = state.num(rate), state.num(dispersion), state.count(n)
+
     def zscore(self, count: float, exposure: float) -> float:
         if self.n < self.warmup or exposure <= 0 or count < self.min_share * exposure:
             return 0.0
@@ -251,6 +281,7 @@ FAMILIES = {"retry storm": "errors", "error spike": "errors"}
 """Causes that are one incident when they follow each other (errors, then the retries)."""
 EMPTY = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # cost micros, calls, input tokens, errors, run starts, their input
 Reading = dict[str, tuple[float, float, float]]  # feature -> (score, value, baseline)
+Row = Sequence[float]  # an interval's counters, as EMPTY: a list while open, EMPTY itself once closed empty
 
 
 class Horizon:
@@ -265,7 +296,7 @@ class Horizon:
         self.errors = RateScorer(min_share=0.1)
         self.runs = RateScorer(alpha=0.01)  # run starts per minute: the unit of agentic traffic
 
-    def score_learn(self, ts: float, window: deque[list[float]], interval: float, agentic: bool) -> Reading:
+    def score_learn(self, ts: float, window: deque[Row], interval: float, agentic: bool) -> Reading:
         """Score the last `length` intervals of `window`, then learn them."""
         micros, calls, tokens, errors, runs, prompts = (sum(col) for col in zip(*list(window)[-self.length:]))
         minutes = min(self.length, len(window)) * interval / 60.0
@@ -285,21 +316,50 @@ class Horizon:
         self.errors.learn_one(errors, calls)
         return out
 
+    def dump(self) -> dict[str, Any]:
+        return {"length": self.length, "scorers": {f: sc.dump() for f, sc in self.scorers.items()},
+                "errors": self.errors.dump(), "runs": self.runs.dump()}
+
+    def load(self, doc: dict[str, Any]) -> None:
+        d = state.obj(doc)
+        if d["length"] != self.length:
+            raise ValueError(f"a horizon of {d['length']!r} intervals where this detector has {self.length}")
+        scorers = state.obj(d["scorers"])
+        for f, sc in self.scorers.items():
+            sc.load(scorers[f])
+        self.errors.load(d["errors"])
+        self.runs.load(d["runs"])
+
 
 class WorkflowSpikes:
     """Per-workflow state: open interval counters, the trailing intervals, one Horizon per window length."""
 
-    __slots__ = ("team", "agentic", "open", "next", "window", "horizons", "causes", "quiet")
+    __slots__ = ("team", "agentic", "open", "next", "window", "horizons", "causes", "quiet", "idle")
 
     def __init__(self, first: int, horizons: tuple[int, ...], scorer: dict[str, float | int]):
         self.team: str | None = None
         self.agentic = False  # has runs (calls with a step): score run starts too
-        self.open: dict[int, list[float]] = {}  # interval index -> counters, as EMPTY
+        self.open: dict[int, list[float]] = {}  # interval index (>= next) -> counters, as EMPTY
         self.next = first  # the next interval index to close
-        self.window: deque[list[float]] = deque(maxlen=max(horizons))
+        self.window: deque[Row] = deque(maxlen=max(horizons))
         self.horizons = [Horizon(n, scorer) for n in horizons]
         self.causes: set[str] = set()  # cause families alerted in the open incident (empty: none open)
         self.quiet = 0  # intervals since the incident last scored anomalous
+        self.idle = 0  # empty intervals closed in a row
+
+
+def _v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """v0 is an illustrative older layout (never shipped) that exercises the migration path:
+    the next interval under "next_interval", closed intervals under "closed", and no idle count
+    (the count of trailing empty rows is the right one for a window that was never skipped)."""
+    rest = {k: x for k, x in doc.items() if k not in ("next_interval", "closed")}
+    closed = doc["closed"]
+    idle = next((i for i, row in enumerate(reversed(closed)) if any(row)), len(closed))
+    return {**rest, "next": doc["next_interval"], "window": closed, "idle": idle}
+
+
+MIGRATIONS = {0: _v0_to_v1}
+"""Format n → n + 1 of a workflow's dump: a layout change adds a function here, so stored state still loads."""
 
 
 class SpikeDetector:
@@ -321,6 +381,15 @@ class SpikeDetector:
     opens only if it is costly: errors, or at least `min_excess_usd_per_min`
     over normal spend.
 
+    A workflow silent for longer than the longest horizon is idle, not quiet:
+    once `max(horizons)` empty intervals have been scored and learned, its
+    trailing windows hold only zeros, and further empty intervals are neither
+    scored (zeros never alert) nor learned: a night or a week of zeros would
+    only teach the scorers that "off" is the level, so that normal traffic
+    afterwards scores as a surge. Skipping them makes an event-time jump cost
+    O(max(horizons)) intervals however long it is, and the outcome is the
+    same whether the intervals close one tick at a time or all in one.
+
     >>> from schemas.events import UsageEvent
     >>> det = SpikeDetector()
     >>> def burst(minute, calls, tokens=3000):
@@ -328,12 +397,14 @@ class SpikeDetector:
     ...         ts = 1_740_960_000.0 + minute * 60.0 + 60.0 * i / calls
     ...         det.observe(UsageEvent(type="usage", event_id=f"{minute}-{i}", ts=ts, workflow="search",
     ...                                model="gpt-4o", input_tokens=tokens, output_tokens=200), 9500)
-    ...     return det.tick(1_740_960_000.0 + (minute + 1) * 60.0 + 10.0)
+    ...     return det.tick("search", 1_740_960_000.0 + (minute + 1) * 60.0 + 10.0)
     >>> [a for m in range(180) for a in burst(m, 20 + m % 5)]
     []
     >>> alerts = [a for m in range(180, 190) for a in burst(m, 20, tokens=15_000)]
     >>> [(a.kind, a.evidence["cause"]) for a in alerts]
     [('spike', 'context bloat')]
+    >>> det.tick("search", 1_740_960_000.0 + 7 * 86_400.0), det.workflows["search"].next - 190 > 10_000
+    ([], True)
     """
 
     kind = "spike"
@@ -370,20 +441,90 @@ class SpikeDetector:
         """Spikes are scored per closed interval: only `tick` finds them."""
         return []
 
-    def tick(self, now: float) -> list[Alert]:
+    def tick(self, workflow: str, now: float) -> list[Alert]:
+        """Close the workflow's finished intervals: O(1) when none is due; otherwise O(intervals
+        with data + max(horizons)) whatever the gap, because idle runs are skipped in one step."""
+        wf = self.workflows.get(workflow)
+        if wf is None:
+            return []
         alerts = []
-        for name, wf in self.workflows.items():
-            while (wf.next + 1) * self.interval + self.grace <= now:
-                alert = self._close(name, wf)
-                if alert is not None:
-                    alerts.append(alert)
+        ahead: list[int] | None = None  # intervals with data, latest first: sorted once, when first needed
+        while (wf.next + 1) * self.interval + self.grace <= now:
+            if wf.idle >= wf.window.maxlen and wf.next not in wf.open:  # type: ignore[operator]
+                if ahead is None:
+                    ahead = sorted(wf.open, reverse=True)
+                while ahead and ahead[-1] < wf.next:
+                    ahead.pop()  # closed in this tick
+                stop = self._first_not_due(wf, now)
+                self._skip(wf, min(ahead[-1], stop) if ahead else stop)
+                continue
+            alert = self._close(workflow, wf)
+            if alert is not None:
+                alerts.append(alert)
         return alerts
+
+    def _first_not_due(self, wf: WorkflowSpikes, now: float) -> int:
+        """The first interval index from `wf.next` on that is not finished at `now` (with the exact
+        comparison the close loop uses, so float rounding cannot make the two disagree)."""
+        k = max(int((now - self.grace) // self.interval), wf.next)
+        while (k + 1) * self.interval + self.grace <= now:
+            k += 1
+        while k > wf.next and k * self.interval + self.grace > now:
+            k -= 1
+        return k
+
+    def _skip(self, wf: WorkflowSpikes, to: int) -> None:
+        """Pass idle intervals up to `to`: the window already holds only empty rows and zeros are
+        not scored or learned, so all that moves is the interval index and an open incident's
+        quiet count."""
+        if wf.causes:
+            wf.quiet = min(wf.quiet + to - wf.next, self.cooldown)
+            if wf.quiet >= self.cooldown:
+                wf.causes = set()
+        wf.next = to
+
+    def dump(self, workflow: str) -> dict[str, Any] | None:
+        wf = self.workflows.get(workflow)
+        if wf is None:
+            return None
+        return {
+            "v": state.V, "team": wf.team, "agentic": wf.agentic, "next": wf.next,
+            "open": [[idx, list(row)] for idx, row in wf.open.items()], "window": [list(row) for row in wf.window],
+            "horizons": [h.dump() for h in wf.horizons], "causes": sorted(wf.causes), "quiet": wf.quiet,
+            "idle": wf.idle,
+        }  # fmt: skip
+
+    def load(self, workflow: str, doc: dict[str, Any]) -> None:
+        d = state.upgrade(doc, self.kind, workflow, MIGRATIONS)
+        with state.loading(self.kind, workflow):
+            wf = WorkflowSpikes(state.count(d["next"]), self.horizons, self.scorer)
+            wf.team, wf.agentic = state.opt_text(d["team"]), state.flag(d["agentic"])
+            for idx, row in d["open"]:
+                if state.count(idx) < wf.next:
+                    raise ValueError(f"open interval {idx} is before the next one to close ({wf.next})")
+                wf.open[idx] = state.nums(row, len(EMPTY))
+            window = d["window"]
+            if not isinstance(window, list) or len(window) > wf.window.maxlen:  # type: ignore[operator]
+                raise ValueError(f"window must be a list of at most {wf.window.maxlen} intervals")
+            for row in window:
+                counters = state.nums(row, len(EMPTY))
+                wf.window.append(EMPTY if tuple(counters) == EMPTY else counters)
+            horizons = d["horizons"]
+            if not isinstance(horizons, list) or len(horizons) != len(wf.horizons):
+                raise ValueError(f"{len(horizons)} horizons where this detector has {len(wf.horizons)}")
+            for h, hd in zip(wf.horizons, horizons):
+                h.load(hd)
+            wf.causes = {state.text(c) for c in d["causes"]}
+            wf.quiet, wf.idle = state.count(d["quiet"]), state.count(d["idle"])
+        self.workflows[workflow] = wf
 
     def _close(self, name: str, wf: WorkflowSpikes) -> Alert | None:
         """Score and learn one finished interval; an alert if it opens an incident, or if
         something else starts moving in an open one (errors, bloat, traffic)."""
         start = wf.next * self.interval
-        wf.window.append(wf.open.pop(wf.next, list(EMPTY)))
+        row = wf.open.pop(wf.next, None)
+        wf.idle = 0 if row is not None else wf.idle + 1
+        wf.window.append(EMPTY if row is None else row)
         wf.next += 1
         reading: Reading = {}
         for h in wf.horizons:

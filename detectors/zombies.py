@@ -15,10 +15,16 @@ passing without an outcome:
   compare with.
 - An agent still spending on a run after that run's outcome (its work is done):
   `post_calls` calls over at least `post_seconds` after the outcome.
+
+State is saved as plain data (`dump` / `load`, format "v": 1); `MIGRATIONS`
+upgrades older formats.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from detectors import state
 from detectors.detector import Event, alert_id
 from detectors.money import fmt_usd
 from schemas.alerts import Alert
@@ -43,6 +49,20 @@ class Agent:
         self.gaps += 1
         self.gap += (gap - self.gap) / min(self.gaps + prior_n, window)
 
+    def dump(self) -> dict[str, Any]:
+        return {s: getattr(self, s) for s in self.__slots__}
+
+    @classmethod
+    def load(cls, doc: dict[str, Any]) -> Agent:
+        d = state.obj(doc)
+        agent = cls(state.opt_text(d["team"]), state.num(d["gap"]))
+        agent.last_outcome, agent.last_call = state.opt_num(d["last_outcome"]), state.opt_num(d["last_call"])
+        agent.active = state.num(d["active"])
+        agent.calls, agent.micros = state.count(d["calls"]), state.count(d["micros"])
+        agent.gaps = state.count(d["gaps"])
+        agent.fired = state.flag(d["fired"])
+        return agent
+
 
 class EndedRun:
     """A run whose outcome arrived, watched for calls that come after it."""
@@ -55,13 +75,39 @@ class EndedRun:
         self.last = ended
         self.fired = False
 
+    def dump(self) -> dict[str, Any]:
+        return {s: getattr(self, s) for s in self.__slots__}
+
+    @classmethod
+    def load(cls, doc: dict[str, Any]) -> EndedRun:
+        d = state.obj(doc)
+        run = cls(state.opt_text(d["agent"]), state.num(d["ended"]))
+        run.team, run.last = state.opt_text(d["team"]), state.num(d["last"])
+        run.calls, run.micros, run.fired = state.count(d["calls"]), state.count(d["micros"]), state.flag(d["fired"])
+        return run
+
 
 class WorkflowZombies:
-    __slots__ = ("agents", "ended")
+    """Per-workflow state: agents, ended runs still watched, and when they were last checked
+    (per workflow, so a tick is O(1) when no check is due)."""
+
+    __slots__ = ("agents", "ended", "checked")
 
     def __init__(self) -> None:
         self.agents: dict[str, Agent] = {}
         self.ended: dict[str, EndedRun] = {}
+        self.checked = 0.0
+
+
+def _v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """v0 is an illustrative older layout (never shipped) that exercises the migration path:
+    ended runs under "ended_runs" and the last check under "last_check"."""
+    rest = {k: x for k, x in doc.items() if k not in ("ended_runs", "last_check")}
+    return {**rest, "ended": doc["ended_runs"], "checked": doc["last_check"]}
+
+
+MIGRATIONS = {0: _v0_to_v1}
+"""Format n → n + 1 of a workflow's dump: a layout change adds a function here, so stored state still loads."""
 
 
 class ZombieDetector:
@@ -80,12 +126,12 @@ class ZombieDetector:
     ...     det.observe(call(float(t)), cost_micros=900)
     ...     if t % 600 == 300:
     ...         det.observe(done(float(t)), cost_micros=0)
-    >>> [a for t in range(6 * 3600, 7 * 3600, 60) for a in det.tick(T0 + t)]
+    >>> [a for t in range(6 * 3600, 7 * 3600, 60) for a in det.tick("inbox", T0 + t)]
     []
     >>> alerts = []
     >>> for t in range(6 * 3600, 12 * 3600, 60):  # calls go on, outcomes stop
     ...     det.observe(call(float(t)), cost_micros=900)
-    ...     alerts += det.tick(T0 + t)
+    ...     alerts += det.tick("inbox", T0 + t)
     >>> [(a.kind, a.agent_id) for a in alerts], 3600 < alerts[0].evidence["minutes_without_outcome"] * 60 < 4 * 3600
     ([('zombie', 'watcher-1')], True)
     """
@@ -99,13 +145,14 @@ class ZombieDetector:
         self.active_cap, self.still, self.min_calls = active_cap, still, min_calls
         self.post_calls, self.post_seconds, self.forget, self.every = post_calls, post_seconds, forget, every
         self.workflows: dict[str, WorkflowZombies] = {}
-        self.checked = 0.0
 
     def observe(self, event: Event, cost_micros: int) -> None:
+        aid, rid, ts = event.agent_id, event.run_id, event.ts
         wf = self.workflows.get(event.workflow)
         if wf is None:
+            if aid is None and (rid is None or event.type != "outcome"):
+                return  # nothing to watch: no agent, and no run that ended
             wf = self.workflows[event.workflow] = WorkflowZombies()
-        aid, rid, ts = event.agent_id, event.run_id, event.ts
         agent = None
         if aid is not None:
             agent = wf.agents.get(aid)
@@ -143,27 +190,47 @@ class ZombieDetector:
         """Zombies are a matter of time passing: only `tick` finds them."""
         return []
 
-    def tick(self, now: float) -> list[Alert]:
-        if now - self.checked < self.every:
+    def tick(self, workflow: str, now: float) -> list[Alert]:
+        """Every `every` s of event time, judge the workflow's agents and ended runs (O(agents +
+        runs)) and forget those long quiet, then the workflow itself once nothing is left."""
+        wf = self.workflows.get(workflow)
+        if wf is None or now - wf.checked < self.every:
             return []
-        self.checked = now
+        wf.checked = now
         alerts = []
-        for name, wf in self.workflows.items():
-            for aid in list(wf.agents):
-                agent = wf.agents[aid]
-                if agent.last_call is not None and now - agent.last_call > self.forget:
-                    del wf.agents[aid]
-                elif self._is_zombie(agent, now):
-                    agent.fired = True
-                    alerts.append(self._agent_alert(name, aid, agent, now))
-            for rid in list(wf.ended):
-                run = wf.ended[rid]
-                if not run.fired and run.calls >= self.post_calls and run.last - run.ended >= self.post_seconds:
-                    run.fired = True
-                    alerts.append(self._run_alert(name, rid, run, now))
-                elif now - run.last > self.still:
-                    del wf.ended[rid]
+        for aid in list(wf.agents):
+            agent = wf.agents[aid]
+            if agent.last_call is not None and now - agent.last_call > self.forget:
+                del wf.agents[aid]
+            elif self._is_zombie(agent, now):
+                agent.fired = True
+                alerts.append(self._agent_alert(workflow, aid, agent, now))
+        for rid in list(wf.ended):
+            run = wf.ended[rid]
+            if not run.fired and run.calls >= self.post_calls and run.last - run.ended >= self.post_seconds:
+                run.fired = True
+                alerts.append(self._run_alert(workflow, rid, run, now))
+            elif now - run.last > self.still:
+                del wf.ended[rid]
+        if not wf.agents and not wf.ended:
+            del self.workflows[workflow]
         return alerts
+
+    def dump(self, workflow: str) -> dict[str, Any] | None:
+        wf = self.workflows.get(workflow)
+        if wf is None:
+            return None
+        return {"v": state.V, "agents": {aid: a.dump() for aid, a in wf.agents.items()},
+                "ended": {rid: r.dump() for rid, r in wf.ended.items()}, "checked": wf.checked}
+
+    def load(self, workflow: str, doc: dict[str, Any]) -> None:
+        d = state.upgrade(doc, self.kind, workflow, MIGRATIONS)
+        with state.loading(self.kind, workflow):
+            wf = WorkflowZombies()
+            wf.agents = {state.text(aid): Agent.load(a) for aid, a in state.obj(d["agents"]).items()}
+            wf.ended = {state.text(rid): EndedRun.load(r) for rid, r in state.obj(d["ended"]).items()}
+            wf.checked = state.num(d["checked"])
+        self.workflows[workflow] = wf
 
     def _is_zombie(self, agent: Agent, now: float) -> bool:
         return (
