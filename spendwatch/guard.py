@@ -4,7 +4,10 @@ It follows the compacted control topic from the beginning in the background
 (no consumer group: every runtime reads everything), keeps the latest verified
 command per `scope:target`, and `check()` answers from memory in O(1), so the
 guarded call never waits on Kafka. Unsigned, forged, unknown-key, expired and
-replayed commands are ignored, logged and counted in `rejected`.
+replayed commands are ignored, logged and counted in `rejected`, and so is
+every record that is not a command at all (invalid JSON, wrong types, a
+non-hex signature, a tombstone, an oversize value): one bad record on a
+compacted topic must never stop the follower, or every guard would be blind.
 
 >>> switch = KillSwitch("kafka://127.0.0.1:9092", keyring=Keyring.load())   # doctest: +SKIP
 >>> await switch.start()                                                     # doctest: +SKIP
@@ -26,11 +29,10 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
 from schemas.control import ControlCommand
 from spendwatch.emitter import bootstrap_of
-from spendwatch.signing import CommandRejected, Keyring, Verifier
+from spendwatch.signing import CommandRejected, Keyring, Verifier, parse_command
 
 log = logging.getLogger("spendwatch.guard")
 
@@ -63,22 +65,35 @@ class KillSet:
         self.verifier = verifier
         self.latest: dict[Key, ControlCommand] = {}
         self.rejected: Counter[str] = Counter()
+        self._logged_at: dict[str, float] = {}
 
-    def apply(self, raw: bytes, now: float) -> None:
+    def apply(self, raw: bytes | None, now: float) -> None:
+        """Obey the record if it is a genuine, current command; otherwise count why not. Never raises."""
         try:
-            cmd = ControlCommand.model_validate_json(raw)
+            cmd = parse_command(raw)
             self.verifier.verify(cmd, now)
             held = self.latest.get((cmd.scope, cmd.target))
             if held and held.issued_at > cmd.issued_at:
                 raise CommandRejected("superseded")
-        except (ValidationError, CommandRejected) as err:
-            reason = err.reason if isinstance(err, CommandRejected) else "malformed"
-            self.rejected[reason] += 1
-            # expired commands are mostly history replayed at start, not an attack
-            log.log(logging.INFO if reason == "expired" else logging.WARNING,
-                    "spendwatch kill switch ignored a control command: %s", reason)
+        except CommandRejected as err:
+            self._reject(err.reason)
+            return
+        except Exception:  # a bug must cost one record, not the follower
+            log.exception("spendwatch kill switch: unexpected error on a control record; ignored")
+            self._reject("internal error")
             return
         self.latest[(cmd.scope, cmd.target)] = cmd
+
+    def _reject(self, reason: str) -> None:
+        """Count, and log each reason at most once a minute: a flood of garbage must not flood the log."""
+        self.rejected[reason] += 1
+        at = time.monotonic()
+        if at - self._logged_at.get(reason, float("-inf")) >= 60:
+            self._logged_at[reason] = at
+            # expired commands are mostly history replayed at start, not an attack
+            log.log(logging.INFO if reason == "expired" else logging.WARNING,
+                    "spendwatch kill switch ignored a control command: %s (%d so far)", reason,
+                    self.rejected[reason])
 
     def find(self, keys: list[Key], now: float) -> ControlCommand | None:
         """The kill in force for any of `keys`; expired kills are dropped as they are met."""
@@ -219,6 +234,9 @@ class KillSwitch:
                 except (KafkaError, asyncio.TimeoutError) as err:
                     log.debug("control topic poll failed: %r", err)
                     await asyncio.sleep(self.poll_s)
+                except Exception:  # keep following: a dead follower would blind this guard for good
+                    log.exception("spendwatch kill switch: unexpected error following %s; retrying", self.topic)
+                    await asyncio.sleep(self.poll_s)
         finally:
             await consumer.stop()
 
@@ -230,9 +248,10 @@ class KillSwitch:
             try:
                 await consumer.start()
                 return consumer
-            except KafkaError as err:
+            except Exception as err:  # unreachable (KafkaError) or anything else: keep trying
                 await consumer.stop()
-                log.debug("cannot reach the control plane: %r", err)
+                log.log(logging.DEBUG if isinstance(err, KafkaError) else logging.WARNING,
+                        "cannot reach the control plane: %r", err)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
@@ -255,8 +274,7 @@ class KillSwitch:
         batch = await consumer.getmany(*tps, timeout_ms=int(self.poll_s * 1000))
         for records in batch.values():
             for rec in records:
-                if rec.value is not None:  # a compaction tombstone carries no command
-                    self.kills.apply(rec.value, self.clock())
+                self.kills.apply(rec.value, self.clock())  # counts tombstones and garbage; never raises
         positions = [await consumer.position(tp) for tp in tps]
         if all(pos >= end[tp] for pos, tp in zip(positions, tps)):
             self._synced()

@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
+import re
 from pathlib import Path
 
 import orjson
+from pydantic import ValidationError
 
 from schemas.control import ControlCommand
 
 KEYS_ENV = "SPENDWATCH_CONTROL_KEYS"
 MAX_SKEW_S = 300.0
 """A command issued further than this in the future is refused: its issuer's clock (or its author) lies."""
+MAX_COMMAND_BYTES = 64 * 1024
+"""A genuine command is well under 1 KiB; anything near this is garbage, parsed for nothing."""
+HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class KeyringError(ValueError):
@@ -40,6 +46,23 @@ class CommandRejected(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+def parse_command(raw: object) -> ControlCommand:
+    """A control record's value → a command, or `CommandRejected`: no record, however malformed, raises
+    anything else (a follower that dies on one record would blind the guard, and compaction keeps it)."""
+    if raw is None:
+        raise CommandRejected("tombstone")  # unsigned: it must not release anything either
+    if not isinstance(raw, (bytes, bytearray, memoryview, str)):
+        raise CommandRejected("malformed")
+    if len(raw) > MAX_COMMAND_BYTES:
+        raise CommandRejected("oversize")
+    try:
+        return ControlCommand.model_validate_json(raw)
+    except ValidationError:  # invalid JSON or UTF-8, wrong types, missing or unknown fields
+        raise CommandRejected("malformed") from None
+    except Exception:  # anything else the parser may meet: still a rejection, never a dead follower
+        raise CommandRejected("malformed") from None
 
 
 def _canonical(cmd: ControlCommand) -> bytes:
@@ -89,9 +112,12 @@ class Keyring:
     def check_signature(self, cmd: ControlCommand) -> None:
         if not cmd.signature or not cmd.key_id:
             raise CommandRejected("unsigned")
-        if cmd.key_id not in self.keys:
+        if not isinstance(cmd.key_id, str) or cmd.key_id not in self.keys:
             raise CommandRejected("unknown key id")
-        if not hmac.compare_digest(cmd.signature, self._digest(cmd.key_id, cmd)):
+        # compare_digest raises TypeError on non-ASCII str: only 64 hex digits get that far
+        if not isinstance(cmd.signature, str) or not HEX_DIGEST.fullmatch(cmd.signature):
+            raise CommandRejected("bad signature")
+        if not hmac.compare_digest(cmd.signature.lower().encode(), self._digest(cmd.key_id, cmd).encode()):
             raise CommandRejected("bad signature")
 
 
@@ -104,8 +130,20 @@ class Verifier:
         self._seen: dict[str, None] = {}  # insertion-ordered: the oldest id is forgotten first
 
     def verify(self, cmd: ControlCommand, now: float) -> None:
-        """Raise `CommandRejected` unless `cmd` is authentic, current and new to this verifier."""
+        """Raise `CommandRejected` (and nothing else) unless `cmd` is authentic, current and new to this verifier."""
+        try:
+            self._verify(cmd, now)
+        except CommandRejected:
+            raise
+        except Exception:  # wrong types in an unvalidated object, a value the canonical JSON cannot carry
+            raise CommandRejected("malformed") from None
+
+    def _verify(self, cmd: ControlCommand, now: float) -> None:
+        if not isinstance(cmd, ControlCommand):
+            raise CommandRejected("malformed")
         self.keyring.check_signature(cmd)
+        if not (math.isfinite(cmd.issued_at) and math.isfinite(cmd.expires_at)):
+            raise CommandRejected("malformed")
         if cmd.expires_at <= now:
             raise CommandRejected("expired")
         if cmd.issued_at > now + MAX_SKEW_S:
