@@ -100,14 +100,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_broker(args: argparse.Namespace) -> int:
     from streams.broker import EmbeddedBroker
 
-    with EmbeddedBroker(port=args.port) as broker:
-        print(f"Tansu broker listening on {broker.bootstrap}  (use --broker {broker.url}); Ctrl-C stops it",
-              flush=True)
-        try:
-            assert broker.proc is not None
-            broker.proc.wait()
-        except KeyboardInterrupt:
-            pass
+    broker = EmbeddedBroker(port=args.port)
+    status = broker.serve(lambda b: print(f"Tansu broker listening on {b.bootstrap}  (use --broker {b.url}); "
+                                          "Ctrl-C or SIGTERM stops it", flush=True))
+    if status:
+        print(f"spendwatch: error: the broker exited with status {status}; its log is {broker.log_path}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

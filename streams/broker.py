@@ -6,16 +6,24 @@ installed but the Python package. Memory storage: everything is gone on exit.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class BrokerError(RuntimeError):
     """The embedded broker could not start; the message says what to do."""
+
+
+class _Stop(BaseException):
+    """Raised by the signal handler of `EmbeddedBroker.serve` to unwind to its cleanup."""
 
 
 def free_port() -> int:
@@ -74,17 +82,51 @@ class EmbeddedBroker:
                  "--storage-engine", "memory://tansu/"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
+        try:
+            self._wait_listening()
+        except BaseException:  # a timeout, Ctrl-C or SIGTERM while starting: no child left behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_listening(self) -> None:
+        assert self.proc is not None and self.log_path is not None
         deadline = time.monotonic() + self.startup_timeout
         while not _reachable(self.port):
             if self.proc.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-2000:].strip()
                 raise BrokerError(f"embedded broker exited with status {self.proc.returncode}: {tail}")
             if time.monotonic() > deadline:
-                self.stop()
                 raise BrokerError(f"embedded broker did not listen on {self.bootstrap} within "
                                   f"{self.startup_timeout:.0f}s")
             time.sleep(0.05)
-        return self
+
+    def serve(self, ready: Callable[[EmbeddedBroker], None] | None = None) -> int:
+        """Start, call `ready`, run until SIGTERM, SIGINT or SIGHUP (0) or until Tansu exits (its status).
+
+        The broker is stopped either way: SIGTERM's default action would end Python at once and
+        leave the Tansu child running. Main thread only (signal handlers).
+        """
+        fired: list[int] = []
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if not fired:  # a second signal must not interrupt the cleanup of the first
+                fired.append(signum)
+                raise _Stop
+
+        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+        try:
+            self.start()
+            if ready:
+                ready(self)
+            assert self.proc is not None
+            return self.proc.wait()
+        except _Stop:
+            return 0
+        finally:
+            self.stop()
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -95,11 +137,6 @@ class EmbeddedBroker:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-
-    def restart(self) -> EmbeddedBroker:
-        """Stop and start again on the same port (memory storage: every topic is gone), as after an outage."""
-        self.stop()
-        return self.start()
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
