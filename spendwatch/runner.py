@@ -5,19 +5,24 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
 import signal
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 import faust
+from aiokafka import AIOKafkaClient
 from faust.exceptions import ConsistencyError
 from rich.console import Console
 
 from spendwatch.config import Settings
 from streams.app import Worker, build_app
-from streams.broker import EmbeddedBroker
+from spendwatch.emitter import bootstrap_of
+from streams.broker import BrokerError, EmbeddedBroker
 from streams.sinks import Sink
 from streams.sinks.console import ConsoleSink
 from streams.sinks.pagerduty import PagerDutySink
@@ -28,6 +33,60 @@ log = logging.getLogger("spendwatch")
 
 GC_YOUNG_THRESHOLD = 20_000
 """Allocations between young-generation collections (CPython's default is 700)."""
+KAFKA_WAIT_ENV = "SPENDWATCH_KAFKA_WAIT"
+"""How long a worker waits for Kafka to be reachable at start, in seconds; unset or `inf`: for ever."""
+MAX_BACKOFF_S = 15.0
+
+
+def kafka_wait_from_env() -> float:
+    raw = os.environ.get(KAFKA_WAIT_ENV, "").strip().lower()
+    try:
+        wait = float(raw) if raw else math.inf
+    except ValueError:
+        wait = -1.0
+    if not wait >= 0:
+        raise BrokerError(f"{KAFKA_WAIT_ENV}={raw!r} is not a wait; use seconds (e.g. 300) or inf")
+    return wait
+
+
+def wait_for_kafka(broker: str, max_wait: float) -> None:
+    """Return once a bootstrap server answers a metadata request; retry with capped exponential backoff.
+
+    Faust gives up within seconds, with a traceback, on a Kafka that is not up yet, which is the normal
+    state of things when a whole stack starts at once (compose, Kubernetes): wait, and say what for.
+    """
+    bootstrap = bootstrap_of(broker)
+    started, attempt = time.monotonic(), 0
+    while True:
+        attempt += 1
+        try:
+            asyncio.run(_probe(bootstrap))
+            if attempt > 1:
+                print(f"Kafka at {bootstrap} is reachable; starting the worker", file=sys.stderr, flush=True)
+            return
+        except Exception as err:  # refused, unresolvable, timed out: all mean "not yet"
+            reason = str(err) or type(err).__name__
+        left = max_wait - (time.monotonic() - started)
+        if left <= 0:
+            raise BrokerError(f"Kafka at {bootstrap} is still unreachable after {max_wait:.0f} s ({reason}); "
+                              f"check --broker, or set {KAFKA_WAIT_ENV} (seconds, or inf) to wait longer")
+        delay = min(2.0 ** (attempt - 1), MAX_BACKOFF_S, left)
+        print(f"waiting for Kafka at {bootstrap} (attempt {attempt}, next in {delay:.0f} s)… {reason}",
+              file=sys.stderr, flush=True)
+        time.sleep(delay)
+
+
+async def _probe(bootstrap: str) -> None:
+    """One metadata request; aiokafka's own error lines are muted: the waiting line says it once."""
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
+    try:
+        await asyncio.wait_for(client.bootstrap(), 10)
+    finally:
+        await client.close()
+        quiet.setLevel(level)
 
 
 def make_sinks(settings: Settings, console: Console) -> list[Sink]:
@@ -53,14 +112,21 @@ def run(
     tasks: list[Callable[[Worker], Awaitable[None]]] = (),  # type: ignore[assignment]
     duration: float | None = None,
     loglevel: str = "warning",
+    kafka_wait: float | None = None,
 ) -> Worker:
-    """Start (embedded broker,) worker and `tasks`; return when stopped (Ctrl-C, SIGTERM or `duration`)."""
+    """Start (embedded broker,) worker and `tasks`; return when stopped (Ctrl-C, SIGTERM or `duration`).
+
+    With a `broker` given, wait up to `kafka_wait` s (default: $SPENDWATCH_KAFKA_WAIT, else for ever)
+    for it to be reachable first.
+    """
     console = console or Console()
     with ExitStack() as stack:
         if broker is None:
             embedded = stack.enter_context(EmbeddedBroker())
             broker = embedded.url
             console.print(f"[dim]embedded Tansu broker on {embedded.bootstrap} (memory storage)[/]")
+        else:
+            wait_for_kafka(broker, kafka_wait_from_env() if kafka_wait is None else kafka_wait)
         worker = build_app(settings, broker, make_sinks(settings, console), data_dir=data_dir)
         for task in tasks:
             worker.app.task(_bind(task, worker))
