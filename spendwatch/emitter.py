@@ -133,11 +133,12 @@ class UsageEmitter:
 
     async def stop(self) -> None:
         await self.flush(timeout=10.0)
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._producer is not None:
-            await self._producer.stop()  # also closes a producer that never reached Kafka
+        if self._loop is asyncio.get_running_loop():  # else they belong to a loop that is gone
+            if self._task:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+            if self._producer is not None:
+                await self._producer.stop()  # also closes a producer that never reached Kafka
         self._loop = self._producer = self._task = self._wake = None
         self._started = False
 
