@@ -9,11 +9,19 @@ from streams.routing import Notification
 
 
 class DeliveryError(Exception):
-    """A sink failed; `retryable` says whether trying again later may succeed."""
+    """A sink failed; `retryable` says whether trying again later may succeed, `uncertain` that the
+    request may have taken effect anyway (the answer was lost, or Slack says part of it may have)."""
 
-    def __init__(self, message: str, retryable: bool):
+    def __init__(self, message: str, retryable: bool, uncertain: bool = False):
         super().__init__(message)
         self.retryable = retryable
+        self.uncertain = uncertain
+
+
+def marker(item: Alert | Notification) -> str:
+    """The stable id of one delivery: the notifier's ledger key (after the sink name) and the tag a
+    sink puts on its message so that it can find it again when the answer to a post was lost."""
+    return item.notification_id if isinstance(item, Notification) else f"{item.alert_id}:{item.status}"
 
 
 class Sink(Protocol):
@@ -32,4 +40,18 @@ class DigestSink(Sink, Protocol):
 
     async def send_digest(self, notification: Notification, previous: str | None) -> str | None:
         """Deliver `notification`; `previous` is what this sink returned for `notification.update_of`."""
+        ...
+
+
+@runtime_checkable
+class ReconcilingSink(Sink, Protocol):
+    """A sink whose posts have no idempotency key (Slack): a post whose answer was lost must not be
+    sent again blindly. The notifier records each attempt first and, if its outcome is unknown, asks
+    the sink to look for the message before posting again."""
+
+    async def find(self, marker: str, since: float) -> str | None:
+        """The ref (e.g. ts) of this sink's message tagged `marker`, posted no earlier than `since`
+        (epoch seconds, our clock); None when it is certainly not there. Raises DeliveryError when it
+        cannot tell: retryable if asking again later may answer, else never (then the notifier
+        gives up rather than risk a second copy)."""
         ...
