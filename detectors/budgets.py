@@ -9,10 +9,11 @@ from schemas.alerts import Alert
 
 
 class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    daily_usd: float | None = Field(default=None, gt=0)
-    monthly_usd: float | None = Field(default=None, gt=0)
+    daily_usd: float | None = Field(default=None, ge=0.01, le=1e9)
+    monthly_usd: float | None = Field(default=None, ge=0.01, le=1e9)
+    """At least a cent: a smaller budget rounds to zero micro-dollars and every threshold divides by it."""
 
     def micros(self, period: str) -> int | None:
         usd = self.daily_usd if period == "day" else self.monthly_usd
@@ -22,7 +23,7 @@ class Budget(BaseModel):
 class BudgetConfig(BaseModel):
     """`[budgets]` in the config file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     thresholds: list[int] = Field(default_factory=lambda: [50, 75, 90, 100])
     workflows: dict[str, Budget] = Field(default_factory=dict)

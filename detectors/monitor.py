@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import pickle
+import logging
+import traceback
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from detectors.budgets import BudgetConfig, budget_alert, crossed_thresholds
 from detectors.detector import Detector
+from detectors.versions import StateError
 from detectors.loops import LoopDetector
 from detectors.counters import CACHED, CALLS, COST, ERRORS, INPUT, OUTPUT
 from detectors.money import usd_to_micros
@@ -25,6 +30,36 @@ BUCKET = 5.0
 """Finest window bucket (the 1 min window's); every coarser bucket is a multiple of it."""
 PRUNE_EVERY = 60.0
 """Seconds of event time between prunes of a workflow's dedup ids and idle entities."""
+DETECTORS_V = 1
+"""Format of a workflow's detector-state blob (each detector's part carries its own version too)."""
+
+log = logging.getLogger("spendwatch.monitor")
+
+
+@dataclass(frozen=True)
+class Poisoned:
+    """A workflow's slice of a batch that raised: not applied, to be dead-lettered with `reason`."""
+
+    workflow: str
+    events: list[Event]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    stage: str  # "process", or "tick:<detector kind>"
+    workflow: str
+    reason: str
+
+
+def describe(exc: BaseException) -> str:
+    """Exception type, message and where it was raised (package-relative), for a dead letter."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if frames:
+        f = frames[-1]
+        where = f" at {'/'.join(f.filename.replace(chr(92), '/').split('/')[-2:])}:{f.lineno} in {f.name}"
+    return f"{type(exc).__name__}: {str(exc)[:500]}{where}"
 
 
 @dataclass
@@ -38,6 +73,7 @@ class Output:
     accepted: int = 0
     touched: set[str] = field(default_factory=set)
     cost: dict[str, int] = field(default_factory=dict)  # micro-USD accepted per workflow in this batch
+    poisoned: list[Poisoned] = field(default_factory=list)
 
 
 def default_detectors() -> list[Detector]:
@@ -77,6 +113,8 @@ class Monitor:
         self._load_team = load_team
         self.detectors = list(detectors) if detectors is not None else default_detectors()
         self._load_detectors = load_detectors
+        self.failures = 0  # contained failures since start
+        self.last_failures: deque[Failure] = deque(maxlen=100)
 
     def workflow(self, name: str) -> WorkflowState:
         st = self.workflows.get(name)
@@ -85,7 +123,13 @@ class Monitor:
             self.workflows[name] = st
             blob = self._load_detectors and self._load_detectors(name)
             if blob:
-                self.restore_detectors(name, blob)
+                try:
+                    self.restore_detectors(name, blob)
+                except (StateError, ValueError, KeyError, TypeError) as exc:
+                    # Models are learned again from traffic; totals are never guessed (WorkflowState refuses).
+                    for det in self.detectors:
+                        det.workflows.pop(name, None)
+                    log.error("detector state of workflow %r refused, detectors start afresh: %s", name, exc)
         return st
 
     def team(self, name: str) -> TeamState:
@@ -96,29 +140,52 @@ class Monitor:
         return st
 
     def process(self, events: Iterable[Event], out: Output | None = None) -> Output:
-        """Apply a batch of events; budgets are checked once per touched workflow.
+        """Apply a batch of events, one workflow's slice at a time.
 
-        The per-event loop is the worker's hot path: locals instead of attribute
-        lookups, one state lookup per run of same-workflow events (a record's
-        events share one), and counters summed per (bucket, team, model, agent)
-        before they touch any rolling window.
+        A slice that raises (a bug, or input no one foresaw) is contained: the
+        workflow's state goes back to what it was before the slice, its events
+        come back in `out.poisoned` with the reason, and the other workflows of
+        the batch are applied as if it had not been there.
         """
         out = out or Output()
-        teams_touched: dict[str, set[str]] = {}
-        grouped: dict[tuple, list[int]] = {}
-        clock_keys, price, window = self.clock.keys, self.prices.price, self.dedup_window
-        observers = [det.observe for det in self.detectors]
-        cost, touched = out.cost, out.touched
-        name: str | None = None
-        st: WorkflowState = None  # type: ignore[assignment]  # set by the first event
-        dedup: dict[str, float] = {}
+        slices: dict[str, list[Event]] = {}
         for ev in events:
-            if ev.workflow != name:
-                name = ev.workflow
-                st = self.workflow(name)
-                dedup = st.dedup
+            evs = slices.get(ev.workflow)
+            if evs is None:
+                evs = slices[ev.workflow] = []
+            evs.append(ev)
+        for name, evs in slices.items():
+            undo = self._undo_point(name)
+            marks = (len(out.alerts), len(out.snapshots), len(out.late), out.duplicates, out.accepted)
+            try:
+                self._apply(name, evs, out)
+            except Exception as exc:  # noqa: BLE001 - containment is the point
+                del out.alerts[marks[0]:], out.snapshots[marks[1]:], out.late[marks[2]:]
+                out.duplicates, out.accepted = marks[3], marks[4]
+                out.touched.discard(name)
+                out.cost.pop(name, None)
+                self._rollback(name, undo)
+                out.poisoned.append(Poisoned(name, evs, describe(exc)))
+                self._failed("process", name, exc)
+        return out
+
+    def _apply(self, name: str, events: list[Event], out: Output) -> None:
+        """One workflow's slice: dedup, price, aggregate, observe, then budgets and alerts.
+
+        The per-event loop is the worker's hot path: locals instead of attribute
+        lookups, and counters summed per (bucket, team, model, agent) before they
+        touch any rolling window.
+        """
+        st = self.workflow(name)
+        dedup, watermark, window = st.dedup, st.watermark, self.dedup_window
+        clock_keys, price = self.clock.keys, self.prices.price
+        observers = [det.observe for det in self.detectors]
+        grouped: dict[tuple, list[int]] = {}
+        teams: set[str] = set()
+        accepted = micros_sum = 0
+        for ev in events:
             ts = ev.ts
-            if ts < st.watermark - window:
+            if ts < watermark - window:
                 out.late.append((ev, f"late: ts is more than {window:.0f}s behind the workflow's event time, "
                                      "beyond the dedup window, so it cannot be counted exactly once"))
                 continue
@@ -126,10 +193,9 @@ class Monitor:
                 out.duplicates += 1
                 continue
             dedup[ev.event_id] = ts
-            if ts > st.watermark:
-                st.watermark = ts
-            out.accepted += 1
-            touched.add(name)
+            if ts > watermark:
+                watermark = st.watermark = ts
+            accepted += 1
             keys = clock_keys(ts)
             if ev.type == "outcome":
                 st.add_outcome(keys, usd_to_micros(ev.value_usd) if ev.value_usd else 0)
@@ -140,7 +206,7 @@ class Monitor:
             micros = priced.micros
             if priced.source == "fallback":
                 st.unpriced += 1
-            group = (name, ts - ts % BUCKET, keys, ev.team, ev.model, ev.agent_id)
+            group = (ts - ts % BUCKET, keys, ev.team, ev.model, ev.agent_id)
             vec = grouped.get(group)
             if vec is None:
                 grouped[group] = [micros, ev.input_tokens, ev.output_tokens, ev.cache_read_tokens,
@@ -152,49 +218,118 @@ class Monitor:
                 vec[CACHED] += ev.cache_read_tokens
                 vec[CALLS] += 1
                 vec[ERRORS] += ev.status != "ok"
-            cost[name] = cost.get(name, 0) + micros
+            micros_sum += micros
             for observe in observers:
                 observe(ev, micros)
             if ev.team is not None:
-                teams_touched.setdefault(name, set()).add(ev.team)
-        if out.accepted:
-            now = max(self.workflows[n].watermark for n in touched)
-            out.alerts.extend(a for det in self.detectors for a in det.flagged(now))
-        for (wf, ts, keys, team, model, agent), vec in grouped.items():
-            self.workflows[wf].add_usage(ts, keys, vec, team, model, agent)
-        for name in out.touched:
-            st = self.workflows[name]
-            out.alerts.extend(self._check_workflow_budget(st))
-            for team in teams_touched.get(name, ()):
-                out.snapshots.append(self._snapshot(st, team))
-            if st.watermark - st.pruned_at >= PRUNE_EVERY:
-                st.prune(self.dedup_window, self._keep_periods(st.watermark))
-        return out
+                teams.add(ev.team)
+        if not accepted:
+            return
+        alerts = [a for det in self.detectors for a in det.flagged(st.watermark)]
+        for (ts, keys, team, model, agent), vec in grouped.items():
+            st.add_usage(ts, keys, vec, team, model, agent)
+        alerts.extend(self._check_workflow_budget(st))
+        out.alerts.extend(alerts)
+        out.snapshots.extend(self._snapshot(st, team) for team in teams)
+        if st.watermark - st.pruned_at >= PRUNE_EVERY:
+            st.prune(self.dedup_window, self._keep_periods(st.watermark))
+        out.accepted += accepted
+        out.touched.add(name)
+        if micros_sum or grouped:
+            out.cost[name] = out.cost.get(name, 0) + micros_sum
+
+    def _undo_point(self, name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """What `_rollback` needs to put a workflow back. With a durable store (the worker's
+        tables, saved after every batch) that is the store itself; without one (replay), a dump."""
+        if self._load_workflow is not None:
+            return None
+        st = self.workflows.get(name)
+        return (st.dump() if st else {}), {det.kind: det.dump(name) for det in self.detectors}
+
+    def _rollback(self, name: str, undo: tuple[dict[str, Any], dict[str, Any]] | None) -> None:
+        """Forget a workflow's in-memory state; reloaded from the store (worker) or the undo dump.
+        In the worker the detectors come back as of their last save (at most `save_every` old)."""
+        self.workflows.pop(name, None)
+        for det in self.detectors:
+            det.workflows.pop(name, None)
+        if undo is None:
+            return
+        state, detectors = undo
+        if state:
+            self.workflows[name] = WorkflowState.load(state)
+        for det in self.detectors:
+            if detectors.get(det.kind) is not None:
+                det.load(name, detectors[det.kind])
+
+    def _failed(self, stage: str, workflow: str, exc: BaseException) -> None:
+        self.failures += 1
+        self.last_failures.append(Failure(stage, workflow, describe(exc)))
+        log.error("%s of workflow %r failed and was contained: %s", stage, workflow, describe(exc))
 
     def tick(self, now: float) -> list[Alert]:
-        """Interval work of every detector at event time `now`."""
-        return [alert for det in self.detectors for alert in det.tick(now)]
+        """Interval work of every detector for every workflow it holds, at event time `now`.
+
+        A detector that raises for one workflow loses that workflow's state (it
+        starts learning again) and the other workflows go on.
+        """
+        alerts: list[Alert] = []
+        for det in self.detectors:
+            for name in list(det.workflows):
+                try:
+                    alerts.extend(det.tick(name, now))
+                except Exception as exc:  # noqa: BLE001 - containment is the point
+                    det.workflows.pop(name, None)
+                    self._failed(f"tick:{det.kind}", name, exc)
+        return alerts
 
     def dump_detectors(self, workflow: str) -> bytes:
-        """One workflow's detector state (models, runs, agents), for the detectors table."""
-        return pickle.dumps({det.kind: det.workflows.get(workflow) for det in self.detectors})
+        """One workflow's detector state (models, runs, agents), for the detectors table: plain JSON
+        with a format version per detector, never pickle (a changelog must not be able to run code)."""
+        try:
+            return orjson.dumps({"v": DETECTORS_V, **{det.kind: det.dump(workflow) for det in self.detectors}})
+        except Exception:  # noqa: BLE001 - find the detector whose state cannot be saved; it starts afresh
+            doc: dict[str, Any] = {"v": DETECTORS_V}
+            for det in self.detectors:
+                try:
+                    doc[det.kind] = orjson.Fragment(orjson.dumps(det.dump(workflow)))
+                except Exception as exc:  # noqa: BLE001
+                    det.workflows.pop(workflow, None)
+                    doc[det.kind] = None
+                    self._failed(f"dump:{det.kind}", workflow, exc)
+            return orjson.dumps(doc)
 
     def restore_detectors(self, workflow: str, blob: bytes) -> None:
-        states = pickle.loads(blob)
+        """Load what `dump_detectors` wrote; a blob this version cannot read raises StateError."""
+        try:
+            doc = orjson.loads(blob)
+        except orjson.JSONDecodeError:
+            raise StateError(f"detector state of workflow {workflow!r} is not JSON (written by an older "
+                             "spendwatch with pickle?)") from None
+        if not isinstance(doc, dict) or doc.get("v") != DETECTORS_V:
+            raise StateError(f"detector state of workflow {workflow!r} has format "
+                             f"{doc.get('v') if isinstance(doc, dict) else type(doc).__name__!r}, "
+                             f"this spendwatch reads {DETECTORS_V}")
         for det in self.detectors:
-            if states.get(det.kind) is not None:
-                det.workflows[workflow] = states[det.kind]
+            if doc.get(det.kind) is not None:
+                det.load(workflow, doc[det.kind])
 
     def merge_snapshots(self, snapshots: Iterable[dict[str, Any]]) -> list[Alert]:
-        """Fold workflow→team snapshots into team totals and check team budgets."""
+        """Fold workflow→team snapshots into team totals and check team budgets. A snapshot that
+        cannot be merged (e.g. a team state of a newer format) is skipped, counted and logged."""
         alerts: list[Alert] = []
         touched: dict[str, float] = {}
         for snap in snapshots:
-            if self.team(snap["team"]).merge(snap):
-                touched[snap["team"]] = max(touched.get(snap["team"], 0.0), snap["ts"])
+            try:
+                if self.team(snap["team"]).merge(snap):
+                    touched[snap["team"]] = max(touched.get(snap["team"], 0.0), snap["ts"])
+            except Exception as exc:  # noqa: BLE001 - snapshots are cumulative: the next one re-carries this
+                self._failed("rollup", snap.get("workflow", "?"), exc)
         for name, ts in touched.items():
-            alerts.extend(self._check_team_budget(self.teams[name], ts))
-            self.teams[name].prune(self._keep_periods(ts))
+            try:
+                alerts.extend(self._check_team_budget(self.teams[name], ts))
+                self.teams[name].prune(self._keep_periods(ts))
+            except Exception as exc:  # noqa: BLE001
+                self._failed("rollup", name, exc)
         return alerts
 
     def _keep_periods(self, now: float) -> set[str]:

@@ -38,7 +38,7 @@ ALLOWLIST_SCOPES = ("workflow", "team", "agent_id", "run_id")
 
 
 class PolicyRule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Kind | Literal["*"] = "*"
     severity: Severity | None = None
@@ -72,7 +72,7 @@ DEFAULT_RULES = (
 
 
 class PolicyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     rules: list[PolicyRule] = Field(default_factory=lambda: list(DEFAULT_RULES))
     allowlist: list[str] = Field(default_factory=list)

@@ -9,7 +9,15 @@ latest per-workflow values.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import orjson
+
+from detectors.versions import upgrade
+
+V = 1
+"""Format of `dump()`; v0 is the same layout without `v`."""
 
 
 class TeamState:
@@ -54,11 +62,41 @@ class TeamState:
         self.fired = {f for f in self.fired if f.split(":", 1)[0] in keep_periods}
 
     def dump(self) -> dict[str, Any]:
-        return {"name": self.name, "workflows": self.workflows, "fired": sorted(self.fired)}
+        return {"v": V, "name": self.name, "workflows": self.workflows, "fired": sorted(self.fired)}
 
     @classmethod
     def load(cls, doc: dict[str, Any]) -> TeamState:
+        doc = upgrade(doc, "team", V, {0: dict}, default=0)
         st = cls(doc["name"])
         st.workflows = doc["workflows"]
         st.fired = set(doc["fired"])
         return st
+
+
+def parse_snapshot(raw: bytes | None) -> dict[str, Any]:
+    """A workflow→team snapshot record (`Monitor._snapshot`), checked field by field: these
+    come from other workers, and one bad record must not stop team budgets.
+
+    >>> parse_snapshot(b'{"team": "cx", "workflow": "bot", "ts": 1.0, "periods": {"2026-11": 5}}')["periods"]
+    {'2026-11': 5}
+    >>> parse_snapshot(b'{"team": "cx", "workflow": "bot", "ts": 1.0, "periods": {"2026-11": -5}}')
+    Traceback (most recent call last):
+    ValueError: periods must map period keys to non-negative integer micro-USD
+    """
+    try:
+        doc = orjson.loads(raw or b"null")
+    except orjson.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON: {err}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("a snapshot is a JSON object")
+    for name in ("team", "workflow"):
+        if not isinstance(doc.get(name), str) or not doc[name]:
+            raise ValueError(f"{name} must be a non-empty string")
+    ts = doc.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        raise ValueError("ts must be a number")
+    periods = doc.get("periods")
+    if not isinstance(periods, dict) or not all(
+            isinstance(k, str) and type(v) is int and v >= 0 for k, v in periods.items()):
+        raise ValueError("periods must map period keys to non-negative integer micro-USD")
+    return doc

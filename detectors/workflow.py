@@ -15,12 +15,22 @@ from typing import Any, NamedTuple
 
 from detectors.counters import COST, zero
 from detectors.spend import EntityCost, EntitySpend
+from detectors.versions import upgrade
 
 DIMENSIONS = ("team", "model", "agent")
 SEAL_IDS = 256
 """Fresh event ids that make a bucket: the most a state value carries."""
 MAX_IDS = 20_000
 """Event ids kept per workflow (memory bound); a busier workflow dedups over less than the window."""
+V = 1
+"""Format of `dump()`. v0: before versions, and before sealed id buckets (no `buckets`, `next_bucket`)."""
+
+
+def _from_v0(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"buckets": [], "next_bucket": 0, **doc}
+
+
+MIGRATIONS = {0: _from_v0}
 
 
 class Checkpoint(NamedTuple):
@@ -133,6 +143,7 @@ class WorkflowState:
 
     def _dump(self, fresh: dict[str, float]) -> dict[str, Any]:
         return {
+            "v": V,
             "name": self.name,
             "offset": self.offset,
             "watermark": self.watermark,
@@ -148,17 +159,19 @@ class WorkflowState:
 
     @classmethod
     def load(cls, doc: dict[str, Any], bucket: Callable[[int], dict[str, float] | None] = lambda seq: None) -> WorkflowState:
-        """The state from `dump()`; `bucket(seq)` reads a sealed id bucket back (None: gone)."""
+        """The state from `dump()` (any format since v0); `bucket(seq)` reads a sealed id bucket back
+        (None: gone). A format newer than this code raises StateError: totals are never guessed."""
+        doc = upgrade(doc, "workflow", V, MIGRATIONS, default=0)
         st = cls(doc["name"])
         st.offset = doc["offset"]
         st.watermark = doc["watermark"]
-        for seq in doc.get("buckets", ()):
+        for seq in doc["buckets"]:
             ids = bucket(seq)
             if ids:
                 st.buckets[seq] = len(ids)
                 st.dedup.update(ids)
         st.dedup.update(doc["dedup"])
-        st.next_bucket = doc.get("next_bucket", 0)
+        st.next_bucket = doc["next_bucket"]
         st.spend = EntitySpend.load(doc["spend"])
         st.by = {d: {n: EntityCost.load(e) for n, e in doc["by"].get(d, {}).items()} for d in DIMENSIONS}
         st.outcomes = doc["outcomes"]

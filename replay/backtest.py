@@ -73,6 +73,8 @@ def backtest(events: Iterable[dict[str, Any]], out_dir: Path, monitor: Monitor |
         by_kind[a.kind] = by_kind.get(a.kind, 0) + 1
     summary: dict[str, Any] = {
         "events": res.events, "duplicates": res.duplicates, "late": res.late,
+        "poisoned_events": sum(p["events"] for p in res.poisoned), "poisoned": res.poisoned[:100],
+        "contained_failures": monitor.failures,
         "first_ts": res.first_ts, "last_ts": res.last_ts, "alerts": len(res.alerts), "alerts_by_kind": by_kind,
         "spend_usd_by_workflow": {wf: round(sum(s.values()) / 1e6, 6) for wf, s in sorted(res.spend.items())},
         "unpriced_models": dict(monitor.prices.unpriced),

@@ -42,6 +42,16 @@ def _traffic(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                         skip_bad=args.skip_bad, stats=stats), stats
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.1 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: use 0.1 to 86400 seconds")
+    return value
+
+
 def _user_errors():  # type: ignore[no-untyped-def]
     from replay.labels import LabelError
     from replay.readers import ReplayInputError
@@ -75,6 +85,12 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                       f"{row['precision'] if row['precision'] is not None else '—'}  median TTD "
                       f"{row['median_ttd_s'] if row['median_ttd_s'] is not None else '—'} s  saved ${row['saved_usd']}")
     console.print(f"wrote {args.out / 'alerts.jsonl'}, {args.out / 'summary.json'}, {args.out / 'report.html'}")
+    if summary["contained_failures"]:
+        console.print(f"[red]{summary['contained_failures']} contained engine failures[/] "
+                      f"({summary['poisoned_events']} events not applied); first: "
+                      f"{(summary['poisoned'] or [{'reason': 'in a detector tick, see the log'}])[0]['reason']}\n"
+                      "A bug in spendwatch: please report it with summary.json's \"poisoned\" entries.")
+        return 3 if args.strict else 0
     return 0
 
 
@@ -166,7 +182,10 @@ def add_replay_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--config", type=Path, help="TOML config (budgets, pricing)")
     b.add_argument("--labels", type=Path, help="incident labels JSON (see replay/labels.py) to score against")
-    b.add_argument("--tick", type=float, default=10.0, help="detector interval in event seconds (default: 10)")
+    b.add_argument("--tick", type=_positive, default=10.0, help="detector interval in event seconds (default: 10)")
+    b.add_argument("--strict", action="store_true",
+                   help="exit 3 if the engine failed on any workflow slice (the worker would dead-letter it and "
+                        "go on, and so does the backtest without this flag)")
     b.set_defaults(func=cmd_backtest)
 
     s = rs.add_parser("score-series", help="anomaly score per row of a timestamp,value CSV",

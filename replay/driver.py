@@ -2,7 +2,9 @@
 
 Events are fed in ts order in batches of one tick interval of event time; the
 detectors tick every `tick` seconds of event time and for `flush` seconds past
-the last event, so timeouts (zombies, idle runs) fire as they would live.
+the last event, so timeouts (zombies, idle runs) fire as they would live. A
+longer gap between events is jumped over: its cost is bounded by `flush`, not
+by how long the gap is.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class Replayed:
     events: int = 0
     duplicates: int = 0
     late: int = 0
+    poisoned: list[dict[str, Any]] = field(default_factory=list)
+    """Workflow slices whose processing raised: not applied; what the worker would dead-letter."""
     first_ts: float | None = None
     last_ts: float | None = None
     spend: dict[str, dict[int, int]] = field(default_factory=dict)  # workflow -> tick start -> micro-USD
@@ -53,6 +57,8 @@ def run(
         out.alerts.extend(monitor.merge_snapshots(res.snapshots))
         out.duplicates += res.duplicates
         out.late += len(res.late)
+        out.poisoned.extend({"workflow": bad.workflow, "events": len(bad.events), "first_ts": bad.events[0].ts,
+                             "first_event_id": bad.events[0].event_id, "reason": bad.reason} for bad in res.poisoned)
         bucket = int(at - tick)
         for wf, micros in res.cost.items():
             series = out.spend.setdefault(wf, {})
@@ -68,9 +74,12 @@ def run(
             out.first_ts = ev.ts
         if ev.ts >= next_tick:
             flush_batch(next_tick)
+            quiet_until = (out.last_ts or ev.ts) + flush  # past this, nothing is left to time out
             while ev.ts >= next_tick:
                 out.alerts.extend(monitor.tick(next_tick))
                 next_tick += tick
+                if next_tick > quiet_until:  # a gap of days costs `flush / tick` ticks, not days of them
+                    next_tick = max(next_tick, ev.ts - ev.ts % tick)
         batch.append(ev)
         out.events += 1
         out.last_ts = ev.ts

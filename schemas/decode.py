@@ -63,8 +63,10 @@ def validate_event(obj: Any) -> Any:
         raise RecordError(_explain(err)) from None
 
 
-def parse_record(raw: bytes, max_bytes: int = limits.MAX_RECORD_BYTES) -> tuple[list[Any], list[RecordError]]:
+def parse_record(raw: bytes | None, max_bytes: int = limits.MAX_RECORD_BYTES) -> tuple[list[Any], list[RecordError]]:
     """Decode one Kafka record value into (valid events, errors)."""
+    if raw is None:
+        return [], [RecordError("null value (a tombstone): usage topics are not compacted, nothing to count")]
     if len(raw) > max_bytes:
         return [], [RecordError(f"record is {len(raw)} bytes, over the {max_bytes}-byte limit")]
     try:

@@ -16,7 +16,7 @@ from detectors.pricing import PriceBook, Rate
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PriceOverride(_Strict):
@@ -77,14 +77,20 @@ class Settings(_Strict):
     timezone: str = "UTC"
     dedup_window_s: float = Field(default=3600.0, ge=60, le=7 * 86400)
     batch_max: int = Field(default=5000, ge=1, le=100_000)
-    batch_within_s: float = Field(default=0.2, gt=0, le=10)
-    tick_every_s: float = Field(default=1.0, gt=0, le=60)
-    commit_interval_s: float = Field(default=2.8, gt=0, le=60)
+    batch_within_s: float = Field(default=0.2, ge=0.001, le=10)
+    tick_every_s: float = Field(default=1.0, ge=0.05, le=60)
+    commit_interval_s: float = Field(default=2.8, ge=0.1, le=60)
     session_timeout_s: float = Field(default=10.0, ge=6, le=300)
     """How long a silent worker keeps its partitions; a joining worker waits half of it for peers."""
     check_changelog_offsets: bool = True
     """On start, refuse tables on disk that are ahead of their changelog (topics deleted or recreated).
     Turn off on Tansu, which under-reports a partition's end offset after some writes."""
+    max_ahead_s: float | None = Field(default=600.0, ge=0)
+    """Events stamped further than this ahead of the worker's clock are dead-lettered (a wrong clock
+    would otherwise drag every workflow's event time along). Clock skew between hosts stays well inside 10 min."""
+    max_behind_s: float | None = Field(default=None, ge=0)
+    """Events stamped further than this behind the worker's clock are dead-lettered (e.g. 2592000
+    for 30 days); unset accepts history, which still cannot be counted twice (dedup window)."""
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     topics: TopicsConfig = Field(default_factory=TopicsConfig)

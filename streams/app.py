@@ -25,14 +25,14 @@ from faust.streams import _current_event  # the table's changelog partition come
 
 from detectors.monitor import Monitor
 from detectors.policy import apply_decision, decide
-from detectors.rollup import TeamState
+from detectors.rollup import TeamState, parse_snapshot
 from detectors.workflow import WorkflowState
 from schemas.alerts import Alert
 from spendwatch.config import Settings
 from spendwatch.control import make_command, record_of
 from spendwatch.signing import Keyring
 from streams import workflow_table
-from streams.ingest import Ingestor, Record
+from streams.ingest import Ingestor, Record, TimeBounds, deadletter as deadletter_value
 from streams.notifier import Notifier
 from streams.progress import ProgressFile
 from streams.routing import Router
@@ -51,6 +51,7 @@ class Stats:
     redelivered: int = 0
     deadletters: int = 0
     rerouted: int = 0
+    poisoned: int = 0  # events of workflow slices whose processing raised (dead-lettered, state untouched)
     alerts: dict[str, int] = field(default_factory=dict)
 
 
@@ -65,6 +66,8 @@ class Worker:
     control_topic: str
 
 
+ACTED_KEEP = 100_000
+"""Alert ids whose kill was issued that a worker remembers (bounded: bad input can mint ids)."""
 DETECTOR_SAVE_EVERY = 10.0
 """Seconds between saves of a workflow's detector state; a crash loses at most this much model learning."""
 
@@ -87,6 +90,22 @@ class EventClock:
 
     def now(self) -> float:
         return self.watermark + (time.monotonic() - self.wall_at) if self.watermark else 0.0
+
+
+class RecentSet:
+    """A set that forgets its oldest members beyond `size`."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.items: dict[str, None] = {}
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.items
+
+    def add(self, item: str) -> None:
+        self.items[item] = None
+        if len(self.items) > self.size:
+            del self.items[next(iter(self.items))]
 
 
 def fatal(agent: str) -> None:
@@ -154,18 +173,20 @@ def build_app(
                       load_detectors=lambda name: detector_table.get(name.encode()))
     clock = EventClock()
     saved_at: dict[str, float] = {}
-    ingestor = Ingestor(monitor, t.usage)
+    ingestor = Ingestor(monitor, t.usage, bounds=TimeBounds(settings.max_ahead_s, settings.max_behind_s))
     stats = Stats()
     control_topic = app.topic(t.control, key_type=bytes, value_type=bytes, partitions=1,
                               config={"cleanup.policy": "compact"})
     keyring = Keyring.load(settings.control_keys_file) if settings.kills() else None
     issuer = f"worker:{socket.gethostname()}:{os.getpid()}"
-    acted: set[str] = set()  # alert ids already acted on: a repeat of an alert does not re-issue its kill
+    acted = RecentSet(ACTED_KEEP)  # alert ids already acted on: a repeat of an alert does not re-issue its kill
     progress = ProgressFile()
     ledger = _LedgerView(ledger_table)
     # The console shows every alert at once; remote sinks get Alertmanager-style grouped digests.
     notifier = Notifier([x for x in sinks if x.name == "console"], ledger)
-    digests = Notifier([x for x in sinks if x.name != "console"], ledger)
+    # A pending ledger entry must reach the changelog before its post leaves: a worker that dies
+    # between the two is replaced by one that looks the message up instead of posting again.
+    digests = Notifier([x for x in sinks if x.name != "console"], ledger, persist=lambda: app.producer.flush())
     routes = app.Table("alert-routes", key_type=bytes, value_type=bytes, partitions=t.partitions)
     routers: dict[int, Router] = {}
     partitions = _PartitionContexts(t.alerts)  # the digest timer writes tables without an event of its own
@@ -197,6 +218,10 @@ def build_app(
     async def ingest_batch(events: list[Any]) -> None:
         records = [Record(e.message.key, e.value, e.message.partition, e.message.offset) for e in events]
         fx = ingestor.handle(records)
+        for bad in fx.poisoned:
+            log.error("workflow %r: %d events dead-lettered, its state left as before: %s",
+                      bad.workflow, len(bad.events), bad.reason)
+            stats.poisoned += len(bad.events)
         by_offset = {(e.message.partition, e.message.offset): e for e in events}
         wall = time.monotonic()
         for wf, rec in fx.dirty.items():
@@ -231,12 +256,26 @@ def build_app(
                 fatal("rollup")
 
     async def rollup_batch(events: list[Any]) -> None:
-        alerts = monitor.merge_snapshots(orjson.loads(e.value) for e in events)
-        last = {e.message.key: e for e in events}
-        for key, event in last.items():
+        good = []
+        for e in events:
+            try:
+                good.append((parse_snapshot(e.value), e))
+            except ValueError as err:
+                await dead_letter(t.rollups, e, f"bad team snapshot: {err}")
+        alerts = monitor.merge_snapshots(snap for snap, _ in good)
+        last = {snap["team"]: e for snap, e in good}
+        for team, event in last.items():
             _in_context_of(event)
-            teams[key] = orjson.dumps(monitor.team(key.decode()).dump())
+            teams[team.encode()] = orjson.dumps(monitor.team(team).dump())
         await publish_alerts(alerts)
+
+    async def dead_letter(topic: str, event: Any, reason: str) -> None:
+        """An internal topic's bad record: set aside with the reason, never fatal."""
+        log.error("%s record at partition %d offset %d dead-lettered: %s",
+                  topic, event.message.partition, event.message.offset, reason)
+        rec = Record(event.message.key, event.value, event.message.partition, event.message.offset)
+        await deadletter.send(value=deadletter_value(topic, rec, reason))
+        stats.deadletters += 1
 
     def router_of(partition: int) -> Router:
         if partition not in routers:
@@ -247,7 +286,11 @@ def build_app(
     @app.agent(alerts_topic, name="notify")
     async def notify(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            alert = Alert.model_validate_json(event.value)
+            try:
+                alert = Alert.model_validate_json(event.value or b"null")
+            except ValueError as err:
+                await dead_letter(t.alerts, event, f"not an alert: {str(err)[:500]}")
+                continue
             await notifier.deliver(alert)
             if digests.sinks:
                 p = event.message.partition

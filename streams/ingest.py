@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
 
-from detectors.monitor import Monitor
+from detectors.monitor import Monitor, Poisoned, describe
 from schemas.alerts import Alert
 from schemas.decode import parse_record
 from schemas.structs import to_wire
@@ -21,7 +23,7 @@ from schemas.structs import to_wire
 
 class Record(NamedTuple):
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
     partition: int
     offset: int
 
@@ -33,6 +35,7 @@ class Effects:
     alerts: list[Alert] = field(default_factory=list)
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     dirty: dict[str, Record] = field(default_factory=dict)  # workflow -> last record (its partition owns the state)
+    poisoned: list[Poisoned] = field(default_factory=list)
     accepted: int = 0
     duplicates: int = 0
     redelivered: int = 0
@@ -41,62 +44,117 @@ class Effects:
 DEADLETTER_KEEP_BYTES = 64_000
 
 
-def deadletter(topic: str, rec: Record, reason: str, event: Any = None) -> bytes:
+def deadletter(topic: str, rec: Record, reason: str, event: Any = None, **extra: Any) -> bytes:
     """A dead-letter value with the reason and the original record.
 
     Records over `DEADLETTER_KEEP_BYTES` keep a prefix plus size and SHA-256: the
     whole record stays in the source topic at the given partition and offset.
     """
-    value = rec.value[:DEADLETTER_KEEP_BYTES]
+    raw = rec.value or b""
+    value = raw[:DEADLETTER_KEEP_BYTES]
     try:
-        original: Any = value.decode()
+        original: Any = value.decode() if rec.value is not None else None
         encoding = "utf-8"
     except UnicodeDecodeError:
         original, encoding = base64.b64encode(value).decode(), "base64"
     doc = {"reason": reason, "topic": topic, "partition": rec.partition, "offset": rec.offset,
            "key": rec.key.decode(errors="replace") if rec.key else None,
            "record": original, "encoding": encoding}
-    if len(rec.value) > DEADLETTER_KEEP_BYTES:
-        doc.update(truncated=True, bytes=len(rec.value), sha256=hashlib.sha256(rec.value).hexdigest())
+    if len(raw) > DEADLETTER_KEEP_BYTES:
+        doc.update(truncated=True, bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
     if event is not None:
         doc["event"] = event
+    doc.update(extra)
     return orjson.dumps(doc)
 
 
+class TimeBounds(NamedTuple):
+    """How far event time may stray from the wall clock in a live worker (None: unbounded).
+
+    A publisher with a wrong clock, or a backfill, can send timestamps days off.
+    Ahead, one such event would drag every workflow's event time along and make
+    its real events "late"; far behind is history, which `spendwatch replay` is for.
+    """
+
+    ahead_s: float | None = 600.0
+    behind_s: float | None = None
+
+    def reason(self, ts: float, now: float) -> str | None:
+        if self.ahead_s is not None and ts > now + self.ahead_s:
+            return (f"ts is {ts - now:.0f}s ahead of the worker's clock (limit {self.ahead_s:.0f}s, "
+                    "setting max_ahead_s): the publisher's clock is wrong, or ts is not epoch seconds")
+        if self.behind_s is not None and ts < now - self.behind_s:
+            return (f"ts is {now - ts:.0f}s behind the worker's clock (limit {self.behind_s:.0f}s, "
+                    "setting max_behind_s): backtest history with `spendwatch replay backtest`")
+        return None
+
+
 class Ingestor:
-    def __init__(self, monitor: Monitor, topic: str, max_record_bytes: int = 1_000_000):
+    """Turns a batch of usage-topic records into effects. Nothing a record holds stops it:
+    bad records, out-of-bounds times and workflows whose processing raises are dead-lettered
+    with the reason; everything else is applied."""
+
+    def __init__(self, monitor: Monitor, topic: str, max_record_bytes: int = 1_000_000,
+                 bounds: TimeBounds = TimeBounds(None, None), clock: Callable[[], float] = time.time):
         self.monitor = monitor
         self.topic = topic
         self.max_record_bytes = max_record_bytes
+        self.bounds = bounds
+        self.clock = clock
 
     def handle(self, records: list[Record]) -> Effects:
         fx = Effects()
         batch = []
-        last: dict[str, Record] = {}
+        sources: dict[str, list[tuple[Record, list[Any]]]] = {}  # workflow -> its records and their events
+        now = self.clock()
+        bounded = self.bounds.ahead_s is not None or self.bounds.behind_s is not None
         for rec in records:
             events, errors = parse_record(rec.value, self.max_record_bytes)
             for err in errors:
                 fx.deadletters.append(deadletter(self.topic, rec, err.reason))
             key = rec.key.decode(errors="replace") if rec.key else None
+            mine = []
             for ev in events:
                 if ev.workflow != key:
                     # State of a workflow lives on the partition of its key: send it there.
                     fx.reroutes.append((ev.workflow.encode(), orjson.dumps(to_wire(ev))))
                     continue
-                if rec.offset <= self.monitor.workflow(key).offset:
-                    fx.redelivered += 1
+                if bounded and (why := self.bounds.reason(ev.ts, now)):
+                    fx.deadletters.append(deadletter(self.topic, rec, why, to_wire(ev)))
                     continue
-                batch.append(ev)
-                last[key] = rec
+                mine.append(ev)
+            if not mine:
+                continue
+            try:
+                offset = self.monitor.workflow(key).offset  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - e.g. stored state of a newer format
+                fx.poisoned.append(Poisoned(key, mine, describe(exc)))  # type: ignore[arg-type]
+                fx.deadletters.append(deadletter(self.topic, rec, describe(exc), events=[to_wire(e) for e in mine]))
+                continue
+            if rec.offset <= offset:
+                fx.redelivered += len(mine)
+                continue
+            batch.extend(mine)
+            sources.setdefault(key, []).append((rec, mine))  # type: ignore[arg-type]
         out = self.monitor.process(batch)
         for ev, reason in out.late:
-            fx.deadletters.append(deadletter(self.topic, last[ev.workflow], reason,
-                                             to_wire(ev)))
-        for wf, rec in last.items():
+            fx.deadletters.append(deadletter(self.topic, _source(sources[ev.workflow], ev), reason, to_wire(ev)))
+        for bad in out.poisoned:
+            reason = f"processing failed, workflow state left as before: {bad.reason}"
+            for rec, evs in sources.pop(bad.workflow):
+                fx.deadletters.append(deadletter(self.topic, rec, reason, events=[to_wire(e) for e in evs]))
+        fx.poisoned.extend(out.poisoned)
+        for wf, recs in sources.items():
+            rec = recs[-1][0]
             self.monitor.workflows[wf].offset = rec.offset
-        fx.dirty = last
+            fx.dirty[wf] = rec
         fx.alerts = out.alerts
         fx.snapshots = out.snapshots
         fx.accepted = out.accepted
         fx.duplicates = out.duplicates
         return fx
+
+
+def _source(records: list[tuple[Record, list[Any]]], event: Any) -> Record:
+    """The record an event came from (only asked for rare late events)."""
+    return next(rec for rec, evs in records if any(e is event for e in evs))

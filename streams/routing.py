@@ -35,7 +35,7 @@ GROUPABLE = ("workflow", "team", "kind", "severity", "agent_id", "run_id", "acti
 class RoutingConfig(BaseModel):
     """Alertmanager's timers, with Alertmanager's defaults (except resolve_timeout, see there)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     group_by: list[str] = Field(default_factory=lambda: ["workflow", "kind"])
     group_wait_s: float = Field(default=30.0, ge=0)

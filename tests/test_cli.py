@@ -19,7 +19,11 @@ def run_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("text,expected", [
     ("timezone = 'Mars/Olympus'", "unknown timezone 'Mars/Olympus'"),
-    ("[budgets.workflows.w]\ndaily_usd = -5", "budgets.workflows.w.daily_usd: Input should be greater than 0"),
+    ("[budgets.workflows.w]\ndaily_usd = -5", "budgets.workflows.w.daily_usd: Input should be greater than or equal to 0.01"),
+    ("[budgets.workflows.w]\ndaily_usd = 1e-7", "budgets.workflows.w.daily_usd: Input should be greater than or equal to 0.01"),
+    ("[budgets.teams.t]\nmonthly_usd = nan", "budgets.teams.t.monthly_usd: Input should be a finite number"),
+    ("[routing]\ngroup_wait_s = inf", "routing.group_wait_s: Input should be a finite number"),
+    ("tick_every_s = 1e-300", "tick_every_s: Input should be greater than or equal to 0.05"),
     ("[budgets.workflows.w]\ndialy_usd = 5", "budgets.workflows.w.dialy_usd: Extra inputs are not permitted"),
     ("[budgets]\nthresholds = [0, 50]", "thresholds are percentages"),
     ("[pricing.overrides.'gpt-4o']\ninput_per_mtok = 'cheap'\noutput_per_mtok = 1",
