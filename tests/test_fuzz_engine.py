@@ -92,7 +92,7 @@ def traffic(draw: st.DrawFn) -> list[dict]:
             events.append(dict(events[-draw(st.integers(1, min(10, len(events))))]))
             continue
         ts += draw(st.sampled_from([0.0, 0.0, 1.0, 5.0, 30.0, -20.0, -4000.0, 600.0, 7200.0, 86_400.0 * 2]))
-        ts = max(ts, T0)
+        ts = min(max(ts, T0), T0 + 25 * 86_400.0)  # November only: the month total is the one to check
         events.append(draw(outcome(ts, f"e{i}") if draw(st.integers(0, 7)) == 0 else usage(ts, f"e{i}")))
     return events
 
