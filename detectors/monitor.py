@@ -230,7 +230,7 @@ class Monitor:
             st.add_usage(ts, keys, vec, team, model, agent)
         alerts.extend(self._check_workflow_budget(st))
         out.alerts.extend(alerts)
-        out.snapshots.extend(self._snapshot(st, team) for team in teams)
+        out.snapshots.extend(self._snapshot(st, team) for team in teams if team in st.by["team"])  # not folded
         if st.watermark - st.pruned_at >= PRUNE_EVERY:
             st.prune(self.dedup_window, self._keep_periods(st.watermark))
         out.accepted += accepted

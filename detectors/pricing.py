@@ -117,6 +117,13 @@ def catalog_rate(model: str, provider: str | None, at: datetime | None = None) -
     )
 
 
+MAX_RATES = 10_000
+"""Resolved (provider, model) rates kept; beyond, the oldest is resolved again when next seen."""
+MAX_UNPRICED = 1_000
+"""Unknown model names counted one by one; the rest are counted together (names are caller input)."""
+OTHER_MODELS = "(other unknown models)"
+
+
 class Priced(NamedTuple):
     micros: int
     source: str  # "caller", "override", "genai-prices:...", "fallback"
@@ -145,6 +152,8 @@ class PriceBook:
                 or catalog_rate(model, provider)
                 or self.fallback
             )
+            if len(self._cache) >= MAX_RATES:
+                del self._cache[next(iter(self._cache))]
             self._cache[key] = rate
         return rate
 
@@ -154,7 +163,8 @@ class PriceBook:
             return Priced(usd_to_micros(event.cost_usd), "caller")
         rate = self._cache.get((event.provider, event.model)) or self.rate(event.model, event.provider)
         if rate is self.fallback:
-            self.unpriced[event.model] = self.unpriced.get(event.model, 0) + 1
+            name = event.model if event.model in self.unpriced or len(self.unpriced) < MAX_UNPRICED else OTHER_MODELS
+            self.unpriced[name] = self.unpriced.get(name, 0) + 1
         return Priced(
             rate.cost_micros(event.input_tokens, event.output_tokens, event.cache_read_tokens, event.cache_write_tokens),
             rate.source,

@@ -22,6 +22,10 @@ SEAL_IDS = 256
 """Fresh event ids that make a bucket: the most a state value carries."""
 MAX_IDS = 20_000
 """Event ids kept per workflow (memory bound); a busier workflow dedups over less than the window."""
+MAX_ENTITIES = 1_000
+"""Teams, models or agents tracked by name per workflow; the rest are summed as `OTHER`. Names are
+caller input: without a bound, an agent id per call would grow a state past what Kafka can carry."""
+OTHER = "(other)"
 V = 1
 """Format of `dump()`. v0: before versions, and before sealed id buckets (no `buckets`, `next_bucket`)."""
 
@@ -66,9 +70,14 @@ class WorkflowState:
         micros = vec[COST]
         for dim, name in (("team", team), ("model", model), ("agent", agent)):
             if name is not None:
-                entity = self.by[dim].get(name)
+                entities = self.by[dim]
+                entity = entities.get(name)
                 if entity is None:
-                    entity = self.by[dim][name] = EntityCost()
+                    if len(entities) >= MAX_ENTITIES:
+                        name = OTHER
+                        entity = entities.get(name)
+                    if entity is None:
+                        entity = entities[name] = EntityCost()
                 entity.add(ts, keys, micros)
 
     def add_outcome(self, keys: tuple[str, str], value_micros: int) -> None:

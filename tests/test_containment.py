@@ -187,3 +187,21 @@ def test_backtest_cli_on_the_loop_from_step_zero(tmp_path: Path) -> None:
     assert [(a["kind"], a["evidence"]["loop_start_step"], a["evidence"]["repeats"]) for a in alerts] == [("loop", 0, 3)]
     bad = subprocess.run(args + ["--tick", "0"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "out of range" in bad.stderr
+
+
+def test_names_are_caller_input_so_per_workflow_entities_and_price_caches_are_bounded() -> None:
+    """An agent id, model or team per call must not grow a workflow's state past what a Kafka record
+    can carry (the table write would fail and the worker crash-loop on the batch)."""
+    from detectors import pricing, workflow
+
+    m = Monitor()
+    events = [validate_event(usage(i, agent_id=f"agent-{i}", team=f"team-{i}", model=f"unknown-{i}"))
+              for i in range(workflow.MAX_ENTITIES + 500)]
+    m.process(events)
+    st = m.workflows["ok-wf"]
+    assert all(len(st.by[d]) == workflow.MAX_ENTITIES + 1 for d in ("team", "agent", "model"))  # + OTHER
+    assert st.by["agent"][workflow.OTHER].period(DAY) == st.by["agent"]["agent-0"].period(DAY) * 500
+    assert st.spend.periods[DAY][CALLS] == len(events) and m.failures == 0
+    assert len(m.prices.unpriced) == pricing.MAX_UNPRICED + 1
+    assert sum(m.prices.unpriced.values()) == len(events)
+    assert len(orjson.dumps(st.dump())) < 1_000_000
