@@ -249,9 +249,7 @@ class Monitor:
     def _rollback(self, name: str, undo: tuple[dict[str, Any], dict[str, Any]] | None) -> None:
         """Forget a workflow's in-memory state; reloaded from the store (worker) or the undo dump.
         In the worker the detectors come back as of their last save (at most `save_every` old)."""
-        self.workflows.pop(name, None)
-        for det in self.detectors:
-            det.workflows.pop(name, None)
+        self.forget(name)
         if undo is None:
             return
         state, detectors = undo
@@ -260,6 +258,12 @@ class Monitor:
         for det in self.detectors:
             if detectors.get(det.kind) is not None:
                 det.load(name, detectors[det.kind])
+
+    def forget(self, name: str) -> None:
+        """Drop a workflow's in-memory state (it is reloaded from the store when it is next seen)."""
+        self.workflows.pop(name, None)
+        for det in self.detectors:
+            det.workflows.pop(name, None)
 
     def _failed(self, stage: str, workflow: str, exc: BaseException) -> None:
         self.failures += 1

@@ -91,6 +91,9 @@ class Settings(_Strict):
     max_behind_s: float | None = Field(default=None, ge=0)
     """Events stamped further than this behind the worker's clock are dead-lettered (e.g. 2592000
     for 30 days); unset accepts history, which still cannot be counted twice (dedup window)."""
+    evict_idle_s: float = Field(default=3600.0, ge=4, le=30 * 86400)
+    """A workflow without events for this long (wall time) leaves the worker's memory; its state
+    stays in the tables and is reloaded when it returns. Bounds memory when names are caller input."""
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     topics: TopicsConfig = Field(default_factory=TopicsConfig)

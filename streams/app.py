@@ -172,7 +172,9 @@ def build_app(
                       load_workflow=load_workflow, load_team=load_team,
                       load_detectors=lambda name: detector_table.get(name.encode()))
     clock = EventClock()
-    saved_at: dict[str, float] = {}
+    saved_at: dict[str, float] = {}  # workflow -> wall time of its last detector save
+    seen: dict[str, tuple[float, int]] = {}  # workflow -> (wall time of its last batch, its usage partition)
+    usage_partitions = _PartitionContexts(t.usage)
     ingestor = Ingestor(monitor, t.usage, bounds=TimeBounds(settings.max_ahead_s, settings.max_behind_s))
     stats = Stats()
     control_topic = app.topic(t.control, key_type=bytes, value_type=bytes, partitions=1,
@@ -229,6 +231,7 @@ def build_app(
             st = monitor.workflows[wf]
             workflow_table.save(workflows, st)
             clock.advance(st.watermark)
+            seen[wf] = (wall, rec.partition)
             if wall - saved_at.get(wf, 0.0) >= DETECTOR_SAVE_EVERY:  # models are saved per interval, not per batch
                 detector_table[wf.encode()] = monitor.dump_detectors(wf)
                 saved_at[wf] = wall
@@ -336,6 +339,21 @@ def build_app(
         except Exception:
             fatal("tick")
 
+    @app.timer(min(60.0, settings.evict_idle_s / 4))
+    async def evict() -> None:
+        """Workflows idle for `evict_idle_s` leave memory (saved first; reloaded when they return):
+        workflow names are caller input, and a worker must not hold every one it ever saw."""
+        wall = time.monotonic()
+        idle = [(wf, partition) for wf, (last, partition) in seen.items() if wall - last >= settings.evict_idle_s]
+        for wf, partition in idle:
+            _in_context_of(usage_partitions.of(partition))
+            detector_table[wf.encode()] = monitor.dump_detectors(wf)
+            monitor.forget(wf)
+            del seen[wf]
+            saved_at.pop(wf, None)
+        if idle:
+            log.info("%d idle workflows left memory, %d held", len(idle), len(monitor.workflows))
+
     @app.on_partitions_revoked.connect
     async def forget_cached_state(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         monitor.workflows.clear()
@@ -343,6 +361,7 @@ def build_app(
         for det in monitor.detectors:
             det.workflows.clear()  # type: ignore[attr-defined]
         saved_at.clear()
+        seen.clear()
         routers.clear()
 
     return Worker(app, monitor, stats, notifier, usage, broker, t.control)
