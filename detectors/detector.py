@@ -94,7 +94,7 @@ class LogBaseline:
         return [self.mean, self.var, self.n]
 
     def load(self, doc: list[Any]) -> None:
-        mean, var, n = doc
+        mean, var, n = state.seq(doc, 3)
         self.mean, self.var, self.n = state.num(mean), state.num(var), state.count(n)
 
     def learn_one(self, x: float) -> None:

@@ -101,14 +101,14 @@ class Run:
         for s in ("step", "calls", "tokens", "context", "micros", "same", "same_err", "alt", "cycle", "echo",
                   "last_out"):
             setattr(run, s, state.count(d[s]))
-        recent = d["recent"]
-        if not isinstance(recent, list) or len(recent) > WINDOW:
-            raise ValueError(f"recent must be a list of at most {WINDOW} CRCs")
+        recent = state.seq(d["recent"])
+        if len(recent) > WINDOW:
+            raise ValueError(f"recent must hold at most {WINDOW} CRCs")
         run.recent = array("I", [state.count(h) for h in recent])
         f = d["flag"]
         if f is not None:
-            rule, since, repeats, fp = f
-            run.flag = (state.text(rule), state.count(since), state.count(repeats), state.opt_text(fp))
+            rule, since, repeats, fp = state.seq(f, 4)
+            run.flag = (state.text(rule), state.integer(since), state.count(repeats), state.opt_text(fp))
         run.fired = state.flag(d["fired"])
         run.ended = state.opt_num(d["ended"])
         return run
@@ -118,8 +118,8 @@ class Run:
 
     def fingerprint_rule(self, fp: str, error: bool) -> Flag | None:
         rec, step = self.recent, self.step
+        fp = fp[:MAX_ID_LEN]  # the wire caps it there; a bigger one must not cost O(size) per event, nor be kept
         h = zlib.crc32(fp.encode())
-        fp = fp[:MAX_ID_LEN]  # the flag keeps it: a huge one (the wire caps it) must not be held per run
         last = rec[-1] if rec else None
         if h == last:
             self.same += 1
@@ -290,15 +290,15 @@ class LoopDetector:
                 "swept": wf.swept}
 
     def load(self, workflow: str, doc: dict[str, Any]) -> None:
-        d = state.upgrade(doc, self.kind, workflow, MIGRATIONS)
         with state.loading(self.kind, workflow):
+            d = state.upgrade(doc, self.kind, workflow, MIGRATIONS)
             wf = WorkflowLoops(self.priors, self.z)
             wf.runs = {state.text(rid): Run.load(run) for rid, run in state.obj(d["runs"]).items()}
             baselines = state.obj(d["baselines"])
             for f in FEATURES:
                 wf.baselines[f].load(baselines[f])
             wf.refresh(self.z)
-            wf.pending = [state.text(rid) for rid in d["pending"]]
+            wf.pending = [state.text(rid) for rid in state.seq(d["pending"])]
             if any(rid not in wf.runs for rid in wf.pending):
                 raise ValueError("a pending run is not among the runs")
             wf.swept = state.num(d["swept"])

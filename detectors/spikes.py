@@ -113,7 +113,7 @@ class SeriesScorer:
         self.scale, self.tail, self.above = state.num(d["scale"]), state.num(d["tail"]), state.flag(d["above"])
         self.n, self.streak, self.last_ts = state.count(d["n"]), state.count(d["streak"]), state.opt_num(d["last_ts"])
         buf = d["buffer"]
-        self._buffer = None if buf is None else [(ts, v) for ts, v in (state.nums(p, 2) for p in buf)]
+        self._buffer = None if buf is None else [(ts, v) for ts, v in (state.nums(p, 2) for p in state.seq(buf))]
         if (self.offset is None) == (self._buffer is None):
             raise ValueError("a series scorer has either an offset or a warm-up buffer")
 
@@ -240,7 +240,7 @@ class RateScorer:
         return [self.rate, self.dispersion, self.n]
 
     def load(self, doc: list[Any]) -> None:
-        rate, dispersion, n = doc
+        rate, dispersion, n = state.seq(doc, 3)
         self.rate, self.dispersion, self.n = state.num(rate), state.num(dispersion), state.count(n)
 
     def zscore(self, count: float, exposure: float) -> float:
@@ -345,17 +345,15 @@ class WorkflowSpikes:
         self.horizons = [Horizon(n, scorer) for n in horizons]
         self.causes: set[str] = set()  # cause families alerted in the open incident (empty: none open)
         self.quiet = 0  # intervals since the incident last scored anomalous
-        self.idle = 0  # empty intervals closed in a row
+        self.idle = 0  # empty intervals since the last with data: held if <= max(horizons), else skipped
 
 
 def _v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
     """v0 is an illustrative older layout (never shipped) that exercises the migration path:
-    the next interval under "next_interval", closed intervals under "closed", and no idle count
-    (the count of trailing empty rows is the right one for a window that was never skipped)."""
+    the next interval under "next_interval", closed intervals under "closed", and no held
+    intervals (it learned every interval when it closed)."""
     rest = {k: x for k, x in doc.items() if k not in ("next_interval", "closed")}
-    closed = doc["closed"]
-    idle = next((i for i, row in enumerate(reversed(closed)) if any(row)), len(closed))
-    return {**rest, "next": doc["next_interval"], "window": closed, "idle": idle}
+    return {**rest, "next": doc["next_interval"], "window": doc["closed"], "idle": 0}
 
 
 MIGRATIONS = {0: _v0_to_v1}
@@ -381,14 +379,18 @@ class SpikeDetector:
     opens only if it is costly: errors, or at least `min_excess_usd_per_min`
     over normal spend.
 
-    A workflow silent for longer than the longest horizon is idle, not quiet:
-    once `max(horizons)` empty intervals have been scored and learned, its
-    trailing windows hold only zeros, and further empty intervals are neither
-    scored (zeros never alert) nor learned: a night or a week of zeros would
-    only teach the scorers that "off" is the level, so that normal traffic
-    afterwards scores as a surge. Skipping them makes an event-time jump cost
-    O(max(horizons)) intervals however long it is, and the outcome is the
-    same whether the intervals close one tick at a time or all in one.
+    Empty intervals are not scored (zeros never alert) and are learned only
+    as part of a short silence: they are held until the next interval with
+    data, then learned one by one as before, unless more than
+    `max(horizons)` came in a row. Such a workflow was off, not quiet: its
+    trailing windows are all zeros, and learning the pause (a night, a week)
+    would teach the scorers that "off" is the level, so every resumption
+    scored as a surge (before this, a business-hours workflow alerted every
+    morning), or, learning only its first minutes, widen the spread until a
+    real surge no longer stands out. The rest of such a pause is skipped in
+    one step, so an event-time jump costs O(max(horizons)) however long it
+    is, and the result is the same whether intervals close one tick at a time
+    or all at once.
 
     >>> from schemas.events import UsageEvent
     >>> det = SpikeDetector()
@@ -442,25 +444,32 @@ class SpikeDetector:
         return []
 
     def tick(self, workflow: str, now: float) -> list[Alert]:
-        """Close the workflow's finished intervals: O(1) when none is due; otherwise O(intervals
-        with data + max(horizons)) whatever the gap, because idle runs are skipped in one step."""
+        """Close the workflow's finished intervals: O(1) when none is due; otherwise at most
+        max(horizons) + 1 scorings per interval with data, whatever the gap in event time."""
         wf = self.workflows.get(workflow)
         if wf is None:
             return []
         alerts = []
         ahead: list[int] | None = None  # intervals with data, latest first: sorted once, when first needed
+        longest: int = wf.window.maxlen  # type: ignore[assignment]
         while (wf.next + 1) * self.interval + self.grace <= now:
-            if wf.idle >= wf.window.maxlen and wf.next not in wf.open:  # type: ignore[operator]
+            if wf.next in wf.open:
+                alert = self._close(workflow, wf)
+                if alert is not None:
+                    alerts.append(alert)
+            elif wf.idle < longest:  # the silence may yet be short: hold the interval
+                wf.idle += 1
+                self._skip(wf, wf.next + 1)
+            else:
+                if wf.idle == longest:  # longer than the longest horizon: the held intervals are dropped
+                    wf.window.extend([EMPTY] * longest)
+                    wf.idle += 1
                 if ahead is None:
                     ahead = sorted(wf.open, reverse=True)
                 while ahead and ahead[-1] < wf.next:
                     ahead.pop()  # closed in this tick
                 stop = self._first_not_due(wf, now)
                 self._skip(wf, min(ahead[-1], stop) if ahead else stop)
-                continue
-            alert = self._close(workflow, wf)
-            if alert is not None:
-                alerts.append(alert)
         return alerts
 
     def _first_not_due(self, wf: WorkflowSpikes, now: float) -> int:
@@ -474,9 +483,8 @@ class SpikeDetector:
         return k
 
     def _skip(self, wf: WorkflowSpikes, to: int) -> None:
-        """Pass idle intervals up to `to`: the window already holds only empty rows and zeros are
-        not scored or learned, so all that moves is the interval index and an open incident's
-        quiet count."""
+        """Pass empty intervals up to `to` without scoring them (zeros never alert): all that moves
+        is the interval index and an open incident's quiet count."""
         if wf.causes:
             wf.quiet = min(wf.quiet + to - wf.next, self.cooldown)
             if wf.quiet >= self.cooldown:
@@ -495,36 +503,43 @@ class SpikeDetector:
         }  # fmt: skip
 
     def load(self, workflow: str, doc: dict[str, Any]) -> None:
-        d = state.upgrade(doc, self.kind, workflow, MIGRATIONS)
         with state.loading(self.kind, workflow):
-            wf = WorkflowSpikes(state.count(d["next"]), self.horizons, self.scorer)
+            d = state.upgrade(doc, self.kind, workflow, MIGRATIONS)
+            wf = WorkflowSpikes(state.integer(d["next"]), self.horizons, self.scorer)
             wf.team, wf.agentic = state.opt_text(d["team"]), state.flag(d["agentic"])
-            for idx, row in d["open"]:
-                if state.count(idx) < wf.next:
+            for idx, row in (state.seq(pair, 2) for pair in state.seq(d["open"])):
+                if state.integer(idx) < wf.next:
                     raise ValueError(f"open interval {idx} is before the next one to close ({wf.next})")
                 wf.open[idx] = state.nums(row, len(EMPTY))
-            window = d["window"]
-            if not isinstance(window, list) or len(window) > wf.window.maxlen:  # type: ignore[operator]
+            window = state.seq(d["window"])
+            if len(window) > wf.window.maxlen:  # type: ignore[operator]
                 raise ValueError(f"window must be a list of at most {wf.window.maxlen} intervals")
             for row in window:
                 counters = state.nums(row, len(EMPTY))
                 wf.window.append(EMPTY if tuple(counters) == EMPTY else counters)
-            horizons = d["horizons"]
-            if not isinstance(horizons, list) or len(horizons) != len(wf.horizons):
+            horizons = state.seq(d["horizons"])
+            if len(horizons) != len(wf.horizons):
                 raise ValueError(f"{len(horizons)} horizons where this detector has {len(wf.horizons)}")
             for h, hd in zip(wf.horizons, horizons):
                 h.load(hd)
-            wf.causes = {state.text(c) for c in d["causes"]}
+            wf.causes = {state.text(c) for c in state.seq(d["causes"])}
             wf.quiet, wf.idle = state.count(d["quiet"]), state.count(d["idle"])
         self.workflows[workflow] = wf
 
     def _close(self, name: str, wf: WorkflowSpikes) -> Alert | None:
-        """Score and learn one finished interval; an alert if it opens an incident, or if
-        something else starts moving in an open one (errors, bloat, traffic)."""
+        """Score and learn one finished interval with data, after the empty ones held before it
+        if they were a short silence; an alert if it opens an incident, or if something else
+        starts moving in an open one (errors, bloat, traffic)."""
+        if wf.idle <= wf.window.maxlen:  # type: ignore[operator]
+            # learned as they would have been when they closed (only `agentic` is as of now: it
+            # turns on once in a workflow's life, and then held intervals learn 0 run starts too)
+            for k in range(wf.next - wf.idle, wf.next):
+                wf.window.append(EMPTY)
+                for h in wf.horizons:
+                    h.score_learn(k * self.interval + self.interval, wf.window, self.interval, wf.agentic)
+        wf.idle = 0
         start = wf.next * self.interval
-        row = wf.open.pop(wf.next, None)
-        wf.idle = 0 if row is not None else wf.idle + 1
-        wf.window.append(EMPTY if row is None else row)
+        wf.window.append(wf.open.pop(wf.next))
         wf.next += 1
         reading: Reading = {}
         for h in wf.horizons:

@@ -31,8 +31,14 @@ V = 1
 
 def upgrade(doc: Any, kind: str, workflow: str, migrations: Mapping[int, Migration]) -> dict[str, Any]:
     """`doc` migrated to format V; StateError naming the detector, workflow and version if it has
-    an unknown or missing `"v"`."""
-    return _upgrade(doc, f"{kind} detector of workflow {workflow!r}", V, migrations)
+    an unknown, missing or non-integer `"v"`. Call it inside `loading`: a migration may meet a
+    malformed doc too."""
+    whose = f"{kind} detector of workflow {workflow!r}"
+    if isinstance(doc, dict) and "v" not in doc:
+        raise StateError(f"{whose} state has no format version \"v\"; refusing to guess its layout")
+    if isinstance(doc, dict) and (isinstance(doc["v"], bool) or not isinstance(doc["v"], int)):
+        raise StateError(f"{whose} state has format version {doc['v']!r}, not an integer")
+    return _upgrade(doc, whose, V, migrations)
 
 
 @contextmanager
@@ -42,7 +48,7 @@ def loading(kind: str, workflow: str) -> Iterator[None]:
         yield
     except StateError:
         raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
         raise StateError(f"{kind} detector state of workflow {workflow!r} is malformed "
                          f"({type(exc).__name__}: {exc})") from exc
 
@@ -57,9 +63,16 @@ def opt_num(x: Any) -> float | None:
     return None if x is None else num(x)
 
 
-def count(x: Any) -> int:
+def integer(x: Any) -> int:
     if isinstance(x, bool) or not isinstance(x, int):
         raise TypeError(f"expected an integer, got {x!r}")
+    return x
+
+
+def count(x: Any) -> int:
+    """A non-negative integer: a counter, or a divisor's n."""
+    if integer(x) < 0:
+        raise ValueError(f"expected a count, got {x!r}")
     return x
 
 
@@ -81,9 +94,15 @@ def opt_text(x: Any) -> str | None:
 
 def nums(xs: Any, n: int | None = None) -> list[float]:
     """A list of finite numbers, of length `n` if given."""
-    if not isinstance(xs, list) or (n is not None and len(xs) != n):
-        raise TypeError(f"expected a list of {n if n is not None else 'some'} numbers, got {str(xs)[:80]}")
-    return [num(x) for x in xs]
+    return [num(x) for x in seq(xs, n)]
+
+
+def seq(x: Any, n: int | None = None) -> list[Any]:
+    """A list (of length `n` if given): a string or an object where a list belongs is refused,
+    not iterated."""
+    if not isinstance(x, list) or (n is not None and len(x) != n):
+        raise TypeError(f"expected a list{f' of {n}' if n is not None else ''}, got {str(x)[:80]}")
+    return x
 
 
 def obj(x: Any) -> dict[str, Any]:

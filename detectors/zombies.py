@@ -224,8 +224,8 @@ class ZombieDetector:
                 "ended": {rid: r.dump() for rid, r in wf.ended.items()}, "checked": wf.checked}
 
     def load(self, workflow: str, doc: dict[str, Any]) -> None:
-        d = state.upgrade(doc, self.kind, workflow, MIGRATIONS)
         with state.loading(self.kind, workflow):
+            d = state.upgrade(doc, self.kind, workflow, MIGRATIONS)
             wf = WorkflowZombies()
             wf.agents = {state.text(aid): Agent.load(a) for aid, a in state.obj(d["agents"]).items()}
             wf.ended = {state.text(rid): EndedRun.load(r) for rid, r in state.obj(d["ended"]).items()}

@@ -393,6 +393,73 @@ def test_spikes_name_what_moved(kwargs, cause):
     assert alerts[0].alert_id.startswith("spike:search:workflow:")
 
 
+class StepwiseSpikes(SpikeDetector):
+    """The tick before idle intervals were skipped: every interval closed, scored and learned."""
+
+    def tick(self, workflow: str, now: float) -> list[Alert]:
+        wf, alerts = self.workflows.get(workflow), []
+        while wf is not None and (wf.next + 1) * self.interval + self.grace <= now:
+            wf.open.setdefault(wf.next, [0.0] * 6)  # an empty interval closed like one with data
+            alert = self._close(workflow, wf)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+
+def _with_silences(longest: int, rng: random.Random, surge: bool = False) -> list[UsageEvent | OutcomeEvent]:
+    """Two days of a chat workflow that pauses for 1 to `longest` minutes at a time."""
+    minutes, m = [], 0
+    while m < 2 * 1440:
+        busy = rng.randint(5, 60)
+        minutes += range(m, m + busy)
+        m += busy + rng.randint(1, longest)
+    if surge:
+        minutes = sorted({*minutes, *range(1980, 2040)})
+    return list(workflow_minutes(minutes, 30, rng, calls_x=lambda m: 6.0 if surge and 2000 <= m < 2030 else 1.0))
+
+
+def test_spikes_silences_up_to_the_longest_horizon_are_learned_as_before():
+    evs = _with_silences(20, random.Random(5), surge=True)  # 20 = max(horizons): every empty interval is learned
+    new, old = SpikeDetector(), StepwiseSpikes()
+    alerts = drive(new, evs, 9000, flush=0.0)
+    assert alerts and [a.model_dump() for a in alerts] == [a.model_dump() for a in drive(old, evs, 9000, flush=0.0)]
+    assert new.dump("search") == old.dump("search")
+
+
+def test_spikes_a_workflow_that_pauses_for_hours_does_not_alarm_when_it_resumes():
+    evs = _with_silences(600, random.Random(6))
+    every_10s, every_hour, stepwise = SpikeDetector(), SpikeDetector(), StepwiseSpikes()
+    end = evs[-1].ts + 86_400.0
+    assert drive(every_10s, evs, 9000) + tick_all(every_10s, end) == []
+    assert drive(every_hour, evs, 9000, tick=3600.0) + tick_all(every_hour, end) == []
+    assert every_10s.dump("search") == every_hour.dump("search")  # the same whatever the tick cadence
+    # learning every minute of every pause, as before, taught the scorers that "off" is the level
+    assert len(drive(stepwise, evs, 9000)) >= 5
+
+
+def _business_hours(days: int, rng: random.Random, incident: tuple[int, float, float] | None = None):
+    """A workflow busy 08:00–20:00 and silent at night; `incident` = (day, hour, ×calls) for 30 min."""
+    minutes = [m for m in range(days * 1440) if 8 <= (m / 60) % 24 < 20]
+    if incident:
+        day, hour, _ = incident
+        minutes = sorted({*minutes, *range(int((day * 24 + hour) * 60), int((day * 24 + hour) * 60) + 30)})
+
+    def calls_x(m: int) -> float:
+        if incident and 0 <= m - (incident[0] * 24 + incident[1]) * 60 < 30:
+            return incident[2]
+        return 1.0
+
+    return list(workflow_minutes(minutes, 20, rng, calls_x=calls_x))
+
+
+@pytest.mark.parametrize(("incident", "at"), [(None, None), ((3, 14.0, 5.0), 3 * 24 + 14), ((3, 3.0, 10.0), 3 * 24 + 3)])
+def test_spikes_business_hours_mornings_are_normal_and_afternoon_and_night_surges_are_not(incident, at):
+    alerts = drive(SpikeDetector(), _business_hours(5, random.Random(1), incident), 9000)
+    assert [round((a.ts - T0) / 3600) for a in alerts] == ([] if at is None else [at])
+    if incident is None:
+        assert len(drive(StepwiseSpikes(), _business_hours(5, random.Random(1)), 9000)) >= 3  # before: every morning
+
+
 # -- shared: protocol, determinism, snapshots, scenarios ----------------------------------------------
 
 
