@@ -238,26 +238,23 @@ class Monitor:
         if micros_sum or grouped:
             out.cost[name] = out.cost.get(name, 0) + micros_sum
 
-    def _undo_point(self, name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """What `_rollback` needs to put a workflow back. With a durable store (the worker's
-        tables, saved after every batch) that is the store itself; without one (replay), a dump."""
+    def _undo_point(self, name: str) -> Any:
+        """What `_rollback` needs to put a workflow's totals back. With a durable store (the
+        worker's tables, saved after every batch) that is the store itself; without one
+        (replay), the workflow's cheap undo point (its ids are kept, not copied)."""
         if self._load_workflow is not None:
             return None
         st = self.workflows.get(name)
-        return (st.dump() if st else {}), {det.kind: det.dump(name) for det in self.detectors}
+        return st.undo_point() if st else ()
 
-    def _rollback(self, name: str, undo: tuple[dict[str, Any], dict[str, Any]] | None) -> None:
-        """Forget a workflow's in-memory state; reloaded from the store (worker) or the undo dump.
-        In the worker the detectors come back as of their last save (at most `save_every` old)."""
+    def _rollback(self, name: str, undo: Any) -> None:
+        """Forget a workflow's in-memory state; its totals come back from the store (worker) or the
+        undo point (replay). Its detectors come back as of their last save (worker, at most
+        `DETECTOR_SAVE_EVERY` old) or start afresh (replay, which saves none)."""
+        st = self.workflows.get(name)
         self.forget(name)
-        if undo is None:
-            return
-        state, detectors = undo
-        if state:
-            self.workflows[name] = WorkflowState.load(state)
-        for det in self.detectors:
-            if detectors.get(det.kind) is not None:
-                det.load(name, detectors[det.kind])
+        if undo and st is not None:
+            self.workflows[name] = st.rolled_back(undo)
 
     def forget(self, name: str) -> None:
         """Drop a workflow's in-memory state (it is reloaded from the store when it is next seen)."""

@@ -150,6 +150,18 @@ class WorkflowState:
     def dump(self) -> dict[str, Any]:
         return self._dump(self._fresh_ids())
 
+    def undo_point(self) -> tuple[dict[str, Any], int]:
+        """Everything but the ids, plus how many ids there are: cheap to take before every batch."""
+        return self._dump({}), len(self.dedup)
+
+    def rolled_back(self, point: tuple[dict[str, Any], int]) -> WorkflowState:
+        """This state as it was at `point`: ids added since (the newest) are dropped."""
+        doc, n = point
+        st = WorkflowState.load(doc)
+        st.dedup = dict(itertools.islice(self.dedup.items(), n))
+        st.buckets, st.pruned_at = dict(self.buckets), self.pruned_at
+        return st
+
     def _dump(self, fresh: dict[str, float]) -> dict[str, Any]:
         return {
             "v": V,
