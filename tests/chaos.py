@@ -103,7 +103,7 @@ class Traffic:
 
 
 def make_traffic(events: int, workflows: int, seed: int = 1, now: float | None = None, span_s: float = 600.0,
-                 dup_rate: float = 0.05, single_rate: float = 0.02, misroute_rate: float = 0.005,
+                 dup_rate: float = 0.05, single_rate: float = 0.02, misroute_rate: float = 0.01,
                  array_sizes: tuple[int, int] = (20, 300)) -> Traffic:
     """`events` published events (duplicates included) over `workflows`, stamped in the `span_s`
     seconds before `now` (the wall clock by default)."""
@@ -175,12 +175,13 @@ def make_traffic(events: int, workflows: int, seed: int = 1, now: float | None =
                 i += 5
                 continue
             chunk = seq[i:i + rng.randrange(*array_sizes)]
-            key = wf
-            if rng.random() < misroute_rate:  # a publisher keyed it by something else: re-routed
-                key = rng.choice([n for n in names if n != wf] or [wf + "-other"])
-                misrouted += 1
-            keyed.append((chunk[0]["ts"], key.encode(), orjson.dumps(chunk)))
+            keyed.append((chunk[0]["ts"], wf.encode(), orjson.dumps(chunk)))
             i += len(chunk)
+    arrays = [j for j, (_, _, v) in enumerate(keyed) if v[:1] == b"["]
+    for j in rng.sample(arrays, min(len(arrays), max(2, round(misroute_rate * len(arrays))))):
+        when, key, value = keyed[j]  # a publisher keyed it by another workflow: the worker re-routes it
+        keyed[j] = (when, rng.choice([n for n in names if n.encode() != key] or ["other"]).encode(), value)
+        misrouted += 1
     for when, ev in late_singles:
         keyed.append((when, ev["workflow"].encode(), orjson.dumps(ev)))
         singles += 1
