@@ -1,0 +1,174 @@
+"""Records from librdkafka (confluent-kafka), the producer of Go, Node, kcat and the OTel Collector.
+
+librdkafka compresses (gzip, snappy, lz4, zstd) and hashes keys with CRC32, where aiokafka and
+the Java client use murmur2. Tansu passes the compressed batches through as produced (aiokafka
+on the consuming side sees batches of codec 1..4), so the worker must decode every codec.
+
+`test_each_codec_is_counted_exactly` is about codecs only: one partition, so partitioning cannot
+matter. `test_a_workflow_published_by_both_partitioners_is_counted_exactly` is about the other
+half: the same workflow key sent by aiokafka and by librdkafka lands on two partitions.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from detectors.counters import CALLS, COST, INPUT, OUTPUT
+from streams.broker import EmbeddedBroker
+from streams.workflow_table import latest_states
+from tests.conftest import start_worker, wait_for
+from tests.kafka_io import create_topic, publish, read_all
+
+confluent_kafka = pytest.importorskip("confluent_kafka")
+
+CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
+MODEL = "codec-llm-unpriced"  # the fallback rate: 10 µUSD per input token, 30 per output token
+TOPIC = "spendwatch.usage"
+
+
+def events_for(wf: str, n: int, start: int = 0) -> list[dict[str, Any]]:
+    now = time.time()
+    return [{"type": "usage", "event_id": f"{wf}-{i}", "ts": round(now - 120 + i * 0.01, 3), "workflow": wf,
+             "model": MODEL, "input_tokens": 100 + i % 997, "output_tokens": 1 + i % 89, "agent_id": "a1"}
+            for i in range(start, start + n)]
+
+
+def truth(events: list[dict[str, Any]]) -> list[int]:
+    return [sum(10 * e["input_tokens"] + 30 * e["output_tokens"] for e in events),
+            sum(e["input_tokens"] for e in events), sum(e["output_tokens"] for e in events), len(events)]
+
+
+def totals(bootstrap: str) -> dict[str, list[int]]:
+    out = {}
+    for wf, st in latest_states(read_all(bootstrap, "spendwatch-workflows-changelog")).items():
+        days = [v for k, v in st.spend.periods.items() if len(k) == 10]
+        out[wf] = [sum(v[i] for v in days) for i in (COST, INPUT, OUTPUT, CALLS)]
+    return out
+
+
+def librdkafka_publish(bootstrap: str, records: list[tuple[bytes, bytes]], codec: str) -> list[int]:
+    """Produce with confluent-kafka's defaults (partitioner consistent_random: CRC32 of the key) and
+    `codec`; returns each record's partition. Lingers so batches hold many records to compress."""
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "compression.type": codec,
+                                         "linger.ms": 50, "message.max.bytes": 8_000_000})
+    partitions: list[int] = []
+    errors: list[Any] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        (errors.append(err) if err else partitions.append(msg.partition()))
+
+    for key, value in records:
+        producer.produce(TOPIC, value=value, key=key, on_delivery=delivered)
+        producer.poll(0)
+    assert producer.flush(30) == 0, "librdkafka could not deliver everything in 30 s"
+    assert not errors, errors[:3]
+    return partitions
+
+
+@dataclass
+class CodecRun:
+    events: dict[str, list[dict[str, Any]]]
+    bootstrap: str
+    worker: Any
+    log: Path
+    totals: dict[str, list[int]]
+    deadletters: list[Any]
+
+
+@pytest.fixture(scope="module")
+def codec_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CodecRun]:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    tmp = tmp_path_factory.mktemp("codecs")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(*args: str, env: dict[str, str] | None = None, log: str = "proc.log") -> subprocess.Popen[bytes]:
+        out = open(tmp / log, "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "spendwatch", *args], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        procs.append(proc)
+        return proc
+
+    config = tmp / "spendwatch.toml"
+    config.write_text("[topics]\npartitions = 1\n")
+    with EmbeddedBroker(log_path=tmp / "tansu.log") as broker:
+        try:
+            for topic in (TOPIC, "spendwatch.alerts", "spendwatch.deadletter", "spendwatch.rollups"):
+                create_topic(broker.bootstrap, topic, 1)
+            worker = start_worker(spawn, broker, "--config", str(config))
+            events = {}
+            for codec in CODECS:
+                wf = f"codec-{codec}"
+                evs = events[wf] = events_for(wf, 1_300)
+                singles = [(wf.encode(), orjson.dumps(e)) for e in evs[:300]]
+                arrays = [(wf.encode(), orjson.dumps(evs[i:i + 50])) for i in range(300, 1_300, 50)]
+                librdkafka_publish(broker.bootstrap, singles + arrays, codec)
+            want = {wf: truth(evs) for wf, evs in events.items()}
+            try:
+                wait_for(lambda: all(totals(broker.bootstrap).get(wf) == t for wf, t in want.items())
+                         or worker.poll() is not None, 90, "every codec's events counted")
+            except AssertionError:
+                pass  # the tests below say which codec is short
+            yield CodecRun(events, broker.bootstrap, worker, tmp / "worker.log", totals(broker.bootstrap),
+                           read_all(broker.bootstrap, "spendwatch.deadletter"))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_each_codec_is_counted_exactly(codec_run: CodecRun, codec: str):
+    wf = f"codec-{codec}"
+    assert codec_run.worker.poll() is None, (f"worker exited with {codec_run.worker.returncode}:\n"
+                                            + codec_run.log.read_text(errors="replace")[-3000:])
+    assert codec_run.totals.get(wf) == truth(codec_run.events[wf]), (
+        f"{codec}: got {codec_run.totals.get(wf)}, want {truth(codec_run.events[wf])} [µUSD, in, out, calls]")
+    assert not codec_run.deadletters, [orjson.loads(v)["reason"][:100] for _, v in codec_run.deadletters[:5]]
+
+
+def _murmur2_partition(key: bytes, n: int) -> int:
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % n
+
+
+def test_a_workflow_published_by_both_partitioners_is_counted_exactly(fresh_broker: EmbeddedBroker,
+                                                                      spawn: Callable[..., Any], tmp_path: Path):
+    """One workflow, two producers: aiokafka puts its key on partition murmur2 % 4, librdkafka on
+    CRC32 % 4. Every event must still count exactly once (DESIGN: "anything keyed by the
+    workflow's partition must cope")."""
+    broker, n = fresh_broker, 4
+    wf = next(w for w in (f"mixed-{i}" for i in range(100))
+              if _murmur2_partition(w.encode(), n) != zlib.crc32(w.encode()) % n)
+    for topic in (TOPIC, "spendwatch.alerts", "spendwatch.deadletter", "spendwatch.rollups"):
+        create_topic(broker.bootstrap, topic, n)
+    worker = start_worker(spawn, broker)
+    first, second, third = events_for(wf, 200), events_for(wf, 50, 200), events_for(wf, 100, 250)
+    publish(broker.bootstrap, TOPIC, [(wf.encode(), orjson.dumps(e)) for e in first])  # murmur2
+    wait_for(lambda: totals(broker.bootstrap).get(wf, [0] * 4)[3] >= 200, 60, "the aiokafka events")
+    parts = librdkafka_publish(broker.bootstrap, [(wf.encode(), orjson.dumps(e)) for e in second], "lz4")
+    assert set(parts) == {zlib.crc32(wf.encode()) % n}  # librdkafka's default: CRC32 of the key
+    publish(broker.bootstrap, TOPIC, [(wf.encode(), orjson.dumps(third))])  # murmur2 again, one array
+    want = truth(first + second + third)
+    try:
+        wait_for(lambda: totals(broker.bootstrap).get(wf) == want, 30, "all 350 events")
+    except AssertionError:
+        pass
+    got = totals(broker.bootstrap).get(wf)
+    assert worker.poll() is None
+    assert got == want, (f"{wf} (murmur2 partition {_murmur2_partition(wf.encode(), n)}, CRC32 partition "
+                         f"{zlib.crc32(wf.encode()) % n}): got {got}, want {want} [µUSD, in, out, calls]")
