@@ -36,6 +36,9 @@ from detectors.money import fmt_usd
 from schemas.alerts import Alert
 from schemas.limits import MAX_ID_LEN
 
+MAX_RUNS = 4_000
+"""Active runs watched per workflow: its state is one table record (Kafka's default limit is 1 MB,
+~260 B a run); runs beyond are not watched until others end (their spend is still counted)."""
 REPEAT = 4
 REPEAT_ERROR = 3
 ALTERNATION = 6
@@ -228,6 +231,8 @@ class LoopDetector:
                     wf.learn(run, self.z)
             return
         if run is None:
+            if len(wf.runs) >= MAX_RUNS:
+                return
             run = wf.runs[rid] = Run(event.ts, event.agent_id, event.team)
         if event.ts > run.last:
             run.last = event.ts

@@ -110,6 +110,10 @@ MIGRATIONS = {0: _v0_to_v1}
 """Format n → n + 1 of a workflow's dump: a layout change adds a function here, so stored state still loads."""
 
 
+MAX_WATCHED = 4_000
+"""Agents, and ended runs, watched per workflow (one table record each workflow, see loops.MAX_RUNS)."""
+
+
 class ZombieDetector:
     """Flags agents spending without outcomes (subject `agent_id`).
 
@@ -156,10 +160,10 @@ class ZombieDetector:
         agent = None
         if aid is not None:
             agent = wf.agents.get(aid)
-            if agent is None:
+            if agent is None and len(wf.agents) < MAX_WATCHED:
                 agent = wf.agents[aid] = Agent(getattr(event, "team", None), self.prior_gap)
         if event.type == "outcome":
-            if rid is not None and rid not in wf.ended:
+            if rid is not None and rid not in wf.ended and len(wf.ended) < MAX_WATCHED:
                 wf.ended[rid] = EndedRun(aid, ts)
             if agent is not None:
                 if agent.last_outcome is not None and not agent.fired:

@@ -64,6 +64,11 @@ def deadletter(topic: str, rec: Record, reason: str, event: Any = None, **extra:
         doc.update(truncated=True, bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
     if event is not None:
         doc["event"] = event
+    events = extra.pop("events", None)
+    if events is not None:  # a poisoned slice's events, unless too many to carry (Kafka's 1 MB default)
+        listed = orjson.dumps(events)
+        doc["events"] = orjson.Fragment(listed) if len(listed) <= DEADLETTER_KEEP_BYTES * 4 else None
+        doc["event_count"] = len(events)
     doc.update(extra)
     return orjson.dumps(doc)
 
