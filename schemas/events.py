@@ -18,6 +18,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -48,6 +49,14 @@ def parse_ts(value: Any) -> float:
     if not limits.TS_MIN <= ts <= limits.TS_MAX:
         raise ValueError(f"ts {value!r} is outside 2000..2100 (milliseconds instead of seconds?)")
     return ts
+
+
+def no_bool(value: Any, info: ValidationInfo) -> Any:
+    """pydantic reads `true` as 1 in a number field; a boolean there is a publisher's bug, not a token.
+    (msgspec, the fast path, never reads a boolean as a number.)"""
+    if isinstance(value, bool):
+        raise ValueError(f"{info.field_name} must be a number, not a boolean")
+    return value
 
 
 def check_token_parts(ev: Any) -> None:
@@ -99,6 +108,9 @@ class UsageEvent(_Event):
         default_factory=dict, max_length=limits.MAX_LABELS
     )
 
+    _no_bool = field_validator("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                               "reasoning_tokens", "step", "cost_usd", "latency_ms", mode="before")(no_bool)
+
     @model_validator(mode="after")
     def _token_parts(self) -> UsageEvent:
         check_token_parts(self)
@@ -111,6 +123,8 @@ class OutcomeEvent(_Event):
     type: Literal["outcome"]
     outcome: Name
     value_usd: Annotated[float, Field(ge=0, le=limits.MAX_COST_USD, allow_inf_nan=False)] | None = None
+
+    _no_bool = field_validator("value_usd", mode="before")(no_bool)
 
 
 Event = Annotated[Union[UsageEvent, OutcomeEvent], Field(discriminator="type")]

@@ -175,7 +175,8 @@ def build_app(
     saved_at: dict[str, float] = {}  # workflow -> wall time of its last detector save
     seen: dict[str, tuple[float, int]] = {}  # workflow -> (wall time of its last batch, its usage partition)
     usage_partitions = _PartitionContexts(t.usage)
-    ingestor = Ingestor(monitor, t.usage, bounds=TimeBounds(settings.max_ahead_s, settings.max_behind_s))
+    ingestor = Ingestor(monitor, t.usage, bounds=TimeBounds(settings.max_ahead_s, settings.max_behind_s),
+                        partitions=t.partitions)
     stats = Stats()
     control_topic = app.topic(t.control, key_type=bytes, value_type=bytes, partitions=1,
                               config={"cleanup.policy": "compact"})
@@ -219,6 +220,7 @@ def build_app(
 
     async def ingest_batch(events: list[Any]) -> None:
         records = [Record(e.message.key, e.value, e.message.partition, e.message.offset) for e in events]
+        ingestor.partitions = app.consumer.topic_partitions(t.usage) or t.partitions  # the topic's real count
         fx = ingestor.handle(records)
         for bad in fx.poisoned:
             log.error("workflow %r: %d events dead-lettered, its state left as before: %s",
@@ -237,8 +239,8 @@ def build_app(
                 saved_at[wf] = wall
         for value in fx.deadletters:
             await deadletter.send(value=value)
-        for key, value in fx.reroutes:
-            await usage.send(key=key, value=value)
+        for partition, key, value in fx.reroutes:
+            await usage.send(key=key, value=value, partition=partition)
         for snap in fx.snapshots:
             await rollups.send(key=snap["team"].encode(), value=orjson.dumps(snap))
         await publish_alerts(fx.alerts)
@@ -247,6 +249,10 @@ def build_app(
         stats.duplicates += fx.duplicates
         stats.redelivered += fx.redelivered
         stats.deadletters += len(fx.deadletters)
+        if fx.reroutes and not stats.rerouted:
+            log.warning("events arrived off their workflow's home partition and were forwarded there (a record "
+                        "keyed by another workflow, or a librdkafka producer's CRC32 partitioner: set "
+                        "partitioner=murmur2_random on it to save the hop); logged once")
         stats.rerouted += len(fx.reroutes)
         progress.add(fx.accepted)  # first counts only: a rebalance redelivers records to the next owner
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
+from aiokafka.partitioner import murmur2
 
 from detectors.monitor import Monitor, Poisoned, describe
 from schemas.alerts import Alert
@@ -31,7 +32,7 @@ class Record(NamedTuple):
 @dataclass
 class Effects:
     deadletters: list[bytes] = field(default_factory=list)
-    reroutes: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value) back to the usage topic
+    reroutes: list[tuple[int | None, bytes, bytes]] = field(default_factory=list)  # (partition, key, value) to usage
     alerts: list[Alert] = field(default_factory=list)
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     dirty: dict[str, Record] = field(default_factory=dict)  # workflow -> last record (its partition owns the state)
@@ -94,15 +95,28 @@ class TimeBounds(NamedTuple):
         return None
 
 
+def home_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's Java client and aiokafka (murmur2) give `key`: a workflow's state lives there.
+    librdkafka (Go, Node, confluent-kafka, kcat) hashes with CRC32 by default, so its records are forwarded."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 class Ingestor:
     """Turns a batch of usage-topic records into effects. Nothing a record holds stops it:
     bad records, out-of-bounds times and workflows whose processing raises are dead-lettered
-    with the reason; everything else is applied."""
+    with the reason; events off their workflow's home partition (another key, another partitioner)
+    are forwarded there; everything else is applied.
+
+    `partitions` is the usage topic's partition count (None: every record is on its home partition,
+    as in replay): one workflow's records then come from one partition, in order, so the last
+    applied offset tells redelivery apart, and its state has one owner."""
 
     def __init__(self, monitor: Monitor, topic: str, max_record_bytes: int = 1_000_000,
-                 bounds: TimeBounds = TimeBounds(None, None), clock: Callable[[], float] = time.time):
+                 bounds: TimeBounds = TimeBounds(None, None), clock: Callable[[], float] = time.time,
+                 partitions: int | None = None):
         self.monitor = monitor
         self.topic = topic
+        self.partitions = partitions
         self.max_record_bytes = max_record_bytes
         self.bounds = bounds
         self.clock = clock
@@ -119,10 +133,15 @@ class Ingestor:
                 fx.deadletters.append(deadletter(self.topic, rec, err.reason))
             key = rec.key.decode(errors="replace") if rec.key else None
             mine = []
+            home = key is not None and (self.partitions is None
+                                        or rec.partition == home_partition(rec.key, self.partitions))  # type: ignore[arg-type]
             for ev in events:
-                if ev.workflow != key:
-                    # State of a workflow lives on the partition of its key: send it there.
-                    fx.reroutes.append((ev.workflow.encode(), orjson.dumps(to_wire(ev))))
+                if ev.workflow != key or not home:
+                    # State of a workflow lives on its key's home partition: send it there (its event
+                    # id makes a second forward after a crash a duplicate, not a second count).
+                    wkey = ev.workflow.encode()
+                    part = home_partition(wkey, self.partitions) if self.partitions else None
+                    fx.reroutes.append((part, wkey, orjson.dumps(to_wire(ev))))
                     continue
                 if bounded and (why := self.bounds.reason(ev.ts, now)):
                     fx.deadletters.append(deadletter(self.topic, rec, why, to_wire(ev)))

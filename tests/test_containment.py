@@ -23,7 +23,7 @@ from detectors.versions import StateError
 from detectors.workflow import WorkflowState
 from schemas.alerts import Alert
 from schemas.decode import validate_event
-from streams.ingest import Ingestor, Record, TimeBounds
+from streams.ingest import Ingestor, Record, TimeBounds, home_partition
 from tests.conftest import ROOT
 
 T0 = 1_763_000_000.0
@@ -128,6 +128,26 @@ def test_the_worker_ingestor_dead_letters_the_slice_with_where_it_came_from() ->
     assert [e["event_id"] for e in poisoned["events"]] == ["bad-wf-0", "bad-wf-1"]
     assert next(d for d in letters if d["offset"] == 11)["reason"].startswith("null value (a tombstone)")
     assert "bad-wf" not in m.workflows  # reloaded from the store on its next event
+
+
+def test_records_off_their_home_partition_are_forwarded_and_count_once() -> None:
+    """librdkafka's CRC32 puts a workflow on another partition than aiokafka's murmur2: its
+    offsets there say nothing about the home partition's, so its events go home, where a
+    second forward (a crash before the commit) is a duplicate by event id."""
+    ing = Ingestor(Monitor(), "spendwatch.usage", partitions=4)
+    wf = b"ok-wf"
+    home = home_partition(wf, 4)
+    away = (home + 1) % 4
+    fx = ing.handle([Record(wf, orjson.dumps(usage(0)), home, 100)])
+    assert fx.accepted == 1
+    foreign = Record(wf, orjson.dumps([usage(1), usage(2)]), away, 5)  # a low offset, on another partition
+    fx = ing.handle([foreign])
+    assert fx.accepted == 0 and fx.redelivered == 0 and [p for p, _, _ in fx.reroutes] == [home, home]
+    forwarded = [Record(k, v, p, 101 + i) for i, (p, k, v) in enumerate(fx.reroutes)]
+    again = [Record(k, v, p, 103 + i) for i, (p, k, v) in enumerate(ing.handle([foreign]).reroutes)]
+    fx = ing.handle(forwarded + again)
+    assert (fx.accepted, fx.duplicates) == (2, 2)
+    assert ing.monitor.workflows["ok-wf"].spend.periods[DAY][CALLS] == 3
 
 
 def test_stored_state_of_an_unknown_format_is_refused_not_misread() -> None:

@@ -26,6 +26,7 @@ from genai_prices import Usage, calc_price
 from detectors.counters import CALLS, COST, INPUT, OUTPUT
 from detectors.money import usd_to_micros
 from detectors.workflow import WorkflowState
+from streams.broker import EmbeddedBroker
 from streams.workflow_table import latest_states
 from tests.conftest import ROOT, wait_for
 from tests.kafka_io import create_topic, publish, read_all
@@ -235,25 +236,34 @@ def test_a_digest_left_pending_by_a_killed_worker_is_sent_by_the_next(fresh_brok
 
 
 def test_tables_on_disk_ahead_of_their_changelog_stop_the_worker_with_what_to_do(fresh_broker, spawn, tmp_path: Path):
-    """Faust refuses RocksDB tables newer than their changelog (topics deleted or recreated). Tansu's
-    short end offsets look exactly like that once a partition's last batch holds several records,
-    which 200 workflows written in one batch make certain."""
+    """Faust refuses RocksDB tables newer than their changelog: here the topics really are new (a
+    second broker, as after topics were deleted or recreated), so the tables' offsets are ahead."""
     broker = fresh_broker
     for topic in ("spendwatch.usage", "spendwatch.alerts", "spendwatch.deadletter", "spendwatch.rollups"):
         create_topic(broker.bootstrap, topic)
-    now = time.time()
-    events = [{"type": "usage", "event_id": f"c{i}", "ts": now - 10 + i / 100, "workflow": f"w{i % 200}",
-               "model": "gpt-4o", "input_tokens": 10, "output_tokens": 1} for i in range(2_000)]
+    events = [{"type": "usage", "event_id": f"c{i}", "ts": 1_768_478_400 + i / 100, "workflow": f"w{i % 40}",
+               "model": "gpt-4o", "input_tokens": 10, "output_tokens": 1} for i in range(400)]
     publish(broker.bootstrap, "spendwatch.usage", [(e["workflow"].encode(), orjson.dumps(e)) for e in events])
-    args = ("worker", "--broker", broker.url, "--data-dir", str(tmp_path / "tables"))
-    first = spawn(*args, log="worker1.log")
-    wait_for(lambda: len(worker_totals(broker.bootstrap)) == 200, 120, "200 workflow states")
-    time.sleep(2)
+    tables = str(tmp_path / "tables")
+    first = spawn("worker", "--broker", broker.url, "--data-dir", tables, log="worker1.log")
+    wait_for(lambda: sum(s.spend.periods.get("2026-01-15", [0] * 6)[CALLS]
+                         for s in worker_totals(broker.bootstrap).values()) == 400, 120, "all 400 events in the changelog")
+    time.sleep(2)  # the tables' offsets reach RocksDB at the next commit
     first.kill()
     first.wait()
 
-    again = subprocess.run([sys.executable, "-m", "spendwatch", *args], cwd=ROOT, capture_output=True, timeout=120)
-    assert again.returncode == 2
-    last = again.stderr.decode().strip().splitlines()[-1]
+    with EmbeddedBroker(log_path=tmp_path / "tansu2.log") as recreated:
+        create_topic(recreated.bootstrap, "spendwatch.usage")
+        again = subprocess.Popen([sys.executable, "-m", "spendwatch", "worker", "--broker", recreated.url,
+                                  "--data-dir", tables], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _, err = again.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            again.kill()
+            _, err = again.communicate()
+            raise AssertionError("the worker kept running on tables ahead of new topics:\n"
+                                 + err.decode(errors="replace")[-3000:]) from None
+    assert again.returncode == 2, err.decode(errors="replace")[-3000:]
+    last = err.decode().strip().splitlines()[-1]
     assert last.startswith("spendwatch: error: the tables in") and "ahead of their changelog topics" in last
     assert "check_changelog_offsets = false" in last
