@@ -32,7 +32,8 @@ from spendwatch.config import Settings
 from spendwatch.control import make_command, record_of
 from spendwatch.signing import Keyring
 from streams import workflow_table
-from streams.ingest import Ingestor, Record, TimeBounds, deadletter as deadletter_value
+from streams.ingest import Ingestor, Record, TimeBounds, home_partition
+from streams.ingest import deadletter as deadletter_value
 from streams.notifier import Notifier
 from streams.progress import ProgressFile
 from streams.routing import Router
@@ -120,6 +121,24 @@ def _in_context_of(event: Any) -> None:
     _current_event.set(weakref.ref(event))
 
 
+def _read(table: Any, key: bytes, where: Any) -> Any:
+    """A table value, read in the context of `where` (an event of the partition it was written in).
+
+    Faust's RocksDB store looks a key up only in the current event's partition: read under
+    whatever event came last, a workflow of another partition is "not found" and starts from
+    zero. A value not found there is looked for in every partition (state an older version
+    wrote elsewhere). The caller's current event is left as it was."""
+    token = _current_event.set(weakref.ref(where))
+    try:
+        value = table.get(key)
+        if value is None:
+            _current_event.set(None)
+            value = table.get(key)
+        return value
+    finally:
+        _current_event.reset(token)
+
+
 def build_app(
     settings: Settings,
     broker: str,
@@ -161,20 +180,27 @@ def build_app(
     ledger_table = app.Table("alert-ledger", key_type=bytes, value_type=bytes, partitions=t.partitions)
     detector_table = app.Table("detectors", key_type=bytes, value_type=bytes, partitions=t.partitions)
 
+    usage_partitions, rollup_partitions = _PartitionContexts(t.usage), _PartitionContexts(t.rollups)
+
+    def home(contexts: _PartitionContexts, key: str) -> Any:
+        """The stand-in event of `key`'s partition: where its table values were written."""
+        n = app.consumer.topic_partitions(contexts.topic) or t.partitions
+        return contexts.of(home_partition(key.encode(), n))
+
     def load_workflow(name: str) -> WorkflowState | None:
-        return workflow_table.load(workflows.get, name)
+        where = home(usage_partitions, name)
+        return workflow_table.load(lambda key: _read(workflows, key, where), name)
 
     def load_team(name: str) -> TeamState | None:
-        raw = teams.get(name.encode())
+        raw = _read(teams, name.encode(), home(rollup_partitions, name))
         return TeamState.load(orjson.loads(raw)) if raw else None
 
     monitor = Monitor(settings.budgets, settings.price_book(), settings.timezone, settings.dedup_window_s,
                       load_workflow=load_workflow, load_team=load_team,
-                      load_detectors=lambda name: detector_table.get(name.encode()))
+                      load_detectors=lambda name: _read(detector_table, name.encode(), home(usage_partitions, name)))
     clock = EventClock()
     saved_at: dict[str, float] = {}  # workflow -> wall time of its last detector save
     seen: dict[str, tuple[float, int]] = {}  # workflow -> (wall time of its last batch, its usage partition)
-    usage_partitions = _PartitionContexts(t.usage)
     ingestor = Ingestor(monitor, t.usage, bounds=TimeBounds(settings.max_ahead_s, settings.max_behind_s),
                         partitions=t.partitions)
     stats = Stats()
@@ -288,7 +314,7 @@ def build_app(
 
     def router_of(partition: int) -> Router:
         if partition not in routers:
-            raw = routes.get(str(partition).encode())
+            raw = _read(routes, str(partition).encode(), partitions.of(partition))
             routers[partition] = Router.load(orjson.loads(raw), settings.routing) if raw else Router(settings.routing)
         return routers[partition]
 
