@@ -221,7 +221,10 @@ def build_app(
     partitions = _PartitionContexts(t.alerts)  # the digest timer writes tables without an event of its own
     flushing = asyncio.Lock()
 
-    async def publish_alerts(alerts: list[Alert]) -> None:
+    async def publish_alerts(alerts: list[Alert]) -> list[Any]:
+        """Send each alert (its kill command first); the sends' futures, for callers that must know
+        the alerts are in Kafka before they record them as fired."""
+        sent = []
         for alert in alerts:
             decision = decide(alert, settings.policy)
             alert = apply_decision(alert, decision)
@@ -232,9 +235,10 @@ def build_app(
                 await control_topic.send(key=key, value=value)  # before the alert: stop first, then tell
                 acted.add(alert.alert_id)
             stats.alerts[alert.kind] = stats.alerts.get(alert.kind, 0) + 1
-            await alerts_topic.send(key=alert.workflow.encode(), value=alert.model_dump_json().encode())
+            sent.append(await alerts_topic.send(key=alert.workflow.encode(), value=alert.model_dump_json().encode()))
             if on_alert:
                 on_alert(alert)
+        return sent
 
     @app.agent(usage, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
@@ -252,6 +256,12 @@ def build_app(
             log.error("workflow %r: %d events dead-lettered, its state left as before: %s",
                       bad.workflow, len(bad.events), bad.reason)
             stats.poisoned += len(bad.events)
+        # Alerts and dead letters reach Kafka before the state that marks their records applied: a
+        # worker killed in between re-fires them (Slack and kills dedup by alert id), never loses them.
+        pending = [await deadletter.send(value=value) for value in fx.deadletters]
+        pending += await publish_alerts(fx.alerts)
+        if pending:
+            await asyncio.gather(*pending)
         by_offset = {(e.message.partition, e.message.offset): e for e in events}
         wall = time.monotonic()
         for wf, rec in fx.dirty.items():
@@ -263,13 +273,10 @@ def build_app(
             if wall - saved_at.get(wf, 0.0) >= DETECTOR_SAVE_EVERY:  # models are saved per interval, not per batch
                 detector_table[wf.encode()] = monitor.dump_detectors(wf)
                 saved_at[wf] = wall
-        for value in fx.deadletters:
-            await deadletter.send(value=value)
         for partition, key, value in fx.reroutes:
             await usage.send(key=key, value=value, partition=partition)
         for snap in fx.snapshots:
             await rollups.send(key=snap["team"].encode(), value=orjson.dumps(snap))
-        await publish_alerts(fx.alerts)
         stats.records += len(records)
         stats.accepted += fx.accepted
         stats.duplicates += fx.duplicates
@@ -298,11 +305,13 @@ def build_app(
             except ValueError as err:
                 await dead_letter(t.rollups, e, f"bad team snapshot: {err}")
         alerts = monitor.merge_snapshots(snap for snap, _ in good)
+        sent = await publish_alerts(alerts)  # in Kafka before the team state that marks them fired
+        if sent:
+            await asyncio.gather(*sent)
         last = {snap["team"]: e for snap, e in good}
         for team, event in last.items():
             _in_context_of(event)
             teams[team.encode()] = orjson.dumps(monitor.team(team).dump())
-        await publish_alerts(alerts)
 
     async def dead_letter(topic: str, event: Any, reason: str) -> None:
         """An internal topic's bad record: set aside with the reason, never fatal."""
