@@ -38,6 +38,7 @@ from streams.notifier import Notifier
 from streams.progress import ProgressFile
 from streams.routing import Router
 from streams.sinks import Sink
+from streams.transport import Transport
 
 log = logging.getLogger("spendwatch.worker")
 
@@ -170,6 +171,7 @@ def build_app(
         # default is 4096) could never hold a full batch, so every batch would wait out the timeout.
         stream_buffer_maxsize=2 * settings.batch_max,
     )
+    app.transport = Transport(app.conf.broker_consumer, app)  # end offsets right on Tansu too
     t = settings.topics
     usage = app.topic(t.usage, key_type=bytes, value_type=bytes, partitions=t.partitions)
     alerts_topic = app.topic(t.alerts, key_type=bytes, value_type=bytes, partitions=t.partitions)

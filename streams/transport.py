@@ -1,0 +1,69 @@
+"""Faust's Kafka transport with end offsets a broker cannot under-report.
+
+Table recovery replays each changelog partition up to its end offset, taken from
+ListOffsets. Tansu answers ListOffsets with the first offset of the partition's last
+record batch plus one, so recovery stopped inside the last batch: the workflow states
+it held were lost while the source offsets they covered stayed committed (the chaos
+run lost 245 calls of one workflow that way). A fetch response's high watermark is
+right on every broker, so end offsets are the larger of the two. On Kafka both agree
+and the probe costs one fetch per rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+PROBE_TIMEOUT_S = 5.0
+
+
+async def fetched_highwaters(probe: AIOKafkaConsumer, ends: Mapping[TP, int],
+                             timeout: float = PROBE_TIMEOUT_S) -> dict[TP, int]:
+    """`ends` raised to the high watermarks of a fetch at each partition's last known
+    record; a partition the probe does not hear from within `timeout` keeps its value."""
+    known = {tp: end for tp, end in ends.items() if end is not None and end > 0}
+    result = dict(ends)
+    if not known:
+        return result
+    tps = {TopicPartition(tp.topic, tp.partition): tp for tp in known}
+    probe.assign(list(tps))
+    for kafka_tp, tp in tps.items():
+        probe.seek(kafka_tp, known[tp] - 1)
+    deadline = asyncio.get_running_loop().time() + timeout
+    waiting = set(tps)
+    while waiting and asyncio.get_running_loop().time() < deadline:
+        await probe.getmany(*waiting, timeout_ms=200, max_records=1)
+        for kafka_tp in list(waiting):
+            highwater = probe.highwater(kafka_tp)
+            if highwater is not None:
+                result[tps[kafka_tp]] = max(known[tps[kafka_tp]], highwater)
+                waiting.discard(kafka_tp)
+    return result
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        ends = await super().highwaters(*partitions)
+        if self.in_transaction or not any(ends.values()):
+            return ends
+        probe = self._thread._create_client_consumer(self.transport)  # the app's auth and timeouts
+        await probe.start()
+        # aiokafka's close awaits its cancelled group task, which raises CancelledError if
+        # the task never ran: let it start before anything can stop the probe.
+        await asyncio.sleep(0)
+        try:
+            return await fetched_highwaters(probe, ends)
+        finally:
+            await probe.stop()
+
+
+class Transport(faust_aiokafka.Transport):
+    """`faust.App(...).transport` for a Kafka or Kafka-compatible broker."""
+
+    Consumer = _Consumer
+
