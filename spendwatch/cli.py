@@ -67,8 +67,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ConsistencyError:
         raise CliError(f"the tables in {args.data_dir} are ahead of their changelog topics. If the topics were "
                        "deleted or recreated, move the directory away and start again (tables are rebuilt from "
-                       "the changelogs); on a Tansu broker, which under-reports end offsets, set "
-                       "check_changelog_offsets = false in the config.") from None
+                       "the changelogs); to keep them as they are, set check_changelog_offsets = false in the "
+                       "config.") from None
     return 0
 
 

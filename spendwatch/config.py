@@ -83,8 +83,8 @@ class Settings(_Strict):
     session_timeout_s: float = Field(default=10.0, ge=6, le=300)
     """How long a silent worker keeps its partitions; a joining worker waits half of it for peers."""
     check_changelog_offsets: bool = True
-    """On start, refuse tables on disk that are ahead of their changelog (topics deleted or recreated).
-    Turn off on Tansu, which under-reports a partition's end offset after some writes."""
+    """On start, refuse tables on disk that are ahead of their changelog (topics deleted or recreated):
+    they would hold spend the changelog no longer has."""
     max_ahead_s: float | None = Field(default=600.0, ge=0)
     """Events stamped further than this ahead of the worker's clock are dead-lettered (a wrong clock
     would otherwise drag every workflow's event time along). Clock skew between hosts stays well inside 10 min."""

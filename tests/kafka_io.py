@@ -8,6 +8,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from streams.transport import fetched_highwaters
+
 
 def create_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
     async def go() -> None:
@@ -52,8 +54,8 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | Non
             if not tps:
                 return []
             consumer.assign(tps)
+            end = await fetched_highwaters(consumer, await consumer.end_offsets(tps))  # Tansu's are short
             await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
             out: list[tuple[bytes | None, bytes | None]] = []
             for tp in tps:
                 while await consumer.position(tp) < end[tp]:

@@ -28,7 +28,7 @@ def usage(event_id: str, ts: float, workflow: str = "triage") -> bytes:
 def test_garbage_on_every_input_topic_is_dead_lettered_and_the_worker_goes_on(fresh_broker, spawn, tmp_path: Path):
     broker = fresh_broker
     config = tmp_path / "spendwatch.toml"
-    config.write_text("check_changelog_offsets = false\n[budgets.teams.cx]\ndaily_usd = 1.0\n")
+    config.write_text("[budgets.teams.cx]\ndaily_usd = 1.0\n")
     for topic in ("spendwatch.rollups", "spendwatch.deadletter"):
         create_topic(broker.bootstrap, topic)
     worker = start_worker(spawn, broker, "--config", str(config), "--data-dir", str(tmp_path / "tables"))

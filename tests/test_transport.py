@@ -1,0 +1,47 @@
+"""End offsets from a fetch's high watermark: right even where ListOffsets is short (Tansu)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.transport import fetched_highwaters
+from tests.kafka_io import create_topic
+
+
+def test_end_offsets_count_every_record_of_the_last_batch(broker) -> None:
+    create_topic(broker.bootstrap, "transport.batch", partitions=1)
+    tp = TopicPartition("transport.batch", 0)
+
+    async def go() -> tuple[int, int]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=50)
+        await producer.start()
+        try:  # ten records sent together travel as one record batch
+            await asyncio.gather(*[await producer.send(tp.topic, b"%d" % i, partition=0) for i in range(10)])
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            listed = (await consumer.end_offsets([tp]))[tp]
+            return listed, (await fetched_highwaters(consumer, {tp: listed}))[tp]
+        finally:
+            await consumer.stop()
+
+    listed, fetched = asyncio.run(go())
+    assert fetched == 10, f"ListOffsets said {listed}, the fetch {fetched}"
+
+
+def test_an_empty_partition_keeps_its_end_offset_without_a_fetch(broker) -> None:
+    async def go() -> dict:
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+        await consumer.start()
+        await asyncio.sleep(0)  # aiokafka 0.14: stopping before its group task ran raises CancelledError
+        try:
+            return await fetched_highwaters(consumer, {TopicPartition("never.created", 0): 0}, timeout=0.1)
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(go()) == {TopicPartition("never.created", 0): 0}
