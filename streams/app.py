@@ -38,7 +38,7 @@ from streams.notifier import Notifier
 from streams.progress import ProgressFile
 from streams.routing import Router
 from streams.sinks import Sink
-from streams.transport import Transport
+from streams.transport import Transport, drained
 
 log = logging.getLogger("spendwatch.worker")
 
@@ -279,6 +279,7 @@ def build_app(
             await usage.send(key=key, value=value, partition=partition)
         for snap in fx.snapshots:
             await rollups.send(key=snap["team"].encode(), value=orjson.dumps(snap))
+        await drained(app.producer)  # state and forwards in Kafka before the batch can be committed
         stats.records += len(records)
         stats.accepted += fx.accepted
         stats.duplicates += fx.duplicates
@@ -314,6 +315,7 @@ def build_app(
         for team, event in last.items():
             _in_context_of(event)
             teams[team.encode()] = orjson.dumps(monitor.team(team).dump())
+        await drained(app.producer)
 
     async def dead_letter(topic: str, event: Any, reason: str) -> None:
         """An internal topic's bad record: set aside with the reason, never fatal."""
