@@ -14,9 +14,12 @@ In the spirit of Faust's stress "killer" and Kafka's system tests. The harness
    progress file) and restarts it on the same data directory each time;
 4. checks, exactly: per-workflow micro-USD cost, tokens and calls against the
    de-duplicated ground truth (read from the workflows changelog); every budget
-   threshold crossed is announced once in the alerts topic, none that was not
-   crossed; every alert is announced as *New* in at most one Slack message, and
-   every expected budget alert in exactly one; no dead letters.
+   threshold crossed is in the alerts topic, none that was not crossed; every
+   alert is announced as *New* in at most one Slack message, and every expected
+   budget alert in exactly one; no dead letters. The alerts topic is
+   at-least-once (a worker killed after an alert's send and before the state
+   that marks it fired sends it again, with the same alert id, which Slack and
+   kills dedup by): repeats there are counted, not failed.
 
 Run: `python -m tests.chaos --events 200000 --workflows 60 --partitions 8` (what
 `make chaos` runs). Exit status 1 on any mismatch. tests/test_chaos.py runs a
@@ -519,7 +522,7 @@ def check_alerts(report: Report, bootstrap: str, slack: FakeSlack, patience: flo
     report.lines.append(f"alerts topic: {sum(topic.values())} alerts, {len(topic)} ids "
                         f"({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}); budget thresholds: "
                         f"{len(expected)} expected, {len(set(budget) & expected)} announced, {len(missing)} missing, "
-                        f"{len(unexpected)} unexpected, {len(repeated)} announced more than once")
+                        f"{len(unexpected)} unexpected, {len(repeated)} sent again after a kill (same id)")
     report.lines.append(f"slack: {len(slack.messages)} messages, {len(slack.updates)} updates; {len(posted)} alert ids "
                         f"announced as new, {len(posted_twice)} of them in more than one message, "
                         f"{len(never_posted)} expected budget alerts never posted; {same_body} identical repeats")
@@ -535,9 +538,6 @@ def check_alerts(report: Report, bootstrap: str, slack: FakeSlack, patience: flo
                                   "write and the alert send)" if fired else ""))
     if unexpected:
         report.failures.append(f"budget alerts for thresholds not crossed: {sorted(unexpected)[:8]}")
-    if repeated:
-        report.failures.append(f"budget alerts announced more than once in the alerts topic: "
-                               f"{dict(sorted(repeated.items())[:8])}")
     if posted_twice:
         report.failures.append(f"alerts announced as new in more than one Slack message: "
                                f"{dict(sorted(posted_twice.items())[:8])}")
