@@ -31,7 +31,8 @@ PROBE_TIMEOUT_S = 5.0
 async def fetched_highwaters(probe: AIOKafkaConsumer, ends: Mapping[TP, int],
                              timeout: float = PROBE_TIMEOUT_S) -> dict[TP, int]:
     """`ends` raised to the high watermarks of a fetch at each partition's last known
-    record; a partition the probe does not hear from within `timeout` keeps its value."""
+    record; a partition the probe does not hear from within `timeout` keeps its value.
+    Leaves `probe` assigned to the non-empty partitions, at their ends."""
     known = {tp: end for tp, end in ends.items() if end is not None and end > 0}
     result = dict(ends)
     if not known:

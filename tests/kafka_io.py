@@ -55,6 +55,7 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | Non
                 return []
             consumer.assign(tps)
             end = await fetched_highwaters(consumer, await consumer.end_offsets(tps))  # Tansu's are short
+            consumer.assign(tps)  # the probe assigned only the non-empty ones
             await consumer.seek_to_beginning(*tps)
             out: list[tuple[bytes | None, bytes | None]] = []
             for tp in tps:
