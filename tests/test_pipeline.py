@@ -292,7 +292,7 @@ def test_a_restarted_worker_resumes_every_workflow_where_it_stopped(fresh_broker
     def calls() -> dict[str, int]:
         return {wf: s.spend.periods.get("2026-01-15", [0] * 6)[CALLS] for wf, s in worker_totals(broker.bootstrap).items()}
 
-    args = ("worker", "--broker", broker.url, "--config", str(config))
+    args = ("worker", "--broker", broker.url, "--config", str(config), "--log-level", "info")
     args += ("--data-dir", str(tmp_path / "tables")) if tables == "disk" else ()
     first = spawn(*args, log="worker1.log")
     publish(broker.bootstrap, "spendwatch.usage", [event(wf, 0) for wf in names])
@@ -308,4 +308,9 @@ def test_a_restarted_worker_resumes_every_workflow_where_it_stopped(fresh_broker
         pass
     got = calls()
     wrong = {wf: got.get(wf) for wf in names if got.get(wf) != 2}
-    assert not wrong, f"{len(wrong)} of {len(names)} workflows restarted from zero (calls): {wrong}"
+    # Each written state of a wrong workflow (calls, last source offset), to tell a worker that lost
+    # the state from a reader that missed the newest records.
+    history = {wf: [(s.spend.periods.get("2026-01-15", [0] * 6)[CALLS], s.offset)
+                    for k, v in read_all(broker.bootstrap, "spendwatch-workflows-changelog")
+                    if k == b"w:" + wf.encode() and v for s in latest_states([(k, v)]).values()] for wf in wrong}
+    assert not wrong, f"{len(wrong)} of {len(names)} workflows restarted from zero (calls): {wrong}; {history}"
