@@ -268,13 +268,7 @@ def test_tables_on_disk_ahead_of_their_changelog_stop_the_worker_with_what_to_do
     assert "move the directory away" in last and "check_changelog_offsets = false" in last
 
 
-# A restarted worker's stream sometimes skips the first record after its committed offset
-# (fetched around the rebalance, dropped as of the old generation) and Faust's commit passes it:
-# about 1 run in 10 of the memory variant loses one workflow's event. Open in issue 11's note.
-SKIPS_AFTER_REBALANCE = pytest.mark.xfail(strict=False, reason="Faust skips a record after a rebalance (issue 11)")
-
-
-@pytest.mark.parametrize("tables", ["disk", pytest.param("memory", marks=SKIPS_AFTER_REBALANCE)])
+@pytest.mark.parametrize("tables", ["disk", "memory"])
 def test_a_restarted_worker_resumes_every_workflow_where_it_stopped(fresh_broker, spawn, tmp_path: Path, tables: str):
     """disk: Faust's RocksDB store reads a key from the partition of the *current event*. A worker
     that loaded a workflow's state while the current event was another partition's read nothing

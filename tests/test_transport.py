@@ -6,7 +6,7 @@ import asyncio
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.transport import fetched_highwaters
+from streams.transport import fetched_highwaters, unprocessed_head
 from tests.kafka_io import create_topic
 
 
@@ -46,3 +46,11 @@ def test_an_empty_partition_keeps_its_end_offset_without_a_fetch(broker) -> None
 
     assert asyncio.run(go()) == {TopicPartition("never.created", 0): 0}
 
+
+def test_a_commit_never_passes_a_record_that_was_not_processed() -> None:
+    """Faust's committed offset is the next one to read; its own check let one unprocessed
+    record at the head through (`min(acked) - committed > 1`)."""
+    assert unprocessed_head([13, 14, 15], committed=12)  # 12 skipped: Faust would commit 16
+    assert not unprocessed_head([12, 13], committed=12)
+    assert not unprocessed_head([], committed=12)
+    assert not unprocessed_head([0, 1], committed=None)  # nothing committed yet
