@@ -51,3 +51,9 @@ def latest_states(changelog: Iterable[tuple[bytes | None, bytes | None]]) -> dic
     """Each workflow's last state in a changelog read from the start (totals; ids left out)."""
     latest = {k: v for k, v in changelog if k is not None and k.startswith(STATE)}
     return {k[len(STATE):].decode(): WorkflowState.load(orjson.loads(v)) for k, v in latest.items() if v}
+
+
+def state_history(changelog: Iterable[tuple[bytes | None, bytes | None]], workflow: str) -> list[WorkflowState]:
+    """Every state of `workflow` in a changelog read from the start, in write order (ids left out)."""
+    key = state_key(workflow)
+    return [WorkflowState.load(orjson.loads(v)) for k, v in changelog if k == key and v]

@@ -51,7 +51,7 @@ from detectors.counters import CALLS, COST, INPUT, OUTPUT
 from detectors.money import usd_to_micros
 from detectors.periods import PeriodClock
 from streams.broker import EmbeddedBroker
-from streams.workflow_table import latest_states, state_key
+from streams.workflow_table import latest_states, state_history
 from tests.fakeslack import FakeSlack
 from tests.kafka_io import create_topic, read_all
 
@@ -499,9 +499,8 @@ def check_totals(report: Report, bootstrap: str, patience: float) -> None:
 def regressions(changelog: list[tuple[bytes | None, bytes | None]], workflow: str) -> str:
     """Where a workflow's written states went backwards (calls, source offset), in write order:
     tells a state lost on restart from events never applied."""
-    key = state_key(workflow)
     seq = [(sum(v[CALLS] for k, v in st.spend.periods.items() if len(k) == 10), st.offset)
-           for k, v in changelog if k == key and v for st in latest_states([(k, v)]).values()]
+           for st in state_history(changelog, workflow)]
     back = [f"#{i}: calls {a[0]}→{b[0]}, offset {a[1]}→{b[1]}" for i, (a, b) in enumerate(zip(seq, seq[1:]), 1)
             if b[0] < a[0] or b[1] < a[1]]
     return f"; {len(seq)} states written, went back at {back[:4]}" if back else f"; {len(seq)} states, never went back"

@@ -53,7 +53,6 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | Non
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
             if not tps:
                 return []
-            consumer.assign(tps)
             end = await fetched_highwaters(consumer, await consumer.end_offsets(tps))  # Tansu's are short
             consumer.assign(tps)  # the probe assigned only the non-empty ones
             await consumer.seek_to_beginning(*tps)

@@ -26,7 +26,7 @@ from detectors.counters import CALLS, COST, INPUT, OUTPUT
 from detectors.money import usd_to_micros
 from detectors.workflow import WorkflowState
 from streams.broker import EmbeddedBroker
-from streams.workflow_table import latest_states
+from streams.workflow_table import latest_states, state_history
 from tests.conftest import ROOT, wait_for
 from tests.kafka_io import create_topic, publish, read_all
 
@@ -310,7 +310,7 @@ def test_a_restarted_worker_resumes_every_workflow_where_it_stopped(fresh_broker
     wrong = {wf: got.get(wf) for wf in names if got.get(wf) != 2}
     # Each written state of a wrong workflow (calls, last source offset), to tell a worker that lost
     # the state from a reader that missed the newest records.
+    changelog = read_all(broker.bootstrap, "spendwatch-workflows-changelog") if wrong else []
     history = {wf: [(s.spend.periods.get("2026-01-15", [0] * 6)[CALLS], s.offset)
-                    for k, v in read_all(broker.bootstrap, "spendwatch-workflows-changelog")
-                    if k == b"w:" + wf.encode() and v for s in latest_states([(k, v)]).values()] for wf in wrong}
+                    for s in state_history(changelog, wf)] for wf in wrong}
     assert not wrong, f"{len(wrong)} of {len(names)} workflows restarted from zero (calls): {wrong}; {history}"
