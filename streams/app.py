@@ -38,7 +38,7 @@ from streams.notifier import Notifier
 from streams.progress import ProgressFile
 from streams.routing import Router
 from streams.sinks import Sink
-from streams.transport import Transport, drained
+from streams.transport import FlowControl, Transport, drained
 
 log = logging.getLogger("spendwatch.worker")
 
@@ -172,6 +172,7 @@ def build_app(
         stream_buffer_maxsize=2 * settings.batch_max,
     )
     app.transport = Transport(app.conf.broker_consumer, app)  # end offsets right on Tansu too
+    app.flow_control = FlowControl(loop=app.loop)  # recovery's resume keeps the records already queued
     t = settings.topics
     usage = app.topic(t.usage, key_type=bytes, value_type=bytes, partitions=t.partitions)
     alerts_topic = app.topic(t.alerts, key_type=bytes, value_type=bytes, partitions=t.partitions)
