@@ -6,10 +6,15 @@ one bad event in an array never takes its neighbours down with it. Valid
 records (nearly all) are decoded by msgspec into `schemas.structs` types in one
 pass; only a record msgspec refuses is re-read item by item by the pydantic
 models, which also accept the lax forms (RFC 3339 `ts`, numeric strings).
+
+The contract is forward-compatible: a field this version does not know (a newer
+publisher's `"region"`) is ignored and counted by name in `unknown`, and the
+event's spend counts. `strict=True` rejects such events instead.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -19,6 +24,11 @@ from pydantic import ValidationError
 from schemas import limits
 from schemas.events import ADAPTER
 from schemas.structs import BY_TYPE, Event, from_model
+
+MAX_UNKNOWN_NAMES = 1_000
+"""Distinct unknown field names counted; the rest as OTHER (names are the publisher's to choose)."""
+OTHER = "(other)"
+_KNOWN = {tag: {"type", *struct.__struct_fields__} for tag, struct in BY_TYPE.items()}
 
 _one = msgspec.json.Decoder(Event)
 _many = msgspec.json.Decoder(list[Event])  # type: ignore[valid-type]
@@ -44,14 +54,27 @@ def _explain(err: ValidationError) -> str:
         elif e["type"] == "union_tag_not_found":
             msg = "missing 'type' (expected 'usage' or 'outcome')"
         elif e["type"] == "extra_forbidden":
-            msg = "unknown field (put extra attribution in 'labels')"
+            msg = "unknown field (strict_contract is on; put extra attribution in 'labels')"
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 
 
-def validate_event(obj: Any) -> Any:
-    """One decoded JSON object as an engine event, or RecordError with a readable reason."""
+def _known_only(obj: dict[str, Any], tag: Any, unknown: Counter[str]) -> dict[str, Any]:
+    """`obj` without the fields its type does not have, counted by name in `unknown`."""
+    known = _KNOWN.get(tag) if isinstance(tag, str) else None
+    if known is None or obj.keys() <= known:
+        return obj
+    for name in obj.keys() - known:
+        unknown[name if name in unknown or len(unknown) < MAX_UNKNOWN_NAMES else OTHER] += 1
+    return {k: v for k, v in obj.items() if k in known}
+
+
+def validate_event(obj: Any, strict: bool = False, unknown: Counter[str] | None = None) -> Any:
+    """One decoded JSON object as an engine event, or RecordError with a readable reason.
+    Unknown fields are dropped and counted in `unknown` unless `strict`."""
     tag = obj.get("type") if isinstance(obj, dict) else None
+    if not strict and isinstance(obj, dict):
+        obj = _known_only(obj, tag, Counter() if unknown is None else unknown)
     if isinstance(tag, str) and tag in BY_TYPE:  # the concrete Struct: converting to the Union costs 2×
         try:
             return msgspec.convert(obj, BY_TYPE[tag])
@@ -63,8 +86,10 @@ def validate_event(obj: Any) -> Any:
         raise RecordError(_explain(err)) from None
 
 
-def parse_record(raw: bytes | None, max_bytes: int = limits.MAX_RECORD_BYTES) -> tuple[list[Any], list[RecordError]]:
-    """Decode one Kafka record value into (valid events, errors)."""
+def parse_record(raw: bytes | None, max_bytes: int = limits.MAX_RECORD_BYTES, strict: bool = False,
+                 unknown: Counter[str] | None = None) -> tuple[list[Any], list[RecordError]]:
+    """Decode one Kafka record value into (valid events, errors); unknown fields are counted
+    by name in `unknown` and ignored, or (`strict`) make their event an error."""
     if raw is None:
         return [], [RecordError("null value (a tombstone): usage topics are not compacted, nothing to count")]
     if len(raw) > max_bytes:
@@ -81,7 +106,7 @@ def parse_record(raw: bytes | None, max_bytes: int = limits.MAX_RECORD_BYTES) ->
         return [], [RecordError(f"not valid JSON: {err}")]
     if isinstance(doc, dict):
         try:
-            return [validate_event(doc)], []
+            return [validate_event(doc, strict, unknown)], []
         except RecordError as err:
             return [], [err]
     if not isinstance(doc, list):
@@ -94,7 +119,7 @@ def parse_record(raw: bytes | None, max_bytes: int = limits.MAX_RECORD_BYTES) ->
             errors.append(RecordError(f"[{i}]: array items must be event objects", i))
             continue
         try:
-            events.append(validate_event(obj))
+            events.append(validate_event(obj, strict, unknown))
         except RecordError as err:
             errors.append(RecordError(f"[{i}] {err.reason}", i))
     return events, errors

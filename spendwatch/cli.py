@@ -111,14 +111,21 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
-    from spendwatch.emit import emit_lines
+    from spendwatch.emit import FLUSH_TIMEOUT_S, emit_lines
 
     stream = sys.stdin.buffer if str(args.file) == "-" else None
     if stream is None and not args.file.exists():
         raise CliError(f"{args.file}: no such file")
     with (stream or open(args.file, "rb")) as fh:
-        sent, bad = asyncio.run(emit_lines(fh, args.broker, args.topic, skip_bad=args.skip_bad))
-    print(f"published {sent} events to {args.topic}" + (f", skipped {bad} bad lines" if bad else ""))
+        done = asyncio.run(emit_lines(fh, args.broker, args.topic, skip_bad=args.skip_bad))
+    print(f"published {done.sent} events to {args.topic}"
+          + (f", skipped {done.bad_lines} bad lines" if done.bad_lines else ""))
+    if done.failed:
+        print(f"spendwatch: error: {done.failed} events were not published (Kafka did not confirm them "
+              f"within {FLUSH_TIMEOUT_S:.0f} s, or refused them: see the log above). Publishing the file "
+              "again within the worker's dedup_window_s (default 1 h) counts each event once: "
+              "repeats are dropped by event id", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -91,6 +91,9 @@ class Settings(_Strict):
     max_behind_s: float | None = Field(default=None, ge=0)
     """Events stamped further than this behind the worker's clock are dead-lettered (e.g. 2592000
     for 30 days); unset accepts history, which still cannot be counted twice (dedup window)."""
+    strict_contract: bool = False
+    """Dead-letter events with fields this version does not know. Off: such fields (a newer
+    publisher's) are ignored and counted by name in the worker's log, and the event's spend counts."""
     evict_idle_s: float = Field(default=3600.0, ge=4, le=30 * 86400)
     """A workflow without events for this long (wall time) leaves the worker's memory; its state
     stays in the tables and is reloaded when it returns. Bounds memory when names are caller input."""

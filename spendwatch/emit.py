@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO
-
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 from schemas.decode import parse_record
 from schemas.structs import to_wire
 from spendwatch.emitter import UsageEmitter
 
+FLUSH_TIMEOUT_S = 120.0
 
-async def emit_lines(fh: BinaryIO, broker: str, topic: str, skip_bad: bool = False) -> tuple[int, int]:
-    """Publish every valid event; a bad line stops with its line number unless `skip_bad`."""
-    emitter = UsageEmitter(broker, topic)
+
+@dataclass
+class Emitted:
+    """What `emit_lines` did: `sent` is what Kafka confirmed, `failed` what it did not take."""
+
+    sent: int = 0
+    bad_lines: int = 0
+    failed: int = 0
+
+
+async def emit_lines(fh: BinaryIO, broker: str, topic: str, skip_bad: bool = False,
+                     **emitter_kwargs: Any) -> Emitted:
+    """Publish every valid event, waiting for the producer when its buffer is full (a file is
+    never worth a dropped event); a bad line stops with its line number unless `skip_bad`."""
+    emitter = UsageEmitter(broker, topic, **emitter_kwargs)
     await emitter.start()
-    sent = bad = 0
+    out = Emitted()
     try:
         for no, line in enumerate(fh, 1):
             if not line.strip():
@@ -25,12 +38,13 @@ async def emit_lines(fh: BinaryIO, broker: str, topic: str, skip_bad: bool = Fal
                     from spendwatch.cli import CliError
 
                     raise CliError(f"line {no}: {errors[0].reason} (use --skip-bad to skip and count bad lines)")
-                bad += 1
+                out.bad_lines += 1
                 continue
             for ev in events:
-                emitter.emit(to_wire(ev))
-                sent += 1
-        await emitter.flush()
+                await emitter.put(to_wire(ev))
+        await emitter.flush(timeout=FLUSH_TIMEOUT_S)
     finally:
+        out.failed = emitter.pending + emitter.invalid + emitter.dropped
+        out.sent = emitter.sent
         await emitter.stop()
-    return sent, bad
+    return out

@@ -118,6 +118,21 @@ class UsageEmitter:
             self._wake.set()
         return True
 
+    async def put(self, event: dict[str, Any]) -> bool:
+        """`emit`, but waits for room instead of dropping: back-pressure for batch publishers
+        (`spendwatch emit`), where waiting costs nothing and a drop loses spend."""
+        self._bind(asyncio.get_running_loop())
+        while len(self.buffer) + self._inflight >= self.max_buffer:
+            if self._wake is not None:
+                self._wake.set()
+            await asyncio.sleep(0.005)
+        return self.emit(event)
+
+    @property
+    def pending(self) -> int:
+        """Events accepted but not yet confirmed by Kafka."""
+        return len(self.buffer) + self._inflight
+
     async def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything buffered has been sent (or `timeout`)."""
         loop = asyncio.get_running_loop()
@@ -182,9 +197,10 @@ class UsageEmitter:
                                       "(%d queued, %d dropped)", err, len(self.buffer), self.dropped)
                     await asyncio.sleep(2.0)
                     continue
-            try:
-                await asyncio.wait_for(wake.wait(), self.linger)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel of stop()
+                async with asyncio.timeout(self.linger):
+                    await wake.wait()
+            except TimeoutError:
                 pass
             wake.clear()
             try:

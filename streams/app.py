@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from spendwatch.config import Settings
 from spendwatch.control import make_command, record_of
 from spendwatch.signing import Keyring
 from streams import workflow_table
-from streams.ingest import Ingestor, Record, TimeBounds, home_partition
+from streams.ingest import Ingestor, Record, TimeBounds, home_partition, unknown_fields_note
 from streams.ingest import deadletter as deadletter_value
 from streams.notifier import Notifier
 from streams.progress import ProgressFile
@@ -54,6 +55,7 @@ class Stats:
     deadletters: int = 0
     rerouted: int = 0
     poisoned: int = 0  # events of workflow slices whose processing raised (dead-lettered, state untouched)
+    unknown_fields: Counter[str] = field(default_factory=Counter)  # ignored field name -> events carrying it
     alerts: dict[str, int] = field(default_factory=dict)
 
 
@@ -68,6 +70,8 @@ class Worker:
     control_topic: str
 
 
+UNKNOWN_LOG_EVERY_S = 3600.0
+"""How often the worker repeats its line on ignored unknown fields (a new name is logged at once)."""
 ACTED_KEEP = 100_000
 """Alert ids whose kill was issued that a worker remembers (bounded: bad input can mint ids)."""
 DETECTOR_SAVE_EVERY = 10.0
@@ -205,8 +209,9 @@ def build_app(
     saved_at: dict[str, float] = {}  # workflow -> wall time of its last detector save
     seen: dict[str, tuple[float, int]] = {}  # workflow -> (wall time of its last batch, its usage partition)
     ingestor = Ingestor(monitor, t.usage, bounds=TimeBounds(settings.max_ahead_s, settings.max_behind_s),
-                        partitions=t.partitions)
-    stats = Stats()
+                        partitions=t.partitions, strict=settings.strict_contract)
+    stats = Stats(unknown_fields=ingestor.unknown_fields)
+    unknown_log = SimpleNamespace(names=0, at=-UNKNOWN_LOG_EVERY_S)  # what the last line on them said, and when
     control_topic = app.topic(t.control, key_type=bytes, value_type=bytes, partitions=1,
                               config={"cleanup.policy": "compact"})
     keyring = Keyring.load(settings.control_keys_file) if settings.kills() else None
@@ -291,6 +296,10 @@ def build_app(
                         "keyed by another workflow, or a librdkafka producer's CRC32 partitioner: set "
                         "partitioner=murmur2_random on it to save the hop); logged once")
         stats.rerouted += len(fx.reroutes)
+        unknown = stats.unknown_fields
+        if unknown and (len(unknown) > unknown_log.names or wall - unknown_log.at >= UNKNOWN_LOG_EVERY_S):
+            log.warning(unknown_fields_note(unknown))  # a new name at once, the counts hourly
+            unknown_log.names, unknown_log.at = len(unknown), wall
         progress.add(fx.accepted)  # first counts only: a rebalance redelivers records to the next owner
 
     @app.agent(rollups, name="rollup")

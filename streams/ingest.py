@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -101,11 +102,22 @@ def home_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def unknown_fields_note(counts: Counter[str], most: int = 5) -> str:
+    """The log line for ignored fields: the commonest names and what to do."""
+    names = ", ".join(f"{name} ({n:,})" for name, n in counts.most_common(most))
+    more = f" and {len(counts) - most} more" if len(counts) > most else ""
+    return (f"events carry fields this worker does not know, ignored (their spend counts): {names}{more}; "
+            "a newer publisher? upgrade the worker, or set strict_contract = true to dead-letter such events")
+
+
 class Ingestor:
     """Turns a batch of usage-topic records into effects. Nothing a record holds stops it:
     bad records, out-of-bounds times and workflows whose processing raises are dead-lettered
     with the reason; events off their workflow's home partition (another key, another partitioner)
     are forwarded there; everything else is applied.
+
+    Fields this version does not know are ignored and counted in `unknown_fields`, unless
+    `strict` dead-letters their events.
 
     `partitions` is the usage topic's partition count (None: every record is on its home partition,
     as in replay): one workflow's records then come from one partition, in order, so the last
@@ -113,13 +125,15 @@ class Ingestor:
 
     def __init__(self, monitor: Monitor, topic: str, max_record_bytes: int = 1_000_000,
                  bounds: TimeBounds = TimeBounds(None, None), clock: Callable[[], float] = time.time,
-                 partitions: int | None = None):
+                 partitions: int | None = None, strict: bool = False):
         self.monitor = monitor
         self.topic = topic
         self.partitions = partitions
         self.max_record_bytes = max_record_bytes
         self.bounds = bounds
         self.clock = clock
+        self.strict = strict
+        self.unknown_fields: Counter[str] = Counter()  # field name -> events that carried it (ignored)
 
     def handle(self, records: list[Record]) -> Effects:
         fx = Effects()
@@ -128,7 +142,7 @@ class Ingestor:
         now = self.clock()
         bounded = self.bounds.ahead_s is not None or self.bounds.behind_s is not None
         for rec in records:
-            events, errors = parse_record(rec.value, self.max_record_bytes)
+            events, errors = parse_record(rec.value, self.max_record_bytes, self.strict, self.unknown_fields)
             for err in errors:
                 fx.deadletters.append(deadletter(self.topic, rec, err.reason))
             key = rec.key.decode(errors="replace") if rec.key else None

@@ -122,3 +122,35 @@ def test_sinks_are_switched_on_by_their_environment(monkeypatch):
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
     settings = Settings.model_validate({"slack": {"channel": "#spend"}})
     assert [s.name for s in make_sinks(settings, Console())] == ["console", "slack", "webhook", "pagerduty"]
+
+
+def test_emit_waits_for_the_producer_instead_of_dropping(broker, tmp_path):
+    """A file larger than the emitter's buffer: it dropped what did not fit (33,881 of a
+    134k-line file with the 100k buffer) and still printed the number of lines read."""
+    import asyncio
+    import io
+
+    import orjson
+
+    from spendwatch.emit import emit_lines
+    from tests.kafka_io import create_topic, read_all
+
+    create_topic(broker.bootstrap, "cli-emit-backpressure", partitions=2)
+    lines = b"".join(orjson.dumps({"type": "usage", "event_id": f"e{i}", "ts": 1768435200 + i, "workflow": f"w{i % 7}",
+                                   "model": "gpt-4o", "input_tokens": 10, "output_tokens": 1}) + b"\n"
+                     for i in range(3000))
+    done = asyncio.run(emit_lines(io.BytesIO(lines), broker.url, "cli-emit-backpressure", max_buffer=50))
+    events = [ev for _, value in read_all(broker.bootstrap, "cli-emit-backpressure") for ev in orjson.loads(value)]
+    assert (done.sent, done.failed, len({e["event_id"] for e in events})) == (3000, 0, 3000)
+
+
+def test_emit_counts_what_kafka_never_confirmed_as_failed(tmp_path, monkeypatch):
+    import asyncio
+    import io
+
+    import spendwatch.emit as emit
+
+    monkeypatch.setattr(emit, "FLUSH_TIMEOUT_S", 1.0)
+    line = b'{"type":"usage","event_id":"a","ts":1768435200,"workflow":"w","model":"m","input_tokens":1,"output_tokens":1}\n'
+    done = asyncio.run(emit.emit_lines(io.BytesIO(line * 5), "kafka://127.0.0.1:9", "t"))
+    assert (done.sent, done.failed) == (0, 5)

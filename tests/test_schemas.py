@@ -30,12 +30,22 @@ def reason(obj) -> str:
     ({"workflow": "x" * 500}, "workflow: String should have at most 128 characters"),
     ({"cache_read_tokens": 200}, "cache_read_tokens + cache_write_tokens exceed input_tokens"),
     ({"reasoning_tokens": 11}, "reasoning_tokens exceed output_tokens"),
-    ({"inputTokens": 5}, "inputTokens: unknown field (put extra attribution in 'labels')"),
     ({"cost_usd": -0.5}, "cost_usd: Input should be greater than or equal to 0"),
     ({"labels": {f"k{i}": "v" for i in range(40)}}, "labels: Dictionary should have at most 32 items"),
 ])
 def test_bad_fields_are_explained(patch, expected):
     assert expected in reason({**GOOD, **patch})
+
+
+def test_unknown_fields_are_ignored_and_counted_unless_the_contract_is_strict():
+    from collections import Counter
+
+    raw, unknown = orjson.dumps({**GOOD, "inputTokens": 5}), Counter()
+    events, errors = parse_record(raw, unknown=unknown)
+    assert len(events) == 1 and not errors and events[0].input_tokens == 100 and unknown == {"inputTokens": 1}
+    events, errors = parse_record(raw, strict=True)
+    assert not events and "inputTokens: unknown field (strict_contract is on; put extra attribution in 'labels')" \
+        in errors[0].reason
 
 
 def test_missing_required_fields_are_named():
