@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaClient
 from faust.exceptions import ConsistencyError
 from rich.console import Console
 
-from spendwatch.config import Settings
+from spendwatch.config import Settings, TopicsConfig
 from streams.app import Worker, build_app
 from spendwatch.emitter import bootstrap_of
 from streams.broker import BrokerError, EmbeddedBroker
@@ -89,6 +89,33 @@ async def _probe(bootstrap: str) -> None:
         quiet.setLevel(level)
 
 
+async def partition_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """Partitions of each of `topics` that exists (one metadata request)."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        await asyncio.wait_for(client.bootstrap(), 15)
+        await client.force_metadata_update()
+        return {t: len(p) for t in topics if (p := client.cluster.partitions_for_topic(t))}
+    finally:
+        await client.close()
+
+
+def check_partitions(worker: Worker, broker: str, topics_config: TopicsConfig) -> None:
+    """Refuse to start on topics whose partition count is not the configured one: a table's
+    changelog must match its source topic, and Faust only notices on the first write, after
+    saying Ready, and then exits on every event."""
+    partitions = topics_config.partitions
+    topics = [topics_config.usage, topics_config.rollups] + [
+        table.changelog_topic.get_topic_name() for table in worker.app.tables.values()]
+    wrong = {t: n for t, n in asyncio.run(partition_counts(bootstrap_of(broker), topics)).items() if n != partitions}
+    if wrong:
+        listed = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+        raise BrokerError(
+            f"the config says [topics] partitions = {partitions}, but {listed}. Set partitions to the usage "
+            "topic's count; changelog topics left by a run with another count hold that run's state and "
+            "must be deleted (or the usage topic given their count) before the worker can start")
+
+
 def make_sinks(settings: Settings, console: Console) -> list[Sink]:
     sinks: list[Sink] = [ConsoleSink(console)]
     s = settings.slack
@@ -121,6 +148,7 @@ def run(
     """
     console = console or Console()
     with ExitStack() as stack:
+        embedded = None
         if broker is None:
             embedded = stack.enter_context(EmbeddedBroker())
             broker = embedded.url
@@ -128,6 +156,8 @@ def run(
         else:
             wait_for_kafka(broker, kafka_wait_from_env() if kafka_wait is None else kafka_wait)
         worker = build_app(settings, broker, make_sinks(settings, console), data_dir=data_dir)
+        if embedded is None:
+            check_partitions(worker, broker, settings.topics)
         for task in tasks:
             worker.app.task(_bind(task, worker))
         if duration is not None:

@@ -69,3 +69,13 @@ def test_unknown_field_names_are_bounded() -> None:
     ingestor, fx = _ingest(False, events)
     assert fx.accepted == len(events)
     assert len(ingestor.unknown_fields) == MAX_UNKNOWN_NAMES + 1 and ingestor.unknown_fields[OTHER] == 50
+
+
+def test_a_worker_refuses_topics_with_another_partition_count_before_ready(fresh_broker: EmbeddedBroker,
+                                                                           spawn: Callable[..., Any], tmp_path):
+    """It said Ready, then exited on the first event (Faust's PartitionsMismatch), on every restart."""
+    create_topic(fresh_broker.bootstrap, TOPIC, 1)  # the config's default is 4
+    proc = spawn("worker", "--broker", fresh_broker.url, log="worker.log")
+    assert proc.wait(timeout=60) == 1
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "[topics] partitions = 4, but spendwatch.usage has 1" in log and "Traceback" not in log, log[-2000:]
