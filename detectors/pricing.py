@@ -50,13 +50,15 @@ class TieredRate:
 
 @dataclass(frozen=True)
 class Rate:
-    """Prices of one model: input, output, cache read and cache write."""
+    """Prices of one model: input, output, cache read, cache write (5-minute), and cache
+    write with a 1-hour lifetime (Anthropic bills it higher; default: the 5-minute price)."""
 
     input: TieredRate
     output: TieredRate
     cache_read: TieredRate
     cache_write: TieredRate
     source: str = "catalog"
+    cache_write_1h: TieredRate | None = None
 
     @classmethod
     def flat(cls, input_per_mtok: float, output_per_mtok: float, cache_read_per_mtok: float | None = None,
@@ -71,29 +73,36 @@ class Rate:
         )
 
     def __post_init__(self) -> None:
-        parts = (self.input, self.output, self.cache_read, self.cache_write)
+        if self.cache_write_1h is None:
+            object.__setattr__(self, "cache_write_1h", self.cache_write)
+        parts = (self.input, self.output, self.cache_read, self.cache_write, self.cache_write_1h)
         # Most models have no tiers: keep plain ints for the per-event fast path.
         object.__setattr__(self, "_flat", None if any(p.tiers for p in parts) else tuple(p.base for p in parts))
 
-    def cost_pico(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> int:
+    def cost_pico(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0,
+                  cache_write_1h: int = 0) -> int:
+        """`cache_write` counts every cache write; `cache_write_1h` the part of it kept for an hour."""
         uncached = input_tokens - cache_read - cache_write
         flat = self._flat  # type: ignore[attr-defined]
         if flat is not None:
-            return uncached * flat[0] + output_tokens * flat[1] + cache_read * flat[2] + cache_write * flat[3]
+            return (uncached * flat[0] + output_tokens * flat[1] + cache_read * flat[2]
+                    + (cache_write - cache_write_1h) * flat[3] + cache_write_1h * flat[4])
         return (
             uncached * self.input.at(input_tokens)
             + cache_read * self.cache_read.at(input_tokens)
-            + cache_write * self.cache_write.at(input_tokens)
+            + (cache_write - cache_write_1h) * self.cache_write.at(input_tokens)
+            + cache_write_1h * self.cache_write_1h.at(input_tokens)  # type: ignore[union-attr]
             + output_tokens * self.output.at(input_tokens)
         )
 
-    def cost_micros(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> int:
+    def cost_micros(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0,
+                    cache_write_1h: int = 0) -> int:
         flat = self._flat  # type: ignore[attr-defined]
         if flat is not None:  # cost_pico inlined: this runs once per event
             pico = ((input_tokens - cache_read - cache_write) * flat[0] + output_tokens * flat[1]
-                    + cache_read * flat[2] + cache_write * flat[3])
+                    + cache_read * flat[2] + (cache_write - cache_write_1h) * flat[3] + cache_write_1h * flat[4])
         else:
-            pico = self.cost_pico(input_tokens, output_tokens, cache_read, cache_write)
+            pico = self.cost_pico(input_tokens, output_tokens, cache_read, cache_write, cache_write_1h)
         return (pico + PICO_PER_MICRO // 2) // PICO_PER_MICRO
 
 
@@ -112,9 +121,28 @@ def catalog_rate(model: str, provider: str | None, at: datetime | None = None) -
         input=inp,
         output=out,
         cache_read=TieredRate.from_catalog(prices.cache_read_mtok, inp),
-        cache_write=TieredRate.from_catalog(prices.cache_write_mtok, inp),
+        cache_write=(write := TieredRate.from_catalog(prices.cache_write_mtok, inp)),
+        cache_write_1h=TieredRate.from_catalog(getattr(prices, "cache_write_1h_mtok", None), write),
         source=f"genai-prices:{prov.id}/{info.id}",
     )
+
+
+LITELLM_PROVIDERS = {
+    "openai": "openai", "azure": "azure", "azure_ai": "azure", "anthropic": "anthropic", "vertex_ai": "google",
+    "gemini": "google", "bedrock": "aws", "openrouter": "openrouter", "groq": "groq", "mistral": "mistral",
+    "deepseek": "deepseek", "together_ai": "together", "xai": "x-ai", "fireworks_ai": "fireworks",
+    "cohere": "cohere", "perplexity": "perplexity", "cerebras": "cerebras",
+}
+"""LiteLLM's model-name prefixes (`azure/gpt-4o`) and the genai-prices provider each one names."""
+
+
+def split_provider(model: str, provider: str | None) -> tuple[str, str | None]:
+    """`anthropic/claude-…` as LiteLLM writes it → (`claude-…`, `anthropic`); other names unchanged.
+    A provider given with the event wins over the prefix."""
+    prefix, sep, rest = model.partition("/")
+    if sep and rest and prefix in LITELLM_PROVIDERS:
+        return rest, provider or LITELLM_PROVIDERS[prefix]
+    return model, provider
 
 
 MAX_RATES = 10_000
@@ -150,6 +178,7 @@ class PriceBook:
                 self.overrides.get(f"{provider}/{model}")
                 or self.overrides.get(model)
                 or catalog_rate(model, provider)
+                or catalog_rate(*split_provider(model, provider))
                 or self.fallback
             )
             if len(self._cache) >= MAX_RATES:
@@ -166,6 +195,7 @@ class PriceBook:
             name = event.model if event.model in self.unpriced or len(self.unpriced) < MAX_UNPRICED else OTHER_MODELS
             self.unpriced[name] = self.unpriced.get(name, 0) + 1
         return Priced(
-            rate.cost_micros(event.input_tokens, event.output_tokens, event.cache_read_tokens, event.cache_write_tokens),
+            rate.cost_micros(event.input_tokens, event.output_tokens, event.cache_read_tokens, event.cache_write_tokens,
+                             event.cache_write_1h_tokens),
             rate.source,
         )

@@ -64,7 +64,8 @@ $12/M with reasoning inside, on every row."""
 
 MAPPABLE_FIELDS = (frozenset(UsageEvent.model_fields) | frozenset(OutcomeEvent.model_fields)) - {"labels"}
 _INT_FIELDS = frozenset(
-    {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "step"}
+    {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+     "reasoning_tokens", "step"}
 )
 _FLOAT_FIELDS = frozenset({"cost_usd", "latency_ms", "value_usd"})
 

@@ -61,6 +61,9 @@ def no_bool(value: Any, info: ValidationInfo) -> Any:
 
 def check_token_parts(ev: Any) -> None:
     """Token parts must fit in their totals (shared by the model and its Struct in `schemas.structs`)."""
+    if ev.cache_write_1h_tokens > ev.cache_write_tokens:
+        raise ValueError("cache_write_1h_tokens exceed cache_write_tokens; cache_write_tokens must count "
+                         "every cache write, the 1-hour ones included")
     if ev.cache_read_tokens + ev.cache_write_tokens > ev.input_tokens:
         raise ValueError(
             "cache_read_tokens + cache_write_tokens exceed input_tokens; input_tokens must "
@@ -99,6 +102,8 @@ class UsageEvent(_Event):
     step: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     cache_read_tokens: Tokens = 0
     cache_write_tokens: Tokens = 0
+    cache_write_1h_tokens: Tokens = 0
+    """The part of `cache_write_tokens` written with a 1-hour lifetime (Anthropic bills it higher)."""
     reasoning_tokens: Tokens = 0
     cost_usd: Annotated[float, Field(ge=0, le=limits.MAX_COST_USD, allow_inf_nan=False)] | None = None
     status: Name = "ok"
@@ -109,7 +114,7 @@ class UsageEvent(_Event):
     )
 
     _no_bool = field_validator("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                               "reasoning_tokens", "step", "cost_usd", "latency_ms", mode="before")(no_bool)
+                               "cache_write_1h_tokens", "reasoning_tokens", "step", "cost_usd", "latency_ms", mode="before")(no_bool)
 
     @model_validator(mode="after")
     def _token_parts(self) -> UsageEvent:

@@ -34,26 +34,39 @@ def usage_event(*, workflow: str, model: str, input_tokens: int, output_tokens: 
     return event
 
 
-def usage_from_openai(response: Any, *, workflow: str, model: str | None = None, **fields: Any) -> dict[str, Any]:
-    """From an OpenAI chat/responses result (object or dict) or its `usage`."""
+def usage_from_openai(response: Any, *, workflow: str, model: str | None = None, provider: str = "openai",
+                      **fields: Any) -> dict[str, Any]:
+    """From an OpenAI chat/responses result (object or dict) or its `usage`. `provider` names who
+    served it when the endpoint only speaks OpenAI's API (`azure`, `openrouter`, `google`, ...),
+    which prices it. A result without usage (a stream without `include_usage`) gives an event
+    of 0 tokens with `status="no_usage"`, which the worker counts as a call and reports."""
     u = _usage_of(response)
+    model = model or _get(response, "model") or "unknown"
+    if _get(u, "prompt_tokens") is None and _get(u, "input_tokens") is None:
+        fields.setdefault("status", "no_usage")
+        return usage_event(workflow=workflow, model=model, provider=provider, input_tokens=0, output_tokens=0,
+                           **fields)
     inp = _get(u, "prompt_tokens") or _get(u, "input_tokens") or 0
     out = _get(u, "completion_tokens") or _get(u, "output_tokens") or 0
-    cached = (_get(u, "prompt_tokens_details", "cached_tokens") or _get(u, "input_tokens_details", "cached_tokens")
-              or 0)
+    details = _get(u, "prompt_tokens_details") or _get(u, "input_tokens_details")
+    cached = _get(details, "cached_tokens") or 0
+    written = _get(details, "cache_write_tokens") or 0
     reasoning = (_get(u, "completion_tokens_details", "reasoning_tokens")
                  or _get(u, "output_tokens_details", "reasoning_tokens") or 0)
-    return usage_event(workflow=workflow, model=model or _get(response, "model") or "unknown", provider="openai",
+    return usage_event(workflow=workflow, model=model, provider=provider,
                        input_tokens=inp, output_tokens=out, cache_read_tokens=cached or None,
-                       reasoning_tokens=reasoning or None, **fields)
+                       cache_write_tokens=written or None, reasoning_tokens=reasoning or None, **fields)
 
 
-def usage_from_anthropic(response: Any, *, workflow: str, model: str | None = None, **fields: Any) -> dict[str, Any]:
-    """From an Anthropic Messages result (object or dict) or its `usage`; cache tokens added to input."""
+def usage_from_anthropic(response: Any, *, workflow: str, model: str | None = None, provider: str = "anthropic",
+                         **fields: Any) -> dict[str, Any]:
+    """From an Anthropic Messages result (object or dict) or its `usage`; cache tokens added to
+    input, and 1-hour cache writes (`usage.cache_creation.ephemeral_1h_input_tokens`) told apart."""
     u = _usage_of(response)
     read = _get(u, "cache_read_input_tokens") or 0
     write = _get(u, "cache_creation_input_tokens") or 0
-    return usage_event(workflow=workflow, model=model or _get(response, "model") or "unknown", provider="anthropic",
+    write_1h = _get(u, "cache_creation", "ephemeral_1h_input_tokens") or 0
+    return usage_event(workflow=workflow, model=model or _get(response, "model") or "unknown", provider=provider,
                        input_tokens=(_get(u, "input_tokens") or 0) + read + write,
-                       output_tokens=_get(u, "output_tokens") or 0,
-                       cache_read_tokens=read or None, cache_write_tokens=write or None, **fields)
+                       output_tokens=_get(u, "output_tokens") or 0, cache_read_tokens=read or None,
+                       cache_write_tokens=write or None, cache_write_1h_tokens=write_1h or None, **fields)
