@@ -18,7 +18,7 @@ from detectors.loops import LoopDetector
 from detectors.counters import CACHED, CALLS, COST, ERRORS, INPUT, OUTPUT
 from detectors.money import usd_to_micros
 from detectors.periods import PeriodClock
-from detectors.pricing import PriceBook
+from detectors.pricing import PriceBook, unpriced_alert
 from detectors.rollup import TeamState
 from detectors.spikes import SpikeDetector
 from detectors.workflow import WorkflowState
@@ -181,6 +181,7 @@ class Monitor:
         clock_keys, price = self.clock.keys, self.prices.price
         observers = [det.observe for det in self.detectors]
         grouped: dict[tuple, list[int]] = {}
+        unpriced: dict[tuple[str | None, str, str], list[int]] = {}  # (provider, model, day) -> [calls, micros]
         teams: set[str] = set()
         accepted = micros_sum = 0
         for ev in events:
@@ -206,6 +207,9 @@ class Monitor:
             micros = priced.micros
             if priced.source == "fallback":
                 st.unpriced += 1
+                seen = unpriced.setdefault((ev.provider, ev.model, keys[0]), [0, 0])
+                seen[0] += 1
+                seen[1] += micros
             group = (ts - ts % BUCKET, keys, ev.team, ev.model, ev.agent_id)
             vec = grouped.get(group)
             if vec is None:
@@ -229,6 +233,11 @@ class Monitor:
         for (ts, keys, team, model, agent), vec in grouped.items():
             st.add_usage(ts, keys, vec, team, model, agent)
         alerts.extend(self._check_workflow_budget(st))
+        for (provider, model, day), (calls, micros) in unpriced.items():
+            if (mark := f"{day}:unpriced:{provider}/{model}") not in st.fired:
+                st.fired.add(mark)
+                alerts.append(unpriced_alert(name, model, provider, day, calls, micros, self.prices.fallback,
+                                             st.watermark))
         out.alerts.extend(alerts)
         out.snapshots.extend(self._snapshot(st, team) for team in teams if team in st.by["team"])  # not folded
         if st.watermark - st.pruned_at >= PRUNE_EVERY:

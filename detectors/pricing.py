@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import TieredPrices
 
-from detectors.money import usd_to_micros
+from detectors.money import fmt_usd, usd_to_micros
+from schemas.alerts import Alert
 
 PICO_PER_MICRO = 1_000_000
 
@@ -199,3 +200,20 @@ class PriceBook:
                              event.cache_write_1h_tokens),
             rate.source,
         )
+
+
+def unpriced_alert(workflow: str, model: str, provider: str | None, day: str, calls: int, micros: int,
+                   fallback: Rate, ts: float) -> Alert:
+    """A model the catalog does not know, once per workflow, model and day (the id is stable for
+    them, so sinks post it once): what it cost at the fallback rate, and the config line that
+    prices it right."""
+    name = f"{provider}/{model}" if provider else model
+    rates = f"input_per_mtok = {fallback.input.base / PICO_PER_MICRO:g}, output_per_mtok = " \
+            f"{fallback.output.base / PICO_PER_MICRO:g}"
+    return Alert(
+        alert_id=f"unpriced:{workflow}:{name}:{day}", kind="unpriced", severity="warning", workflow=workflow, ts=ts,
+        summary=(f"model {name!r} is not in the price catalog: {calls} calls in {day} priced at the fallback "
+                 f"rate ({fmt_usd(micros)} so far), which may be far from its real price"),
+        evidence={"model": model, "provider": provider, "day": day, "calls": calls, "fallback_usd": micros / 1e6,
+                  "fix": f'[pricing.overrides]\n"{name}" = {{ {rates} }}  # replace with its real $/MTok'},
+    )

@@ -49,8 +49,9 @@ def detectors() -> list[Detector]:
 
 def replay(events: Iterable[dict[str, Any]], dets: list[Detector], tick: float = TICK,
            flush: float = GRACE) -> list[Alert]:
-    """The alerts of `dets` over `events`, through the same engine and virtual time as a backtest."""
-    return driver.run(events, Monitor(detectors=dets), tick=tick, flush=flush).alerts
+    """The detector alerts of `dets` over `events`, through the same engine and virtual time as a
+    backtest (budget and unpriced-model alerts are not detections: they are left out)."""
+    return [a for a in driver.run(events, Monitor(detectors=dets), tick=tick, flush=flush).alerts if a.kind in KINDS]
 
 
 def _subject(alert: Alert, subject: str) -> str | None:
