@@ -32,7 +32,7 @@ score: $(STAMP)  ## detector scorecard on generated scenarios (and ../shared/dat
 	$(BIN)/spendwatch score
 
 fuzz: $(DEV_STAMP)  ## property-based fuzzing with thousands of examples (make test runs a bounded few)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz_engine.py tests/test_record_fuzz.py -q
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz_engine.py tests/test_record_fuzz.py tests/test_schema_agreement.py -q
 
 chaos: $(DEV_STAMP)  ## 200k events, 5 SIGKILLs of the worker, totals checked against ground truth (minutes)
 	$(BIN)/python -m tests.chaos --events 200000 --workflows 60 --partitions 8

@@ -7,6 +7,7 @@ These models are the source of truth (JSON Schema export, readable errors);
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
@@ -19,6 +20,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -30,6 +32,15 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=limits.MAX_NAME
 Tokens = Annotated[int, Field(ge=0, le=limits.MAX_TOKENS)]
 
 
+RFC3339 = (r"^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+           r"([.,][0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
+"""An RFC 3339 date-time in 2000..2099, as the exported JSON Schema's pattern says it (ECMA and Python
+read it alike: ASCII digits only, and `$` is held to the end by `fullmatch`). Two limits the pattern
+cannot state: a calendar day that does not exist (Feb 30) and an offset that moves 2000-01-01 or
+2099-12-31 across the range."""
+_RFC3339 = re.compile(RFC3339[1:-1])
+
+
 def parse_ts(value: Any) -> float:
     """Event time as epoch seconds, from a number or an RFC 3339 string."""
     if isinstance(value, bool):
@@ -38,11 +49,14 @@ def parse_ts(value: Any) -> float:
         ts = float(value)
     elif isinstance(value, str):
         try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            dt = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
         except ValueError:
-            raise ValueError(f"ts {value!r} is neither epoch seconds nor RFC 3339") from None
-        if dt.tzinfo is None:
+            dt = None
+        if dt is not None and dt.tzinfo is None:
             raise ValueError(f"ts {value!r} has no timezone offset (RFC 3339 needs Z or +HH:MM)")
+        if dt is None or not _RFC3339.fullmatch(value):
+            raise ValueError(f"ts {value!r} is neither epoch seconds nor RFC 3339 "
+                             "(e.g. 2026-01-15T10:00:00Z)") from None
         ts = dt.timestamp()
     else:
         raise ValueError("ts must be epoch seconds or an RFC 3339 string")
@@ -51,11 +65,11 @@ def parse_ts(value: Any) -> float:
     return ts
 
 
-def no_bool(value: Any, info: ValidationInfo) -> Any:
-    """pydantic reads `true` as 1 in a number field; a boolean there is a publisher's bug, not a token.
-    (msgspec, the fast path, never reads a boolean as a number.)"""
-    if isinstance(value, bool):
-        raise ValueError(f"{info.field_name} must be a number, not a boolean")
+def json_number(value: Any, info: ValidationInfo) -> Any:
+    """A number field takes a JSON number, as the exported schema says: pydantic's lax mode would
+    read `true` as 1 and `"5"` as 5. (msgspec, the fast path, never does.)"""
+    if isinstance(value, (bool, str)):
+        raise ValueError(f"{info.field_name} must be a JSON number, not a {type(value).__name__}")
     return value
 
 
@@ -77,7 +91,11 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event_id: Id
-    ts: float
+    ts: Annotated[float, WithJsonSchema({
+        "anyOf": [{"type": "number", "minimum": limits.TS_MIN, "maximum": limits.TS_MAX},
+                  {"type": "string", "pattern": RFC3339}],
+        "description": "event time: epoch seconds in 2000..2100 (milliseconds are refused), or RFC 3339 "
+                       "with an offset"})]
     workflow: Name
     agent_id: Id | None = None
     run_id: Id | None = None
@@ -90,7 +108,11 @@ class _Event(BaseModel):
 
 class UsageEvent(_Event):
     """One LLM call's token usage. `input_tokens` includes cache tokens;
-    `output_tokens` includes reasoning tokens (genai-prices' convention)."""
+    `output_tokens` includes reasoning tokens (genai-prices' convention).
+
+    Rules JSON Schema cannot state, checked by the worker: cache_read_tokens +
+    cache_write_tokens <= input_tokens; cache_write_1h_tokens <= cache_write_tokens;
+    reasoning_tokens <= output_tokens."""
 
     type: Literal["usage"]
     model: Name
@@ -113,8 +135,9 @@ class UsageEvent(_Event):
         default_factory=dict, max_length=limits.MAX_LABELS
     )
 
-    _no_bool = field_validator("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                               "cache_write_1h_tokens", "reasoning_tokens", "step", "cost_usd", "latency_ms", mode="before")(no_bool)
+    _json_number = field_validator("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                                   "cache_write_1h_tokens", "reasoning_tokens", "step", "cost_usd", "latency_ms",
+                                   mode="before")(json_number)
 
     @model_validator(mode="after")
     def _token_parts(self) -> UsageEvent:
@@ -129,7 +152,7 @@ class OutcomeEvent(_Event):
     outcome: Name
     value_usd: Annotated[float, Field(ge=0, le=limits.MAX_COST_USD, allow_inf_nan=False)] | None = None
 
-    _no_bool = field_validator("value_usd", mode="before")(no_bool)
+    _json_number = field_validator("value_usd", mode="before")(json_number)
 
 
 Event = Annotated[Union[UsageEvent, OutcomeEvent], Field(discriminator="type")]

@@ -70,9 +70,9 @@ def test_fast_path_accepts_nothing_the_contract_rejects(base):
 
 def test_parse_record_gives_the_same_events_on_fast_and_lax_paths():
     fast, _ = parse_record(orjson.dumps([USAGE, OUTCOME]))
-    lax, errors = parse_record(orjson.dumps([{**USAGE, "ts": "2027-01-15T08:00:00.5Z", "input_tokens": "1200"},
+    lax, errors = parse_record(orjson.dumps([{**USAGE, "ts": "2027-01-15T08:00:00.5Z", "input_tokens": 1200.0},
                                              {**OUTCOME, "ts": 1_800_000_000.0}]))
     assert not errors and [type(e) for e in fast] == [type(e) for e in lax]
-    assert to_wire(lax[0]) == to_wire(fast[0])  # 2027-01-15T08:00:00.5Z is 1_800_000_000.5, "1200" is 1200
+    assert to_wire(lax[0]) == to_wire(fast[0])  # 2027-01-15T08:00:00.5Z is 1_800_000_000.5, 1200.0 is 1200
     assert to_wire(fast[1]) == to_wire(lax[1]) == {**OUTCOME, "ts": 1_800_000_000.0}
     assert to_wire(fast[0]) == {k: v for k, v in USAGE.items() if v != 0}  # all but defaults round-trip
