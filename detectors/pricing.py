@@ -179,7 +179,7 @@ class PriceBook:
                 self.overrides.get(f"{provider}/{model}")
                 or self.overrides.get(model)
                 or catalog_rate(model, provider)
-                or catalog_rate(*split_provider(model, provider))
+                or ((split := split_provider(model, provider)) != (model, provider) and catalog_rate(*split))
                 or self.fallback
             )
             if len(self._cache) >= MAX_RATES:

@@ -5,7 +5,7 @@ turns raw bytes into valid events plus one clear reason per rejected event, so
 one bad event in an array never takes its neighbours down with it. Valid
 records (nearly all) are decoded by msgspec into `schemas.structs` types in one
 pass; only a record msgspec refuses is re-read item by item by the pydantic
-models, which also accept the lax forms (RFC 3339 `ts`, numeric strings).
+models, which also accept RFC 3339 `ts` and give the exact reason for a refusal.
 
 The contract is forward-compatible: a field this version does not know (a newer
 publisher's `"region"`) is ignored and counted by name in `unknown`, and the

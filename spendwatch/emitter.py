@@ -95,7 +95,7 @@ class UsageEmitter:
                 self._bind(loop)
             except RuntimeError:
                 pass  # running on a loop in another thread: that sender will pick the event up
-        if len(self.buffer) + self._inflight >= self.max_buffer:
+        if self.pending >= self.max_buffer:
             self.dropped += 1
             self._log_limited("dropped", "spendwatch emitter buffer full (%d events): %d dropped so far",
                               self.max_buffer, self.dropped)
@@ -122,7 +122,7 @@ class UsageEmitter:
         """`emit`, but waits for room instead of dropping: back-pressure for batch publishers
         (`spendwatch emit`), where waiting costs nothing and a drop loses spend."""
         self._bind(asyncio.get_running_loop())
-        while len(self.buffer) + self._inflight >= self.max_buffer:
+        while self.pending >= self.max_buffer:
             if self._wake is not None:
                 self._wake.set()
             await asyncio.sleep(0.005)
