@@ -23,7 +23,7 @@ from detectors.rollup import TeamState
 from detectors.spikes import SpikeDetector
 from detectors.workflow import WorkflowState
 from detectors.zombies import ZombieDetector
-from schemas.alerts import Alert
+from schemas.alerts import ANY_WORKFLOW, Alert
 from schemas.structs import Event
 
 BUCKET = 5.0
@@ -388,7 +388,7 @@ class Monitor:
             for t in crossed_thresholds(spent, limit, self.budgets.thresholds, team.fired, key):
                 top = team.top_workflows(key)
                 alerts.append(budget_alert(
-                    scope="team", name=team.name, workflow=top[0][0] if top else "*", period=period,
+                    scope="team", name=team.name, workflow=top[0][0] if top else ANY_WORKFLOW, period=period,
                     period_key=key, threshold=t, spent=spent, budget=limit, ts=ts, team=team.name,
                     evidence={"top_workflows": top, **self._forecast(spent, key, ts)},
                 ))

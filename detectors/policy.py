@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from detectors.money import fmt_usd, usd_to_micros
-from schemas.alerts import Alert, Kind, Severity
+from schemas.alerts import ANY_WORKFLOW, Alert, Kind, Severity
 
 PolicyAction = Literal["notify", "shadow", "warn", "kill"]
 Scope = Literal["run_id", "agent_id", "workflow"]
@@ -46,7 +46,8 @@ class PolicyRule(BaseModel):
     team: str | None = None
     action: PolicyAction = "notify"
     kill_scope: Scope | None = None
-    """What a kill / shadow-kill stops; a rule only matches alerts that name such a target."""
+    """What a kill / shadow-kill stops; a rule only matches alerts that name such a target (an
+    alert about no one workflow, `ANY_WORKFLOW`, names none)."""
     min_confidence: float = Field(default=0.0, ge=0, le=1)
     min_usd_burned: float = Field(default=0.0, ge=0)
     ttl_s: float = Field(default=3600.0, gt=0, le=MAX_TTL_S)
@@ -60,7 +61,7 @@ class PolicyRule(BaseModel):
     def matches(self, alert: Alert) -> bool:
         return (self.kind in ("*", alert.kind) and self.severity in (None, alert.severity)
                 and self.workflow in (None, alert.workflow) and self.team in (None, alert.team)
-                and (self.kill_scope is None or getattr(alert, self.kill_scope) is not None))
+                and (self.kill_scope is None or getattr(alert, self.kill_scope) not in (None, ANY_WORKFLOW)))
 
 
 DEFAULT_RULES = (

@@ -17,7 +17,7 @@ from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import TieredPrices
 
 from detectors.money import fmt_usd, usd_to_micros
-from schemas.alerts import Alert
+from schemas.alerts import ANY_WORKFLOW, Alert
 
 PICO_PER_MICRO = 1_000_000
 
@@ -204,16 +204,19 @@ class PriceBook:
 
 def unpriced_alert(workflow: str, model: str, provider: str | None, day: str, calls: int, micros: int,
                    fallback: Rate, ts: float) -> Alert:
-    """A model the catalog does not know, once per workflow, model and day (the id is stable for
-    them, so sinks post it once): what it cost at the fallback rate, and the config line that
-    prices it right."""
+    """A model the catalog does not know, once per model and day fleet-wide: every workflow that
+    calls it sends a copy (remembered in its fired set), and the copies share one id and the
+    workflow `ANY_WORKFLOW`, so they meet on one alerts partition and the notifier tells it once.
+    Says what it cost at the fallback rate where it was seen, and the config line that prices it."""
     name = f"{provider}/{model}" if provider else model
     rates = f"input_per_mtok = {fallback.input.base / PICO_PER_MICRO:g}, output_per_mtok = " \
             f"{fallback.output.base / PICO_PER_MICRO:g}"
     return Alert(
-        alert_id=f"unpriced:{workflow}:{name}:{day}", kind="unpriced", severity="warning", workflow=workflow, ts=ts,
-        summary=(f"model {name!r} is not in the price catalog: {calls} calls in {day} priced at the fallback "
-                 f"rate ({fmt_usd(micros)} so far), which may be far from its real price"),
-        evidence={"model": model, "provider": provider, "day": day, "calls": calls, "fallback_usd": micros / 1e6,
+        alert_id=f"unpriced:{name}:{day}", kind="unpriced", severity="warning", workflow=ANY_WORKFLOW, ts=ts,
+        summary=(f"model {name!r} is not in the price catalog: priced at the fallback rate, which may be far "
+                 f"from its real price (reported first by workflow {workflow!r} on {day}: {calls} calls, "
+                 f"{fmt_usd(micros)})"),
+        evidence={"model": model, "provider": provider, "day": day, "seen_in": workflow, "calls": calls,
+                  "fallback_usd": micros / 1e6,
                   "fix": f'[pricing.overrides]\n"{name}" = {{ {rates} }}  # replace with its real $/MTok'},
     )

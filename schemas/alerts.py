@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 Kind = Literal["budget", "burn_rate", "spike", "loop", "zombie", "unpriced"]
 Severity = Literal["info", "warning", "critical"]
 Action = Literal["none", "shadow", "warn", "kill"]
+ANY_WORKFLOW = "*"
+"""The `workflow` of an alert about no one workflow (an unpriced model, a team with no spend
+yet): its Kafka key, so that every worker's copy meets on one alerts partition and is told
+once, and never a kill target."""
 
 
 class Alert(BaseModel):

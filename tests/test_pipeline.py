@@ -186,20 +186,45 @@ def test_exact_totals_dead_letters_and_one_slack_message_per_threshold(fresh_bro
                  if team_spend * 100 >= usd_to_micros(TEAM_BUDGET[1]) * t}
     assert len(expected) >= 6  # the scenario must cross several thresholds to mean anything
 
-    def posted_ids() -> list[str]:
-        """Alert ids announced as *New* in the digests (a digest also lists alerts still firing)."""
-        ids, new = [], False
-        for block in (b for m in fake_slack.messages for b in m["blocks"]):
-            text = block.get("text", {}).get("text", "") if block["type"] == "section" else ""
-            if text.startswith(":"):  # an alert starts with its severity emoji
-                new = "*New*" in text
-            elif block["type"] == "context" and new:
-                ids += re.findall(r"`(budget:[^`]+)`", block["elements"][0]["text"])
-        return ids
-
-    wait_for(lambda: set(posted_ids()) >= expected, 60, "Slack messages")
+    wait_for(lambda: set(posted_ids(fake_slack, "budget")) >= expected, 60, "Slack messages")
     time.sleep(3)  # anything extra would arrive now
-    assert sorted(posted_ids()) == sorted(expected)
+    assert sorted(posted_ids(fake_slack, "budget")) == sorted(expected)
+
+
+def posted_ids(slack, kind: str) -> list[str]:
+    """Ids of `kind` alerts announced as *New* in the digests (a digest also lists alerts still firing)."""
+    ids, new = [], False
+    for block in (b for m in slack.messages for b in m["blocks"]):
+        text = block.get("text", {}).get("text", "") if block["type"] == "section" else ""
+        if text.startswith(":"):  # an alert starts with its severity emoji
+            new = "*New*" in text
+        elif block["type"] == "context" and new:
+            ids += re.findall(rf"`({kind}:[^`]+)`", block["elements"][0]["text"])
+    return ids
+
+
+def test_an_unpriced_model_called_by_many_workflows_is_announced_once(fresh_broker, fake_slack, spawn,
+                                                                      tmp_path: Path):
+    """Each workflow's state sends its own copy; on partitions of their own they were 8 messages."""
+    broker = fresh_broker
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(f'[slack]\nchannel = "#llm-spend"\nbase_url = "{fake_slack.base_url}"\n'
+                      "[routing]\ngroup_wait_s = 1\ngroup_interval_s = 2\n")
+    for topic in ("spendwatch.usage", "spendwatch.alerts"):
+        create_topic(broker.bootstrap, topic)
+    workflows = [f"wf-{i}" for i in range(8)]
+    calls = [{"type": "usage", "event_id": f"{wf}-{i}", "ts": DAY + 60 * i, "workflow": wf, "provider": "acme",
+              "model": "house-llm", "input_tokens": 1000, "output_tokens": 100} for wf in workflows for i in range(3)]
+    publish(broker.bootstrap, "spendwatch.usage", [(ev["workflow"].encode(), orjson.dumps(ev)) for ev in calls])
+    spawn("worker", "--broker", broker.url, "--config", str(config), env={"SLACK_BOT_TOKEN": fake_slack.token})
+    copies = wait_for(lambda: len(c := [v for _, v in read_all(broker.bootstrap, "spendwatch.alerts")
+                                        if b'"unpriced"' in v]) == len(workflows) and c, 120, "a copy per workflow")
+    assert {orjson.loads(v)["alert_id"] for v in copies} == {"unpriced:acme/house-llm:2026-01-15"}
+    wait_for(lambda: posted_ids(fake_slack, "unpriced"), 60, "the Slack message")
+    time.sleep(4)  # a second announcement would arrive within two group intervals
+    assert posted_ids(fake_slack, "unpriced") == ["unpriced:acme/house-llm:2026-01-15"]
+    [message] = fake_slack.messages
+    assert message["text"].startswith("Unpriced model — 1 firing"), message["text"]  # not "in *"
 
 
 def test_a_digest_left_pending_by_a_killed_worker_is_sent_by_the_next(fresh_broker, fake_slack, spawn,

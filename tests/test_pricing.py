@@ -6,7 +6,9 @@ import pytest
 from genai_prices import Usage, calc_price
 
 from detectors.money import usd_to_micros
+from detectors.policy import PolicyConfig, PolicyRule, decide
 from detectors.pricing import PriceBook, Rate, catalog_rate
+from schemas.alerts import ANY_WORKFLOW
 from schemas.decode import validate_event
 
 
@@ -80,7 +82,7 @@ def test_micro_rounding_is_half_up_and_exact():
     assert usd_to_micros(0.1 + 0.2) == 300000
 
 
-def test_an_unpriced_model_alerts_once_per_workflow_and_day_with_the_fix():
+def test_an_unpriced_model_alerts_once_per_model_and_day_with_the_fix():
     """They were priced at the fallback rate and counted, and nothing ever told anyone."""
     from detectors.monitor import Monitor
     from detectors.workflow import WorkflowState
@@ -90,12 +92,15 @@ def test_an_unpriced_model_alerts_once_per_workflow_and_day_with_the_fix():
 
     monitor = Monitor()
     first = monitor.process([call(i) for i in range(3)]).alerts
-    assert [(a.kind, a.alert_id) for a in first] == [("unpriced", "unpriced:w:house-llm:2026-01-15")]
+    assert [(a.kind, a.alert_id) for a in first] == [("unpriced", "unpriced:house-llm:2026-01-15")]
     assert (first[0].evidence["calls"], first[0].evidence["fallback_usd"]) == (3, 3 * (1000 * 10 + 100 * 30) / 1e6)
     assert '"house-llm" = { input_per_mtok = 10, output_per_mtok = 30 }' in first[0].evidence["fix"]
     assert not monitor.process([call(i) for i in range(3, 6)]).alerts  # same day: said already
     restored = WorkflowState.load(monitor.workflows["w"].dump())  # a restarted worker remembers it
     assert restored.fired == monitor.workflows["w"].fired
-    assert [a.alert_id for a in monitor.process([call(0, day=1)]).alerts] == ["unpriced:w:house-llm:2026-01-16"]
-    assert [a.workflow for a in monitor.process([call(9, wf="v")]).alerts] == ["v"]
+    assert [a.alert_id for a in monitor.process([call(0, day=1)]).alerts] == ["unpriced:house-llm:2026-01-16"]
+    # Another workflow sends its copy under the same id, keyed to no one workflow: the notifier tells it once.
+    [copy] = monitor.process([call(9, wf="v")]).alerts
+    assert (copy.alert_id, copy.workflow, copy.evidence["seen_in"]) == (first[0].alert_id, ANY_WORKFLOW, "v")
+    assert not decide(copy, PolicyConfig(rules=[PolicyRule(action="kill", kill_scope="workflow")])).target
     assert not monitor.process([usage(event_id="p", ts=1_768_435_300, model="gpt-4o")]).alerts  # priced

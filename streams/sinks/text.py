@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.alerts import Alert
+from schemas.alerts import ANY_WORKFLOW, Alert
 from streams.routing import Notification
 
 SEVERITY_EMOJI = {"info": ":large_blue_circle:", "warning": ":warning:", "critical": ":rotating_light:"}
@@ -31,7 +31,7 @@ def digest_title(n: Notification) -> str:
     kinds = sorted({a.kind for a in alerts})
     workflows = sorted({a.workflow for a in alerts})
     head = KIND_TITLE.get(kinds[0], kinds[0]) if len(kinds) == 1 else "Spend alerts"
-    if len(workflows) == 1:
+    if len(workflows) == 1 and workflows[0] != ANY_WORKFLOW:
         head += f" in {workflows[0]}"
     if not n.firing:
         return f"Resolved: {head}"
@@ -42,7 +42,7 @@ def digest_title(n: Notification) -> str:
 
 
 def who(alert: Alert) -> list[tuple[str, str]]:
-    pairs = [("workflow", alert.workflow), ("team", alert.team), ("agent", alert.agent_id), ("run", alert.run_id)]
+    pairs = [("workflow", alert.workflow if alert.workflow != ANY_WORKFLOW else None), ("team", alert.team), ("agent", alert.agent_id), ("run", alert.run_id)]
     return [(k, v) for k, v in pairs if v]
 
 
