@@ -18,7 +18,6 @@ Decision(action='shadow', scope='run_id', target='r-7', ttl_s=3600.0, reason='ru
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,12 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from detectors.money import fmt_usd, usd_to_micros
 from schemas.alerts import ANY_WORKFLOW, Alert, Kind, Severity
+from schemas.control import MAX_TTL_S, Scope, release_command
 
 PolicyAction = Literal["notify", "shadow", "warn", "kill"]
-Scope = Literal["run_id", "agent_id", "workflow"]
-MAX_TTL_S = 30 * 86400.0
-"""Longest kill; a release is valid this long, so it always outlives the kill it undoes."""
-CLI_FLAGS: dict[str, str] = {"run_id": "--run", "agent_id": "--agent", "workflow": "--workflow"}
 USD_KEYS = ("usd_burned", "spent_usd", "usd", "usd_after_end")
 """Evidence keys read, in order, for the dollars an alert's subject has burned."""
 ALLOWLIST_SCOPES = ("workflow", "team", "agent_id", "run_id")
@@ -139,16 +135,10 @@ def _veto(rule: PolicyRule, alert: Alert, config: PolicyConfig) -> str | None:
     return None
 
 
-def release_command(scope: str, target: str, broker: str = "$SPENDWATCH_BROKER",
-                    topic: str | None = None) -> str:
-    """The exact CLI line that lifts a kill (`broker` is left unquoted so a $VARIABLE expands)."""
-    line = f"spendwatch release {CLI_FLAGS[scope]} {shlex.quote(target)} --broker {broker}"
-    return line + (f" --topic {shlex.quote(topic)}" if topic else "")
-
-
 def apply_decision(alert: Alert, decision: Decision) -> Alert:
     """The alert as notified: what the policy did and, for a kill, how to undo it."""
-    undo = release_command(decision.scope, decision.target) \
-        if decision.action == "kill" and decision.scope and decision.target else None
+    killed = decision.action == "kill" and decision.scope and decision.target
     action = "none" if decision.action == "notify" else decision.action
-    return alert.model_copy(update={"action": action, "undo": undo})
+    return alert.model_copy(update={
+        "action": action, "kill_scope": decision.scope if killed else None,
+        "undo": release_command(decision.scope, decision.target) if killed else None})

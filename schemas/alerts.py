@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.control import Scope
+
 Kind = Literal["budget", "burn_rate", "spike", "loop", "zombie", "unpriced"]
 Severity = Literal["info", "warning", "critical"]
 Action = Literal["none", "shadow", "warn", "kill"]
@@ -36,4 +38,6 @@ class Alert(BaseModel):
     agent_id: str | None = None
     run_id: str | None = None
     status: Literal["firing", "resolved"] = "firing"
+    kill_scope: Scope | None = Field(default=None, description="what the kill stopped (action kill only): "
+                                     "the alert's field of that name is the target")
     undo: str | None = Field(default=None, description="exact command that undoes the action")

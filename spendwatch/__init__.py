@@ -2,7 +2,7 @@
 
 from spendwatch.emitter import UsageEmitter
 from spendwatch.guard import KillSwitch, SpendKilled
-from spendwatch.signing import Keyring
+from schemas.signing import Keyring
 from spendwatch.usage import usage_event, usage_from_anthropic, usage_from_openai
 
 __all__ = ["Keyring", "KillSwitch", "SpendKilled", "UsageEmitter", "usage_event", "usage_from_anthropic",

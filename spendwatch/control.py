@@ -2,7 +2,7 @@
 
 Records are keyed `scope:target`, so compaction keeps the latest command per
 target. The worker (after a policy decision) and the CLI both issue commands
-with `make_command` + `publish_command`; `read_active` is the guard's view,
+with `schemas.signing.make_command` + `publish_command`; `read_active` is the guard's view,
 read once (for `spendwatch status`).
 """
 
@@ -11,18 +11,15 @@ from __future__ import annotations
 import getpass
 import socket
 import time
-import uuid
-from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from detectors.policy import MAX_TTL_S
-from schemas.control import ControlCommand
+from schemas.control import ControlCommand, record_of
+from schemas.signing import Keyring
 from spendwatch.emitter import bootstrap_of
 from spendwatch.guard import KillSwitch
-from spendwatch.signing import Keyring
 
 
 class ControlPlaneUnreachable(RuntimeError):
@@ -32,25 +29,6 @@ class ControlPlaneUnreachable(RuntimeError):
 def cli_issuer() -> str:
     """`cli:user@host`: who issued a command from the command line."""
     return f"cli:{getpass.getuser()}@{socket.gethostname()}"
-
-
-def make_command(action: Literal["kill", "release"], scope: Literal["workflow", "agent_id", "run_id"],
-                 target: str, reason: str, ttl_s: float, issued_by: str, *, keyring: Keyring,
-                 alert_id: str | None = None, workflow: str | None = None,
-                 now: float | None = None) -> ControlCommand:
-    """A signed command valid for `ttl_s` from `now` (wall clock: guards compare with theirs)."""
-    if not 0 < ttl_s <= MAX_TTL_S:
-        raise ValueError(f"ttl_s must be in (0, {MAX_TTL_S:.0f}] seconds, got {ttl_s}")
-    issued_at = time.time() if now is None else now
-    return keyring.sign(ControlCommand(
-        command_id=str(uuid.uuid4()), action=action, scope=scope, target=target, reason=reason,
-        issued_at=issued_at, expires_at=issued_at + ttl_s, issued_by=issued_by, alert_id=alert_id,
-        workflow=workflow))
-
-
-def record_of(cmd: ControlCommand) -> tuple[bytes, bytes]:
-    """(key, value) of the control record, for any producer (e.g. a Faust topic's `send`)."""
-    return f"{cmd.scope}:{cmd.target}".encode(), cmd.model_dump_json().encode()
 
 
 async def ensure_control_topic(broker: str, topic: str) -> None:

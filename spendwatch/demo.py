@@ -26,9 +26,10 @@ from detectors.counters import CALLS, COST, ERRORS
 from detectors.money import fmt_usd
 from detectors.policy import PolicyConfig, PolicyRule
 from spendwatch.config import Settings
-from spendwatch.control import make_command, publish_command
+from schemas.signing import make_command
+from spendwatch.control import publish_command
 from spendwatch.guard import KillSwitch, SpendKilled
-from spendwatch.signing import KEYS_ENV, Keyring
+from schemas.signing import KEYS_ENV, Keyring
 from streams.app import Worker
 
 

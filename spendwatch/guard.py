@@ -32,7 +32,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.control import ControlCommand
 from spendwatch.emitter import bootstrap_of
-from spendwatch.signing import CommandRejected, Keyring, Verifier, parse_command
+from schemas.signing import CommandRejected, Keyring, Verifier, parse_command
 
 log = logging.getLogger("spendwatch.guard")
 

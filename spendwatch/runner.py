@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import math
@@ -19,15 +20,19 @@ from aiokafka import AIOKafkaClient
 from faust.exceptions import ConsistencyError
 from rich.console import Console
 
+from detectors.monitor import Monitor
+from schemas.signing import Keyring
 from spendwatch.config import Settings, TopicsConfig
-from streams.app import Worker, build_app
 from spendwatch.emitter import bootstrap_of
+from streams.app import Worker, WorkerOptions, build_app
 from streams.broker import BrokerError, EmbeddedBroker
+from streams.ingest import TimeBounds
 from streams.sinks import Sink
 from streams.sinks.console import ConsoleSink
 from streams.sinks.pagerduty import PagerDutySink
 from streams.sinks.slack import SlackSink
 from streams.sinks.webhook import WebhookSink
+from streams.topology import Topics
 
 log = logging.getLogger("spendwatch")
 
@@ -116,6 +121,28 @@ def check_partitions(worker: Worker, broker: str, topics_config: TopicsConfig) -
             "must be deleted (or the usage topic given their count) before the worker can start")
 
 
+def worker_options(settings: Settings) -> WorkerOptions:
+    """The config as the worker's narrow, already-built pieces (control keys are read here, so a
+    missing key file stops the start with its error)."""
+    return WorkerOptions(
+        topics=Topics(**settings.topics.model_dump()),
+        monitor=functools.partial(Monitor, settings.budgets, settings.price_book(), settings.timezone,
+                                  settings.dedup_window_s),
+        policy=settings.policy,
+        routing=settings.routing,
+        keyring=Keyring.load(settings.control_keys_file) if settings.kills() else None,
+        time_bounds=TimeBounds(settings.max_ahead_s, settings.max_behind_s),
+        strict_contract=settings.strict_contract,
+        batch_max=settings.batch_max,
+        batch_within_s=settings.batch_within_s,
+        tick_every_s=settings.tick_every_s,
+        evict_idle_s=settings.evict_idle_s,
+        commit_interval_s=settings.commit_interval_s,
+        session_timeout_s=settings.session_timeout_s,
+        check_changelog_offsets=settings.check_changelog_offsets,
+    )
+
+
 def make_sinks(settings: Settings, console: Console) -> list[Sink]:
     sinks: list[Sink] = [ConsoleSink(console)]
     s = settings.slack
@@ -155,7 +182,7 @@ def run(
             console.print(f"[dim]embedded Tansu broker on {embedded.bootstrap} (memory storage)[/]")
         else:
             wait_for_kafka(broker, kafka_wait_from_env() if kafka_wait is None else kafka_wait)
-        worker = build_app(settings, broker, make_sinks(settings, console), data_dir=data_dir)
+        worker = build_app(worker_options(settings), broker, make_sinks(settings, console), data_dir=data_dir)
         if embedded is None:
             check_partitions(worker, broker, settings.topics)
         for task in tasks:

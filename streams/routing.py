@@ -21,12 +21,10 @@ dumps to a plain dict for a Faust table.
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from detectors.policy import CLI_FLAGS
 from schemas.alerts import Alert
 
 GROUPABLE = ("workflow", "team", "kind", "severity", "agent_id", "run_id", "action")
@@ -91,10 +89,8 @@ class _Group(BaseModel):
 
 
 def kills_workflow(alert: Alert) -> bool:
-    """A firing alert whose policy killed its whole workflow: `apply_decision` marks it with action
-    kill and an undo command that releases the workflow (it records the scope nowhere else)."""
-    return (alert.status == "firing" and alert.action == "kill" and alert.undo is not None
-            and CLI_FLAGS["workflow"] in shlex.split(alert.undo))
+    """A firing alert whose policy killed its whole workflow."""
+    return alert.status == "firing" and alert.action == "kill" and alert.kill_scope == "workflow"
 
 
 class Router:

@@ -132,7 +132,7 @@ def test_emit_waits_for_the_producer_instead_of_dropping(broker, tmp_path):
 
     import orjson
 
-    from spendwatch.emit import emit_lines
+    from spendwatch.cli.emit import emit_lines
     from tests.kafka_io import create_topic, read_all
 
     create_topic(broker.bootstrap, "cli-emit-backpressure", partitions=2)
@@ -148,7 +148,7 @@ def test_emit_counts_what_kafka_never_confirmed_as_failed(tmp_path, monkeypatch)
     import asyncio
     import io
 
-    import spendwatch.emit as emit
+    import spendwatch.cli.emit as emit
 
     monkeypatch.setattr(emit, "FLUSH_TIMEOUT_S", 1.0)
     line = b'{"type":"usage","event_id":"a","ts":1768435200,"workflow":"w","model":"m","input_tokens":1,"output_tokens":1}\n'

@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from detectors.policy import PolicyConfig, PolicyRule, apply_decision, decide
 from schemas.alerts import Alert
 from spendwatch.cli import main
-from spendwatch.control import make_command, publish_command, read_active
+from schemas.signing import make_command
+from spendwatch.control import publish_command, read_active
 from spendwatch.guard import KillSwitch, SpendKilled
-from spendwatch.signing import CommandRejected, Keyring, KeyringError, Verifier
+from schemas.signing import CommandRejected, Keyring, KeyringError, Verifier
 from tests.kafka_io import create_topic, publish
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.control import ControlCommand
-from spendwatch.control import make_command, publish_command
+from schemas.signing import make_command
+from spendwatch.control import publish_command
 from spendwatch.guard import KillSet, KillSwitch, SpendKilled
-from spendwatch.signing import MAX_COMMAND_BYTES, CommandRejected, Keyring, Verifier, parse_command
+from schemas.signing import MAX_COMMAND_BYTES, CommandRejected, Keyring, Verifier, parse_command
 from tests.kafka_io import publish
 
 KEYS = Keyring({"k1": b"secret-one"})

@@ -8,9 +8,10 @@ import time
 import pytest
 
 from spendwatch.bench.kill import kill_trial
-from spendwatch.control import make_command, publish_command
+from schemas.signing import make_command
+from spendwatch.control import publish_command
 from spendwatch.guard import KillSwitch, SpendKilled
-from spendwatch.signing import Keyring
+from schemas.signing import Keyring
 from tests.conftest import start_worker
 
 KEYS = "k1:0123456789abcdef0123456789abcdef"

@@ -14,7 +14,7 @@ from detectors.monitor import Monitor
 from replay import driver
 from replay.backtest import backtest
 from replay.labels import LabelError, load_labels
-from replay.live import replay_live
+from spendwatch.cli.live import replay_live
 from replay.readers import ReplayInputError, read_traffic
 from replay.scenarios import generate
 from replay.scorecard import detectors, match, replay

@@ -12,6 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from spendwatch.cli.common import CliError, broker_arg
+
 EXAMPLES = """examples:
   spendwatch replay backtest traffic.jsonl.gz --config spendwatch.toml --labels incidents.json --out out/
   spendwatch replay backtest ../shared/data/mini_swe_agent_gemini3_pro/per_call_usage.csv --out out/swe
@@ -64,7 +66,6 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from detectors.monitor import Monitor
     from replay.backtest import backtest
     from replay.labels import load_labels
-    from spendwatch.cli import CliError
     from spendwatch.config import load_settings
 
     console = Console()
@@ -96,7 +97,6 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
 def cmd_score_series(args: argparse.Namespace) -> int:
     from replay.series import score_series
-    from spendwatch.cli import CliError
 
     try:
         rows, best, at = score_series(args.series, args.out, args.skip_bad)
@@ -107,8 +107,7 @@ def cmd_score_series(args: argparse.Namespace) -> int:
 
 
 def cmd_live(args: argparse.Namespace) -> int:
-    from replay.live import replay_live
-    from spendwatch.cli import CliError
+    from spendwatch.cli.live import replay_live
 
     speed = None if args.speed == "max" else float(args.speed)
     if speed is not None and speed <= 0:
@@ -196,13 +195,11 @@ def add_replay_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     s.add_argument("--skip-bad", action="store_true", help="skip and count bad rows instead of stopping")
     s.set_defaults(func=cmd_score_series)
 
-    from spendwatch.cli import _broker_arg
-
     lv = rs.add_parser("live", help="publish recorded traffic into Kafka with its timing",
                        description="Publish recorded traffic into Kafka, timestamps rewritten to now, relative "
                        "timing divided by --speed (or as fast as possible with --speed max).")
     add_traffic_args(lv)
-    lv.add_argument("--broker", type=_broker_arg, required=True)
+    lv.add_argument("--broker", type=broker_arg, required=True)
     lv.add_argument("--speed", default="1", help="N times real time, or 'max' (default: 1)")
     lv.add_argument("--topic", default="spendwatch.usage")
     lv.set_defaults(func=cmd_live)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from spendwatch.cli.common import CliError, broker_arg, load_config, positive
+
 EPILOG = """examples:
   spendwatch demo                         embedded broker + worker + traffic, live console
   spendwatch demo --duration 60           the same, exits after 60 s and prints the alerts raised
@@ -20,38 +22,6 @@ EPILOG = """examples:
 """
 
 
-class CliError(Exception):
-    """A user mistake; printed as one line with what to do, exit status 2."""
-
-
-def _broker_arg(value: str) -> str:
-    body = value.split("://", 1)[-1]
-    for part in body.split(","):
-        host, _, port = part.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a broker address; use kafka://HOST:PORT")
-    return value if "://" in value else f"kafka://{value}"
-
-
-def _positive(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be > 0")
-    return v
-
-
-def _settings(path: Path | None):  # type: ignore[no-untyped-def]
-    from spendwatch.config import ConfigError, load_settings
-
-    try:
-        return load_settings(path)
-    except ConfigError as err:
-        raise CliError(str(err)) from None
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     from spendwatch.runner import run
 
@@ -59,7 +29,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CliError("--data-dir needs --broker: the embedded broker keeps topics in memory, so tables on disk "
                        "would outlive their changelogs. Point --broker at a Kafka that keeps its data, or drop "
                        "--data-dir to keep tables in memory.")
-    settings = _settings(args.config)
+    settings = load_config(args.config)
     from faust.exceptions import ConsistencyError
 
     try:  # tables on disk ahead of their changelogs (runner re-raises it from Faust's crash)
@@ -78,7 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     console = Console()
-    settings = demo_settings(_settings(args.config))
+    settings = demo_settings(load_config(args.config))
     started = time.time()
 
     async def live_summary(worker):  # type: ignore[no-untyped-def]
@@ -106,25 +76,6 @@ def cmd_broker(args: argparse.Namespace) -> int:
     if status:
         print(f"spendwatch: error: the broker exited with status {status}; its log is {broker.log_path}",
               file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_emit(args: argparse.Namespace) -> int:
-    from spendwatch.emit import FLUSH_TIMEOUT_S, emit_lines
-
-    stream = sys.stdin.buffer if str(args.file) == "-" else None
-    if stream is None and not args.file.exists():
-        raise CliError(f"{args.file}: no such file")
-    with (stream or open(args.file, "rb")) as fh:
-        done = asyncio.run(emit_lines(fh, args.broker, args.topic, skip_bad=args.skip_bad))
-    print(f"published {done.sent} events to {args.topic}"
-          + (f", skipped {done.bad_lines} bad lines" if done.bad_lines else ""))
-    if done.failed:
-        print(f"spendwatch: error: {done.failed} events were not published (Kafka did not confirm them "
-              f"within {FLUSH_TIMEOUT_S:.0f} s, or refused them: see the log above). Publishing the file "
-              "again within the worker's dedup_window_s (default 1 h) counts each event once: "
-              "repeats are dropped by event id", file=sys.stderr)
         return 1
     return 0
 
@@ -174,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker_help = "Kafka bootstrap, kafka://HOST:PORT[,HOST:PORT]"
     w = add("worker", "Run a worker: consume usage events, keep spend, publish alerts (for real deployments).",
             cmd_worker)
-    w.add_argument("--broker", type=_broker_arg, help=broker_help + " (default: start the embedded broker)")
+    w.add_argument("--broker", type=broker_arg, help=broker_help + " (default: start the embedded broker)")
     w.add_argument("--config", type=Path, help="TOML config file (budgets, pricing, topics, Slack)")
     w.add_argument("--data-dir", type=Path, help="keep tables in RocksDB here, one database per table and "
                    "partition, so a restart reads only the changelog tail (default: in memory, rebuilt from "
@@ -183,17 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = add("demo", "Embedded broker + worker + built-in traffic with a live console; fires a budget alert "
             "within a minute.", cmd_demo)
-    d.add_argument("--duration", type=_positive, metavar="SECONDS", help="stop after this long and print the "
+    d.add_argument("--duration", type=positive, metavar="SECONDS", help="stop after this long and print the "
                    "alerts raised, counted by kind (default: run until Ctrl-C)")
     d.add_argument("--config", type=Path, help="TOML config file (default: demo budgets)")
-    d.add_argument("--broker", type=_broker_arg, help=broker_help + " (default: embedded)")
+    d.add_argument("--broker", type=broker_arg, help=broker_help + " (default: embedded)")
 
     b = add("broker", "Run the embedded Kafka-compatible broker (Tansu) alone and print its address.", cmd_broker)
     b.add_argument("--port", type=int, help="port to listen on (default: a free one)")
 
+    from spendwatch.cli.emit import cmd_emit
+
     e = add("emit", "Publish usage/outcome events from a JSONL file (or - for stdin) to Kafka.", cmd_emit)
     e.add_argument("file", type=Path, help="JSONL: one event object or array of events per line; - for stdin")
-    e.add_argument("--broker", type=_broker_arg, required=True, help=broker_help)
+    e.add_argument("--broker", type=broker_arg, required=True, help=broker_help)
     e.add_argument("--topic", default="spendwatch.usage", help="usage topic (default: %(default)s)")
     e.add_argument("--skip-bad", action="store_true", help="skip and count invalid lines instead of stopping")
 
@@ -212,10 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("dir", type=Path)
     x.set_defaults(func=cmd_schema_export)
 
-    from spendwatch.control_cli import add_control_commands
+    from spendwatch.cli.control import add_control_commands
 
     add_control_commands(sub)
-    from replay.cli import add_replay_commands
+    from spendwatch.cli.replay import add_replay_commands
 
     add_replay_commands(sub)
     return p
@@ -232,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # last resort: one clear line instead of a traceback
-        from spendwatch.signing import KeyringError
+        from schemas.signing import KeyringError
         from streams.broker import BrokerError
 
         if isinstance(err, (BrokerError, KeyringError)):

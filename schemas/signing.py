@@ -11,7 +11,7 @@ first key and accepts all of them.
 >>> Verifier(ring).verify(cmd, now=250.0)
 Traceback (most recent call last):
 ...
-spendwatch.signing.CommandRejected: expired
+schemas.signing.CommandRejected: expired
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ import hmac
 import math
 import os
 import re
+import time
+import uuid
 from pathlib import Path
+from typing import Literal
 
 import orjson
 from pydantic import ValidationError
 
-from schemas.control import ControlCommand
+from schemas.control import MAX_TTL_S, ControlCommand, Scope
 
 KEYS_ENV = "SPENDWATCH_CONTROL_KEYS"
 MAX_SKEW_S = 300.0
@@ -153,3 +156,17 @@ class Verifier:
         self._seen[cmd.command_id] = None
         if len(self._seen) > self.max_seen:
             del self._seen[next(iter(self._seen))]
+
+
+def make_command(action: Literal["kill", "release"], scope: Scope,
+                 target: str, reason: str, ttl_s: float, issued_by: str, *, keyring: Keyring,
+                 alert_id: str | None = None, workflow: str | None = None,
+                 now: float | None = None) -> ControlCommand:
+    """A signed command valid for `ttl_s` from `now` (wall clock: guards compare with theirs)."""
+    if not 0 < ttl_s <= MAX_TTL_S:
+        raise ValueError(f"ttl_s must be in (0, {MAX_TTL_S:.0f}] seconds, got {ttl_s}")
+    issued_at = time.time() if now is None else now
+    return keyring.sign(ControlCommand(
+        command_id=str(uuid.uuid4()), action=action, scope=scope, target=target, reason=reason,
+        issued_at=issued_at, expires_at=issued_at + ttl_s, issued_by=issued_by, alert_id=alert_id,
+        workflow=workflow))

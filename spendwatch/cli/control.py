@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from detectors.policy import CLI_FLAGS, MAX_TTL_S, release_command
+from schemas.control import CLI_FLAGS, MAX_TTL_S, release_command
 from schemas.control import ControlCommand
-from spendwatch.cli import CliError, _broker_arg
-from spendwatch.signing import Keyring, KeyringError
+from spendwatch.cli.common import CliError, broker_arg
+from schemas.signing import Keyring, KeyringError
 
 T = TypeVar("T")
 DEFAULT_TOPIC = "spendwatch.control"
@@ -73,7 +73,8 @@ def _keyring(path: Path | None) -> Keyring:
 
 def _publish(args: argparse.Namespace, action: str, reason: str, ttl_s: float) -> ControlCommand:
     """Sign and publish a command for the one target flag given."""
-    from spendwatch.control import cli_issuer, make_command, publish_command
+    from schemas.signing import make_command
+    from spendwatch.control import cli_issuer, publish_command
 
     scope = next(s for s in CLI_FLAGS if getattr(args, s) is not None)
     cmd = make_command(action, scope, getattr(args, scope), reason, ttl_s, cli_issuer(),  # type: ignore[arg-type]
@@ -124,7 +125,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _common(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--broker", type=_broker_arg, required=True,
+    sp.add_argument("--broker", type=broker_arg, required=True,
                     help="Kafka bootstrap, kafka://HOST:PORT[,HOST:PORT]")
     sp.add_argument("--keys-file", type=Path, help=KEYS_HELP)
     sp.add_argument("--topic", default=DEFAULT_TOPIC, help="control topic (default: %(default)s)")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import sys
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from schemas.decode import parse_record
 from schemas.structs import to_wire
+from spendwatch.cli.common import CliError
 from spendwatch.emitter import UsageEmitter
 
 FLUSH_TIMEOUT_S = 120.0
@@ -35,8 +39,6 @@ async def emit_lines(fh: BinaryIO, broker: str, topic: str, skip_bad: bool = Fal
             events, errors = parse_record(line.strip())
             if errors:
                 if not skip_bad:
-                    from spendwatch.cli import CliError
-
                     raise CliError(f"line {no}: {errors[0].reason} (use --skip-bad to skip and count bad lines)")
                 out.bad_lines += 1
                 continue
@@ -48,3 +50,20 @@ async def emit_lines(fh: BinaryIO, broker: str, topic: str, skip_bad: bool = Fal
         out.sent = emitter.sent
         await emitter.stop()
     return out
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    stream = sys.stdin.buffer if str(args.file) == "-" else None
+    if stream is None and not args.file.exists():
+        raise CliError(f"{args.file}: no such file")
+    with (stream or open(args.file, "rb")) as fh:
+        done = asyncio.run(emit_lines(fh, args.broker, args.topic, skip_bad=args.skip_bad))
+    print(f"published {done.sent} events to {args.topic}"
+          + (f", skipped {done.bad_lines} bad lines" if done.bad_lines else ""))
+    if done.failed:
+        print(f"spendwatch: error: {done.failed} events were not published (Kafka did not confirm them "
+              f"within {FLUSH_TIMEOUT_S:.0f} s, or refused them: see the log above). Publishing the file "
+              "again within the worker's dedup_window_s (default 1 h) counts each event once: "
+              "repeats are dropped by event id", file=sys.stderr)
+        return 1
+    return 0
