@@ -137,8 +137,8 @@ def _veto(rule: PolicyRule, alert: Alert, config: PolicyConfig) -> str | None:
 
 def apply_decision(alert: Alert, decision: Decision) -> Alert:
     """The alert as notified: what the policy did and, for a kill, how to undo it."""
-    killed = decision.action == "kill" and decision.scope and decision.target
     action = "none" if decision.action == "notify" else decision.action
-    return alert.model_copy(update={
-        "action": action, "kill_scope": decision.scope if killed else None,
-        "undo": release_command(decision.scope, decision.target) if killed else None})
+    scope, undo = None, None
+    if decision.action == "kill" and decision.scope is not None and decision.target is not None:
+        scope, undo = decision.scope, release_command(decision.scope, decision.target)
+    return alert.model_copy(update={"action": action, "kill_scope": scope, "undo": undo})

@@ -61,7 +61,7 @@ def parse_command(raw: object) -> ControlCommand:
     if len(raw) > MAX_COMMAND_BYTES:
         raise CommandRejected("oversize")
     try:
-        return ControlCommand.model_validate_json(raw)
+        return ControlCommand.model_validate_json(bytes(raw) if isinstance(raw, memoryview) else raw)
     except ValidationError:  # invalid JSON or UTF-8, wrong types, missing or unknown fields
         raise CommandRejected("malformed") from None
     except Exception:  # anything else the parser may meet: still a rejection, never a dead follower

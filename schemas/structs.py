@@ -83,13 +83,14 @@ def _struct(model: type[BaseModel]) -> type[msgspec.Struct]:
     if unknown:
         raise TypeError(f"schemas.structs does not mirror validators {sorted(unknown)} of {model.__name__}")
     tag = typing.get_args(model.model_fields["type"].annotation)[0]
-    fields = []
+    fields: list[tuple[Any, ...]] = []
     for name, info in model.model_fields.items():
         if name == "type":
             continue
         tp = _TS if name == "ts" else _mirror(info.annotation, info.metadata)
         if info.default_factory is not None:
-            fields.append((name, tp, msgspec.field(default_factory=info.default_factory)))
+            # pydantic's factory may take the validated data; none of the wire models' does
+            fields.append((name, tp, msgspec.field(default_factory=info.default_factory)))  # type: ignore[arg-type]
         elif info.default is not PydanticUndefined:
             fields.append((name, tp, info.default))
         else:
@@ -103,9 +104,14 @@ def _struct(model: type[BaseModel]) -> type[msgspec.Struct]:
                              module=__name__)
 
 
-Usage = _struct(UsageEvent)
-Outcome = _struct(OutcomeEvent)
-Event = Union[Usage, Outcome]  # type: ignore[valid-type]
+if typing.TYPE_CHECKING:  # the Structs have the models' fields, types and defaults, field by field
+    Usage = UsageEvent
+    Outcome = OutcomeEvent
+    Event = UsageEvent | OutcomeEvent
+else:
+    Usage = _struct(UsageEvent)
+    Outcome = _struct(OutcomeEvent)
+    Event = Union[Usage, Outcome]
 BY_TYPE: dict[str, Any] = {"usage": Usage, "outcome": Outcome}
 
 

@@ -152,7 +152,9 @@ def _bind(app: faust.App, opts: WorkerOptions, topo: Topology, ingest: IngestSta
 
     @app.agent(topo.usage, name="ingest")
     async def ingest_agent(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(opts.batch_max, within=opts.batch_within_s):
+        # take_events is faust.Stream's, missing from the StreamT protocol agents are typed with
+        batches = stream.take_events(opts.batch_max, within=opts.batch_within_s)  # type: ignore[attr-defined]
+        async for events in batches:
             try:
                 await ingest.handle(events, app.consumer.topic_partitions(t.usage) or t.partitions)
             except Exception:
@@ -160,7 +162,7 @@ def _bind(app: faust.App, opts: WorkerOptions, topo: Topology, ingest: IngestSta
 
     @app.agent(topo.rollups, name="rollup")
     async def rollup_agent(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(1000, within=0.2):
+        async for events in stream.take_events(1000, within=0.2):  # type: ignore[attr-defined]
             try:
                 await rollup.handle(events)
             except Exception:
@@ -182,7 +184,7 @@ def _bind(app: faust.App, opts: WorkerOptions, topo: Topology, ingest: IngestSta
     async def route() -> None:
         await digests.flush()
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stub wants a `signal` keyword
     async def resume_routing(app: faust.App, **kwargs: Any) -> None:
         """Tables are restored by now: reload the routers of the alert partitions this worker owns."""
         digests.resume(tp.partition for tp in app.consumer.assignment() if tp.topic == t.alerts)
@@ -204,7 +206,7 @@ def _bind(app: faust.App, opts: WorkerOptions, topo: Topology, ingest: IngestSta
         if evicted := ingest.evict(opts.evict_idle_s):
             log.info("%d idle workflows left memory, %d held", evicted, len(ingest.monitor.workflows))
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub wants a `signal` keyword
     async def forget_cached_state(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         ingest.forget()
         digests.clear()

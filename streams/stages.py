@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +92,7 @@ class IngestStage:
         self.seen: dict[str, tuple[float, int]] = {}  # workflow -> (wall time of its last batch, usage partition)
         self._unknown_logged = (0, -UNKNOWN_LOG_EVERY_S)  # names the last line on unknown fields named, and when
 
-    async def handle(self, events: list[Any], partitions: int) -> None:
+    async def handle(self, events: Sequence[Any], partitions: int) -> None:
         """One batch of the usage topic, which has `partitions` partitions now."""
         topo, stats = self.topology, self.stats
         records = [record_of_event(e) for e in events]
@@ -178,7 +178,7 @@ class RollupStage:
         self.dead = dead
         self.drain = drain
 
-    async def handle(self, events: list[Any]) -> None:
+    async def handle(self, events: Sequence[Any]) -> None:
         good = []
         for e in events:
             try:

@@ -108,7 +108,7 @@ class _Consumer(faust_aiokafka.Consumer):
         partition is read again from the committed offset; the per-workflow source offsets
         drop what was already applied."""
         committed = self._committed_offset[tp]
-        if (unprocessed_head(self._acked[tp], committed) and not self._gap.get(tp)
+        if (committed is not None and unprocessed_head(self._acked[tp], committed) and not self._gap.get(tp)
                 and self._rewound.get(tp) != committed):
             self._rewound[tp] = committed
             log.warning("%s[%d]: offset %d was skipped, not processed; reading again from it",
@@ -121,7 +121,8 @@ class _Consumer(faust_aiokafka.Consumer):
         ends = await super().highwaters(*partitions)
         if self.in_transaction or not any(ends.values()):
             return ends
-        probe = self._thread._create_client_consumer(self.transport)  # the app's auth and timeouts
+        # the app's auth and timeouts; faust types `transport` as the abstract TransportT
+        probe = self._thread._create_client_consumer(self.transport)  # type: ignore[arg-type]
         await probe.start()
         # aiokafka's close awaits its cancelled group task, which raises CancelledError if
         # the task never ran: let it start before anything can stop the probe.
