@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from detectors.money import fmt_usd, usd_to_micros
+from detectors.money import fmt_usd, micros_to_usd, usd_to_micros
 from schemas.alerts import Alert
 
 
@@ -87,8 +87,8 @@ def budget_alert(
             "period": period,
             "period_key": period_key,
             "threshold_pct": threshold,
-            "spent_usd": spent / 1e6,
-            "budget_usd": budget / 1e6,
+            "spent_usd": micros_to_usd(spent),
+            "budget_usd": micros_to_usd(budget),
             "pct": round(pct, 2),
             **evidence,
         },

@@ -25,10 +25,6 @@ def add_into(acc: list[int], vec: list[int]) -> None:
     acc[5] += vec[5]
 
 
-def as_dict(vec: list[int]) -> dict[str, int]:
-    return dict(zip(FIELDS, vec))
-
-
 class RollingWindow:
     """Spend (micro-USD) over the last `span` seconds of event time.
 

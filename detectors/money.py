@@ -13,12 +13,13 @@ def usd_to_micros(usd: float | Decimal | str) -> int:
 
 
 def micros_to_usd(micros: int) -> float:
+    """Dollars for display and evidence; totals stay integer micro-USD."""
     return micros / MICROS_PER_USD
 
 
 def fmt_usd(micros: int) -> str:
     """Human dollars: $0.0042, $12.34, $1,234."""
-    usd = micros / MICROS_PER_USD
+    usd = micros_to_usd(micros)
     if abs(usd) >= 1000:
         return f"${usd:,.0f}"
     if abs(usd) >= 1:

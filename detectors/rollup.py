@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from detectors.money import micros_to_usd
 from detectors.versions import upgrade
 
 V = 1
@@ -53,7 +54,7 @@ class TeamState:
 
     def top_workflows(self, period_key: str, n: int = 3) -> list[list[Any]]:
         ranked = sorted(((p.get(period_key, 0), wf) for wf, p in self.workflows.items()), reverse=True)
-        return [[wf, c / 1e6] for c, wf in ranked[:n] if c > 0]
+        return [[wf, micros_to_usd(c)] for c, wf in ranked[:n] if c > 0]
 
     def prune(self, keep_periods: set[str]) -> None:
         for periods in self.workflows.values():

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from detectors.money import micros_to_usd  # noqa: E402
 from replay.driver import Replayed  # noqa: E402
 
 KIND_COLOR = {"loop": "tab:red", "zombie": "tab:purple", "spike": "tab:orange", "budget": "tab:blue",
@@ -36,7 +37,7 @@ def plot_spend(res: Replayed, tick: float, path: Path) -> None:
                 b = int(t // width)
                 bins[b] = bins.get(b, 0) + micros
             xs = sorted(bins)
-            ax.plot([_dt(b * width) for b in xs], [bins[b] / 1e6 * 3600 / width for b in xs], label=wf, lw=1)
+            ax.plot([_dt(b * width) for b in xs], [micros_to_usd(bins[b]) * 3600 / width for b in xs], label=wf, lw=1)
     for a in res.alerts:
         ax.axvline(_dt(a.ts), color=KIND_COLOR.get(a.kind, "k"), alpha=0.35, lw=0.8)
     for kind, color in KIND_COLOR.items():
