@@ -48,9 +48,10 @@ class EntitySpend:
         return not self.periods and not any(w.data for w in self.windows.values())
 
     def dump(self) -> dict[str, Any]:
+        """A copy: an undo point taken from it must not move with the live totals."""
         return {
             "w": {name: w.dump() for name, w in self.windows.items()},
-            "p": self.periods,
+            "p": {k: list(v) for k, v in self.periods.items()},
         }
 
     @classmethod
@@ -97,7 +98,8 @@ class EntityCost:
         return not self.periods and not self.hour.data
 
     def dump(self) -> dict[str, Any]:
-        return {"h": self.hour.dump(), "p": self.periods}
+        """A copy, as `EntitySpend.dump`."""
+        return {"h": self.hour.dump(), "p": dict(self.periods)}
 
     @classmethod
     def load(cls, doc: dict[str, Any]) -> EntityCost:

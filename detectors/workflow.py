@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from detectors.counters import COST, zero
+from detectors.money import micros_to_usd
 from detectors.spend import EntityCost, EntitySpend
 from detectors.versions import upgrade
 
@@ -163,6 +164,7 @@ class WorkflowState:
         return st
 
     def _dump(self, fresh: dict[str, float]) -> dict[str, Any]:
+        """A copy of the state (nothing in it is the live object): `rolled_back` restores from it."""
         return {
             "v": V,
             "name": self.name,
@@ -173,7 +175,7 @@ class WorkflowState:
             "next_bucket": self.next_bucket,
             "spend": self.spend.dump(),
             "by": {d: {n: e.dump() for n, e in ents.items()} for d, ents in self.by.items()},
-            "outcomes": self.outcomes,
+            "outcomes": {k: list(v) for k, v in self.outcomes.items()},
             "fired": sorted(self.fired),
             "unpriced": self.unpriced,
         }
@@ -202,4 +204,4 @@ class WorkflowState:
 
 
 def _ranked(costs: Any, n: int) -> list[list[Any]]:
-    return [[name, cost / 1e6] for cost, name in sorted(costs, reverse=True)[:n] if cost > 0]
+    return [[name, micros_to_usd(cost)] for cost, name in sorted(costs, reverse=True)[:n] if cost > 0]

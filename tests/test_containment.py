@@ -91,6 +91,20 @@ def test_a_slice_that_raises_is_rolled_back_and_the_others_applied() -> None:
     assert m.workflows["bad-wf"].spend.periods[DAY][CALLS] == 2
 
 
+def test_a_rolled_back_slice_takes_its_outcomes_back_too() -> None:
+    """The undo point is a copy: an outcome counted before the slice failed does not stay counted."""
+    m = monitor()
+    outcome = {"type": "outcome", "workflow": "bad-wf", "outcome": "resolved", "value_usd": 2.5}
+    m.process([validate_event(usage(0, "bad-wf")), validate_event({**outcome, "event_id": "o0", "ts": T0})])
+    before = orjson.loads(orjson.dumps(m.workflows["bad-wf"].dump()))
+    assert before["outcomes"][DAY] == [1, 2_500_000]
+    out = m.process([validate_event({**outcome, "event_id": "o1", "ts": T0 + 1}),
+                     validate_event(usage(2, "bad-wf", run_id="boom"))])
+    assert [p.workflow for p in out.poisoned] == ["bad-wf"]
+    assert m.workflows["bad-wf"].outcomes[DAY] == [1, 2_500_000]
+    assert orjson.loads(orjson.dumps(m.workflows["bad-wf"].dump())) == before
+
+
 def test_a_tick_that_raises_resets_only_that_workflow_of_that_detector() -> None:
     m = monitor()
     m.process([validate_event(usage(0, "tick-boom", run_id="r")), validate_event(usage(0, run_id="r"))])
