@@ -28,7 +28,7 @@ class LabelError(ValueError):
 class Incident(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    kind: Literal["loop", "zombie", "spike", "budget", "burn_rate"]
+    kind: Literal["loop", "zombie", "spike", "budget"]
     subject: Literal["run_id", "agent_id", "workflow"]
     id: str
     workflow: str | None = None

@@ -43,10 +43,10 @@ def resolved(alert: Alert) -> Alert:
 
 
 def workflow_kill(workflow: str = "support") -> Alert:
-    """A burn-rate alert as the policy leaves it after killing the whole workflow."""
-    alert = Alert(alert_id=f"burn:{workflow}", kind="burn_rate", severity="critical", workflow=workflow, ts=T0,
-                  summary=f"{workflow} burns its daily budget 20× too fast", evidence={"usd": 50.0})
-    policy = PolicyConfig(rules=[PolicyRule(kind="burn_rate", action="kill", kill_scope="workflow")])
+    """A budget alert as the policy leaves it after killing the whole workflow."""
+    alert = Alert(alert_id=f"budget:{workflow}", kind="budget", severity="critical", workflow=workflow, ts=T0,
+                  summary=f"{workflow} has spent $50.00 of its daily budget $50.00 (100%)", evidence={"usd": 50.0})
+    policy = PolicyConfig(rules=[PolicyRule(kind="budget", action="kill", kill_scope="workflow")])
     return apply_decision(alert, decide(alert, policy))
 
 
@@ -157,12 +157,12 @@ def test_workflow_kill_inhibits_its_run_and_agent_alerts_until_it_resolves():
     r = Replay()
     r.at(0, kill, loop("r-1"), loop("r-2"), loop("r-3", workflow="billing"))
     assert {n.group_key: ids(n.firing) for n in r.at(30)} == {
-        "workflow=support|kind=burn_rate": ["burn:support"],
+        "workflow=support|kind=budget": ["budget:support"],
         "workflow=billing|kind=loop": ["loop:billing:r-3"],
     }  # support's per-run loops are muted: the whole workflow is already stopped
     assert r.at(60, loop("r-4")) == []
     due = {n.group_key: n for n in r.at(330, resolved(kill))}  # kill lifted: the muted loops come out now
-    assert due["workflow=support|kind=burn_rate"].firing == []
+    assert due["workflow=support|kind=budget"].firing == []
     assert ids(due[LOOP].new) == ["loop:support:r-1", "loop:support:r-2", "loop:support:r-4"]
 
 
@@ -194,7 +194,7 @@ def test_slack_digest_says_what_who_how_much_what_was_done_and_how_to_undo():
     r.at(0, workflow_kill())
     [n] = r.at(30)
     text = str(digest_blocks(n))
-    for needle in ("Budget burning too fast in support — 1 firing, 1 new", "20× too fast", "*New*",
+    for needle in ("Budget threshold crossed in support — 1 firing, 1 new", "of its daily budget $50.00", "*New*",
                    "*Action:* kill", "*Undo:* `spendwatch release --workflow support --broker $SPENDWATCH_BROKER`",
                    "fired at 2026-01-15 10:00:00 UTC"):
         assert needle in text
@@ -306,7 +306,7 @@ async def test_pagerduty_triggers_one_incident_per_group_and_resolves_it(fake_ht
     await deliver(r, notifier, 400, resolved(loop("r-1")), resolved(loop("r-2")))
     await deliver(r, notifier, 630)
 
-    assert fake_http.incidents == {LOOP: "resolved", "workflow=billing|kind=burn_rate": "triggered"}
+    assert fake_http.incidents == {LOOP: "resolved", "workflow=billing|kind=budget": "triggered"}
     loops = [e for e in fake_http.events if e["dedup_key"] == LOOP]
     assert [e["event_action"] for e in loops] == ["trigger", "trigger", "resolve"]
     payload = loops[0]["payload"]
