@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from schemas.events import parse_ts
+from schemas.events import Ts
 
 
 class LabelError(ValueError):
@@ -33,14 +33,9 @@ class Incident(BaseModel):
     id: str
     workflow: str | None = None
     """The workflow the incident happens in; alerts of other kinds there during it count as explained."""
-    start: float
-    end: float
+    start: Ts
+    end: Ts
     type: str | None = None
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _ts(cls, v: Any) -> float:
-        return parse_ts(v)
 
     @model_validator(mode="after")
     def _order(self) -> Incident:

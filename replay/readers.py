@@ -186,27 +186,20 @@ def _float(value: Any, name: str) -> float:
     raise ValueError(f"{name} {value!r} is not a number")
 
 
-def _ts(value: str) -> float:
-    """Epoch seconds or RFC 3339, as the wire contract allows."""
+def cell_ts(text: str, name: str = "ts", naive_utc: bool = False) -> float:
+    """A timestamp from a CSV cell by the wire's rule (`parse_ts`), save that a cell is text: one that
+    holds a number is epoch seconds (the wire refuses a number in a string)."""
     try:
-        return float(value)
+        value: float | str = float(text)
     except ValueError:
-        return parse_ts(value)
-
-
-def _naive_utc(value: str, name: str) -> float:
-    """Azure's timestamps have no offset (they are UTC) and 7 fractional digits."""
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{name} {value!r} is not a date-time like 2023-11-16 18:15:46.6805900") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+        value = text
+    return parse_ts(value, name, naive_utc)
 
 
 def _convert(name: str, value: str) -> Any:
     """A mapped CSV cell as the type its wire field has."""
     if name == "ts":
-        return _ts(value)
+        return cell_ts(value)
     if name in _INT_FIELDS:
         return _int(value, name)
     if name in _FLOAT_FIELDS:
@@ -329,7 +322,7 @@ def _read_azure(src: _Source, f: TextIO) -> Parsed:
 
     def parse(line: int, row: dict[str, str]) -> list[dict[str, Any]]:
         fields = {
-            "ts": _naive_utc(row["TIMESTAMP"], "TIMESTAMP"),
+            "ts": cell_ts(row["TIMESTAMP"], "TIMESTAMP", naive_utc=True),  # UTC without an offset
             "input_tokens": _int(row["ContextTokens"], "ContextTokens"),
             "output_tokens": _int(row["GeneratedTokens"], "GeneratedTokens"),
         }

@@ -2,7 +2,7 @@
 
 Input CSV: a header with `timestamp,value` (other columns are ignored), one row
 per interval (e.g. an hourly billing export). `timestamp` is epoch seconds,
-RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` (read as UTC). Output: the same rows with
+RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` (read as UTC), in 2000..2100. Output: the same rows with
 `anomaly_score` in [0, 1], causal — each row is scored before it is learned.
 """
 
@@ -10,20 +10,10 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 from detectors.spikes import SeriesScorer
-from replay.readers import ReplayInputError
-
-
-def _ts(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+from replay.readers import ReplayInputError, cell_ts
 
 
 def read_series(path: Path, skip_bad: bool = False) -> Iterator[tuple[int, str, float, float]]:
@@ -39,7 +29,7 @@ def read_series(path: Path, skip_bad: bool = False) -> Iterator[tuple[int, str, 
             line = reader.line_num
             try:
                 raw = row[cols["timestamp"]]
-                ts, value = _ts(raw), float(row[cols["value"]])
+                ts, value = cell_ts(raw, "timestamp", naive_utc=True), float(row[cols["value"]])
                 if ts < last:
                     raise ValueError(f"timestamp {raw} is earlier than the row before; sort the file by time")
             except (ValueError, TypeError, AttributeError) as err:

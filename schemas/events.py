@@ -8,17 +8,16 @@ These models are the source of truth (JSON Schema export, readable errors);
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Union
 
-import orjson
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     TypeAdapter,
-    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -41,28 +40,43 @@ cannot state: a calendar day that does not exist (Feb 30) and an offset that mov
 _RFC3339 = re.compile(RFC3339[1:-1])
 
 
-def parse_ts(value: Any) -> float:
-    """Event time as epoch seconds, from a number or an RFC 3339 string."""
+def parse_ts(value: Any, name: str = "ts", naive_utc: bool = False) -> float:
+    """Event time as epoch seconds, from a number or an RFC 3339 string: the one timestamp rule of the
+    wire, the replay readers and the labels files (`name` is the field errors name).
+
+    `naive_utc` also takes any ISO 8601 date-time `datetime.fromisoformat` reads, and one without an
+    offset as UTC (`2023-11-16 18:15:46.6805900`): recorded traces and series exports (Azure, NAB) write
+    UTC that way. The wire refuses it: a live producer can say its offset, and a guessed zone would
+    move spend between days."""
     if isinstance(value, bool):
-        raise ValueError("ts must be epoch seconds or an RFC 3339 string, not a boolean")
+        raise ValueError(f"{name} must be epoch seconds or an RFC 3339 string, not a boolean")
     if isinstance(value, (int, float)):
         ts = float(value)
     elif isinstance(value, str):
+        text = value.strip() if naive_utc else value
         try:
-            dt = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+            dt = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
         except ValueError:
             dt = None
         if dt is not None and dt.tzinfo is None:
-            raise ValueError(f"ts {value!r} has no timezone offset (RFC 3339 needs Z or +HH:MM)")
-        if dt is None or not _RFC3339.fullmatch(value):
-            raise ValueError(f"ts {value!r} is neither epoch seconds nor RFC 3339 "
+            if not naive_utc:
+                raise ValueError(f"{name} {value!r} has no timezone offset (RFC 3339 needs Z or +HH:MM)")
+            dt = dt.replace(tzinfo=UTC)
+        if dt is None or not (naive_utc or _RFC3339.fullmatch(value)):
+            raise ValueError(f"{name} {value!r} is neither epoch seconds nor RFC 3339 "
                              "(e.g. 2026-01-15T10:00:00Z)") from None
         ts = dt.timestamp()
     else:
-        raise ValueError("ts must be epoch seconds or an RFC 3339 string")
+        raise ValueError(f"{name} must be epoch seconds or an RFC 3339 string")
     if not limits.TS_MIN <= ts <= limits.TS_MAX:
-        raise ValueError(f"ts {value!r} is outside 2000..2100 (milliseconds instead of seconds?)")
+        raise ValueError(f"{name} {value!r} is outside 2000..2100 (milliseconds instead of seconds?)")
     return ts
+
+
+Ts = Annotated[float, BeforeValidator(parse_ts), WithJsonSchema({
+    "anyOf": [{"type": "number", "minimum": limits.TS_MIN, "maximum": limits.TS_MAX},
+              {"type": "string", "pattern": RFC3339}]})]
+"""A wire timestamp field: epoch seconds or RFC 3339 in, epoch seconds out (`parse_ts`)."""
 
 
 def json_number(value: Any, info: ValidationInfo) -> Any:
@@ -91,19 +105,11 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event_id: Id
-    ts: Annotated[float, WithJsonSchema({
-        "anyOf": [{"type": "number", "minimum": limits.TS_MIN, "maximum": limits.TS_MAX},
-                  {"type": "string", "pattern": RFC3339}],
-        "description": "event time: epoch seconds in 2000..2100 (milliseconds are refused), or RFC 3339 "
-                       "with an offset"})]
+    ts: Ts = Field(description="event time: epoch seconds in 2000..2100 (milliseconds are refused), or RFC 3339 "
+                               "with an offset")
     workflow: Name
     agent_id: Id | None = None
     run_id: Id | None = None
-
-    @field_validator("ts", mode="before")
-    @classmethod
-    def _ts(cls, value: Any) -> float:
-        return parse_ts(value)
 
 
 class UsageEvent(_Event):

@@ -14,10 +14,12 @@ from replay.readers import (
     ColumnMap,
     ReadStats,
     ReplayInputError,
+    cell_ts,
     detect_format,
     read_traffic,
 )
 from schemas.decode import validate_event
+from schemas.events import parse_ts
 from schemas.structs import to_wire
 
 DATA = Path(__file__).parent / "data"
@@ -177,6 +179,21 @@ def test_mapped_csv(tmp_path: Path) -> None:
         read_traffic(path, mapping="ts=created,tokens=prompt")
     with pytest.raises(ReplayInputError, match=r"calls\.csv:1: missing column\(s\) nope"):
         read(path, mapping="ts=created,input_tokens=nope")
+
+
+def test_one_timestamp_rule_with_the_replay_exceptions() -> None:
+    """The wire's rule everywhere; a CSV cell may hold a number, a trace may write UTC without an offset."""
+    assert parse_ts(1735689600) == parse_ts("2025-01-01T00:00:00Z") == cell_ts("1735689600") == 1735689600.0
+    with pytest.raises(ValueError, match="neither epoch seconds nor RFC 3339"):
+        parse_ts("1735689600")  # the wire: a number in a string is refused
+    with pytest.raises(ValueError, match="no timezone offset"):
+        cell_ts("2025-01-01 00:00:00")  # a mapped CSV column holds wire timestamps
+    assert cell_ts(" 2025-01-01 00:00:00.5000000 ", "TIMESTAMP", naive_utc=True) == 1735689600.5  # Azure, NAB: UTC
+    assert cell_ts("2025-01-01 01:00:00+01:00", naive_utc=True) == 1735689600.0  # an offset, where given, counts
+    with pytest.raises(ValueError, match="TIMESTAMP 1735689600000.0 is outside 2000..2100"):
+        cell_ts("1735689600000", "TIMESTAMP", naive_utc=True)  # milliseconds
+    with pytest.raises(ValueError, match="timestamp 'yesterday' is neither"):
+        cell_ts("yesterday", "timestamp", naive_utc=True)
 
 
 def test_missing_column_names_the_header_line(tmp_path: Path) -> None:
