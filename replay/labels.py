@@ -18,6 +18,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from schemas.errors import explain
 from schemas.events import Ts
 
 
@@ -59,7 +60,6 @@ def load_labels(path: Path) -> list[dict[str, Any]]:
         try:
             inc = Incident.model_validate(doc)
         except ValidationError as err:
-            why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'incident'}: {e['msg']}" for e in err.errors())
-            raise LabelError(f"{path}: incident {i}: {why}") from None
+            raise LabelError(f"{path}: incident {i}: {explain(err, 'incident')}") from None
         out.append({**inc.model_dump(exclude_none=True), "type": inc.type or inc.kind, "workflow": inc.workflow})
     return out

@@ -22,6 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas import limits
+from schemas.errors import explain
 from schemas.events import ADAPTER
 from schemas.structs import BY_TYPE, Event, from_model
 
@@ -43,20 +44,12 @@ class RecordError(ValueError):
         self.index = index
 
 
-def _explain(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors(include_url=False):
-        loc_parts = e["loc"][1:] if e["loc"][:1] in (("usage",), ("outcome",)) else e["loc"]
-        loc = ".".join(str(p) for p in loc_parts) or "event"
-        msg = e["msg"]
-        if e["type"] == "union_tag_invalid":
-            msg = "unknown event type (expected 'usage' or 'outcome')"
-        elif e["type"] == "union_tag_not_found":
-            msg = "missing 'type' (expected 'usage' or 'outcome')"
-        elif e["type"] == "extra_forbidden":
-            msg = "unknown field (strict_contract is on; put extra attribution in 'labels')"
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
+_HINTS = {
+    "union_tag_invalid": "unknown event type (expected 'usage' or 'outcome')",
+    "union_tag_not_found": "missing 'type' (expected 'usage' or 'outcome')",
+    "extra_forbidden": "unknown field (strict_contract is on; put extra attribution in 'labels')",
+}
+"""What a publisher needs to hear instead of pydantic's message, by error type."""
 
 
 def _known_only(obj: dict[str, Any], tag: Any, unknown: Counter[str]) -> dict[str, Any]:
@@ -83,7 +76,7 @@ def validate_event(obj: Any, strict: bool = False, unknown: Counter[str] | None 
     try:
         return from_model(ADAPTER.validate_python(obj))
     except ValidationError as err:
-        raise RecordError(_explain(err)) from None
+        raise RecordError(explain(err, "event", BY_TYPE, _HINTS)) from None
 
 
 def parse_record(raw: bytes | None, max_bytes: int = limits.MAX_RECORD_BYTES, strict: bool = False,

@@ -55,6 +55,35 @@ def test_missing_required_fields_are_named():
         assert f"{name}: Field required" in r
 
 
+def test_one_formatter_says_where_and_what_for_every_input():
+    from pydantic import BaseModel, ValidationError, model_validator
+
+    from schemas.errors import explain
+
+    class Inner(BaseModel):
+        n: int
+
+    class Doc(BaseModel):
+        inner: Inner
+        tags: list[str] = []
+
+        @model_validator(mode="after")
+        def _whole(self) -> "Doc":
+            if self.inner.n == 0:
+                raise ValueError("n must not be 0")
+            return self
+
+    with pytest.raises(ValidationError) as err:
+        Doc.model_validate({"inner": {"n": "x"}, "tags": ["a", 5]})
+    assert explain(err.value, "config") == ("inner.n: Input should be a valid integer, unable to parse string as an "
+                                            "integer; tags.1: Input should be a valid string")
+    assert explain(err.value, tags={"inner"}, messages={"string_type": "a tag is text"}).endswith("tags.1: a tag is text")
+    assert explain(err.value, tags={"inner"}).startswith("n: Input should be")  # a union tag is no field
+    with pytest.raises(ValidationError) as err:
+        Doc.model_validate({"inner": {"n": 0}})
+    assert explain(err.value, "config") == "config: Value error, n must not be 0"
+
+
 def test_missing_type_and_non_objects():
     assert "missing 'type'" in reason({k: v for k, v in GOOD.items() if k != "type"})
     assert "not valid JSON" in reason(b"{oops")
