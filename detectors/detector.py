@@ -113,6 +113,3 @@ class LogBaseline:
 
     def limit(self, z: float) -> float:
         return math.exp(self.mean + z * self.sigma())
-
-    def zscore(self, x: float) -> float:
-        return (math.log(max(x, 1e-9)) - self.mean) / self.sigma()

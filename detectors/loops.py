@@ -209,12 +209,12 @@ class LoopDetector:
 
     kind = "loop"
 
-    def __init__(self, z: float = 4.0, idle: float = 900.0, min_calls: int = 20, sweep_every: float = 60.0,
+    def __init__(self, z: float = 4.0, idle: float = 900.0, min_calls: int = 20, interval: float = 60.0,
                  priors: dict[str, tuple[float, float]] | None = None):
-        self.z, self.idle, self.min_calls, self.sweep_every = z, idle, min_calls, sweep_every
-        self.priors = priors or PRIORS
+        self.z, self.idle, self.min_calls, self.interval = z, idle, min_calls, interval
+        self.priors = {**PRIORS, **(priors or {})}  # a config may set some features' priors only
         self.workflows: dict[str, WorkflowLoops] = {}
-        self._flagged: set[str] = set()  # workflows with new flags since the last `flagged`
+        self._flagged: dict[str, None] = {}  # flagged since the last `flagged`; a set's order varies by hash seed
 
     def observe(self, event: Event, cost_micros: int) -> None:
         rid = event.run_id
@@ -261,7 +261,7 @@ class LoopDetector:
         if flag is not None:
             run.flag = flag
             wf.pending.append(rid)
-            self._flagged.add(event.workflow)
+            self._flagged[event.workflow] = None
 
     def flagged(self, now: float) -> list[Alert]:
         alerts = []
@@ -273,13 +273,13 @@ class LoopDetector:
         return alerts
 
     def tick(self, workflow: str, now: float) -> list[Alert]:
-        """Fire flags restored with a workflow's state; every `sweep_every` s, forget idle runs
+        """Fire flags restored with a workflow's state; every `interval` s, forget idle runs
         (O(runs)) and then the workflow itself if nothing is left that a fresh one lacks."""
         wf = self.workflows.get(workflow)
         if wf is None:
             return []
         alerts = self._fire(workflow, wf, now) if wf.pending else []
-        if now - wf.swept >= self.sweep_every:
+        if now - wf.swept >= self.interval:
             wf.swept = now
             self._sweep(wf, now)
             if wf.fresh():

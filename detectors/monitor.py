@@ -14,15 +14,13 @@ import orjson
 from detectors.budgets import BudgetConfig, budget_alert, crossed_thresholds
 from detectors.detector import Detector
 from detectors.versions import StateError
-from detectors.loops import LoopDetector
 from detectors.counters import CACHED, CALLS, COST, ERRORS, INPUT, OUTPUT
 from detectors.money import usd_to_micros
 from detectors.periods import PeriodClock
 from detectors.pricing import PriceBook, unpriced_alert
+from detectors.registry import build as build_detectors
 from detectors.rollup import TeamState
-from detectors.spikes import SpikeDetector
 from detectors.workflow import WorkflowState
-from detectors.zombies import ZombieDetector
 from schemas.alerts import ANY_WORKFLOW, Alert
 from schemas.structs import Event
 
@@ -76,10 +74,6 @@ class Output:
     poisoned: list[Poisoned] = field(default_factory=list)
 
 
-def default_detectors() -> list[Detector]:
-    return [LoopDetector(), ZombieDetector(), SpikeDetector()]
-
-
 class Monitor:
     """Prices, deduplicates and aggregates events per workflow, checks budgets, runs detectors.
 
@@ -87,7 +81,9 @@ class Monitor:
     Per interval (`tick(now)`): the detectors' model and timeout work. `now` is
     event time: the replay driver advances it from the data, the worker from a
     timer. `load_*` let the stream layer rebuild state from its tables after a
-    restart; in replay they are absent and state starts empty.
+    restart; in replay they are absent and state starts empty. `detectors`
+    defaults to one of each registered kind (`detectors/registry.py`) as its
+    constructor's defaults have it; the config builds the configured ones.
     """
 
     def __init__(
@@ -111,7 +107,7 @@ class Monitor:
         self.teams: dict[str, TeamState] = {}
         self._load_workflow = load_workflow
         self._load_team = load_team
-        self.detectors = list(detectors) if detectors is not None else default_detectors()
+        self.detectors = list(detectors) if detectors is not None else build_detectors()
         self._load_detectors = load_detectors
         self.failures = 0  # contained failures since start
         self.last_failures: deque[Failure] = deque(maxlen=100)

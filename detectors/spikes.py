@@ -276,6 +276,9 @@ MIN_RUNS = 5
 (runs): a few long runs would otherwise look like context bloat."""
 SPARSE = {"prompt_per_run": {"warmup": 30}}
 """Features learned only from intervals that started runs warm up on fewer samples."""
+SCORER: dict[str, float | int] = {"warmup": 120}
+"""`SeriesScorer` parameters of every feature unless a detector's `scorer` sets them: two hours of
+one-minute intervals before a feature can score, so a new workflow's first hours never alert."""
 SPEND_SPIKE = "spend spike"
 FAMILIES = {"retry storm": "errors", "error spike": "errors"}
 """Causes that are one incident when they follow each other (errors, then the retries)."""
@@ -416,7 +419,7 @@ class SpikeDetector:
                  scorer: dict[str, float | int] | None = None):
         self.interval, self.horizons, self.threshold, self.grace = interval, horizons, threshold, grace
         self.cooldown, self.min_excess_usd_per_min = cooldown, min_excess_usd_per_min
-        self.scorer = scorer or {"warmup": 120}
+        self.scorer = {**SCORER, **(scorer or {})}
         self.workflows: dict[str, WorkflowSpikes] = {}
 
     def observe(self, event: Event, cost_micros: int) -> None:
@@ -496,7 +499,7 @@ class SpikeDetector:
         if wf is None:
             return None
         return {
-            "v": state.V, "team": wf.team, "agentic": wf.agentic, "next": wf.next,
+            "v": state.V, "interval": self.interval, "team": wf.team, "agentic": wf.agentic, "next": wf.next,
             "open": [[idx, list(row)] for idx, row in wf.open.items()], "window": [list(row) for row in wf.window],
             "horizons": [h.dump() for h in wf.horizons], "causes": sorted(wf.causes), "quiet": wf.quiet,
             "idle": wf.idle,
@@ -505,6 +508,9 @@ class SpikeDetector:
     def load(self, workflow: str, doc: dict[str, Any]) -> None:
         with state.loading(self.kind, workflow):
             d = state.upgrade(doc, self.kind, workflow, MIGRATIONS)
+            interval = state.num(d.get("interval", self.interval))  # docs written before it was configurable
+            if interval != self.interval:  # its indices would be read as other times (a longer interval: never due)
+                raise ValueError(f"intervals of {interval:g} s where this detector has {self.interval:g} s")
             wf = WorkflowSpikes(state.integer(d["next"]), self.horizons, self.scorer)
             wf.team, wf.agentic = state.opt_text(d["team"]), state.flag(d["agentic"])
             for idx, row in (state.seq(pair, 2) for pair in state.seq(d["open"])):

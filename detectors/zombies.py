@@ -70,7 +70,8 @@ class EndedRun:
     __slots__ = ("agent", "team", "ended", "calls", "micros", "last", "fired")
 
     def __init__(self, agent: str | None, ended: float):
-        self.agent, self.team, self.ended = agent, None, ended
+        self.agent, self.ended = agent, ended
+        self.team: str | None = None  # of the calls after the outcome (an outcome carries no team)
         self.calls = self.micros = 0
         self.last = ended
         self.fired = False
@@ -144,10 +145,10 @@ class ZombieDetector:
 
     def __init__(self, factor: float = 10.0, min_gap: float = 1800.0, prior_gap: float = 900.0, prior_n: float = 3.0,
                  window: float = 200.0, active_cap: float = 300.0, still: float = 600.0, min_calls: int = 10,
-                 post_calls: int = 3, post_seconds: float = 60.0, forget: float = 86_400.0, every: float = 60.0):
+                 post_calls: int = 3, post_seconds: float = 60.0, forget: float = 86_400.0, interval: float = 60.0):
         self.factor, self.min_gap, self.prior_gap, self.prior_n, self.window = factor, min_gap, prior_gap, prior_n, window
         self.active_cap, self.still, self.min_calls = active_cap, still, min_calls
-        self.post_calls, self.post_seconds, self.forget, self.every = post_calls, post_seconds, forget, every
+        self.post_calls, self.post_seconds, self.forget, self.interval = post_calls, post_seconds, forget, interval
         self.workflows: dict[str, WorkflowZombies] = {}
 
     def observe(self, event: Event, cost_micros: int) -> None:
@@ -195,10 +196,10 @@ class ZombieDetector:
         return []
 
     def tick(self, workflow: str, now: float) -> list[Alert]:
-        """Every `every` s of event time, judge the workflow's agents and ended runs (O(agents +
+        """Every `interval` s of event time, judge the workflow's agents and ended runs (O(agents +
         runs)) and forget those long quiet, then the workflow itself once nothing is left."""
         wf = self.workflows.get(workflow)
-        if wf is None or now - wf.checked < self.every:
+        if wf is None or now - wf.checked < self.interval:
             return []
         wf.checked = now
         alerts = []

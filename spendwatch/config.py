@@ -1,14 +1,18 @@
-"""The TOML config file: budgets, pricing, topics, Slack. Typos are errors, not silence."""
+"""The TOML config file: budgets, pricing, topics, Slack, detectors. Typos are errors, not silence."""
 
 from __future__ import annotations
 
 import os
 import tomllib
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from detectors import registry
 from detectors.budgets import BudgetConfig
+from detectors.detector import Detector
+from detectors.loops import FEATURES as RUN_FEATURES
 from detectors.policy import PolicyConfig
 from streams.routing import RoutingConfig
 from detectors.periods import PeriodClock
@@ -73,6 +77,109 @@ class SinksConfig(_Strict):
     pagerduty_base_url: str = "https://events.pagerduty.com"
 
 
+Seconds = Annotated[float, Field(gt=0, le=30 * 86400)]
+Interval = Annotated[float, Field(ge=1, le=86400)]
+"""Seconds of event time between a detector's interval work (sweeps, checks, scoring) for one workflow."""
+
+
+class _DetectorParams(_Strict):
+    """A detector's constructor parameters, under the same names. A key left out keeps the
+    detector's default (its constructor is the one place defaults live), so None means unset."""
+
+    def kwargs(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class RunPrior(_Strict):
+    """What a finished run reaches before a workflow has any: its median and log-space sigma."""
+
+    median: float = Field(gt=0)
+    sigma: float = Field(gt=0, le=5)
+
+
+class LoopParams(_DetectorParams):
+    """`detectors.loops.LoopDetector`."""
+
+    z: float | None = Field(default=None, gt=0, le=20)
+    idle: Seconds | None = None
+    min_calls: int | None = Field(default=None, ge=1)
+    interval: Interval | None = None
+    priors: dict[str, RunPrior] | None = None
+    """Keyed by calls, tokens, context, usd; features left out keep their prior."""
+
+    @field_validator("priors")
+    @classmethod
+    def _features(cls, v: dict[str, RunPrior] | None) -> dict[str, RunPrior] | None:
+        unknown = sorted(set(v or ()) - set(RUN_FEATURES))
+        if unknown:
+            raise ValueError(f"no run feature {', '.join(map(repr, unknown))}; there are {', '.join(RUN_FEATURES)}")
+        return v
+
+    def kwargs(self) -> dict[str, Any]:
+        kw = super().kwargs()
+        if self.priors is not None:
+            kw["priors"] = {f: (p.median, p.sigma) for f, p in self.priors.items()}
+        return kw
+
+
+class ZombieParams(_DetectorParams):
+    """`detectors.zombies.ZombieDetector`."""
+
+    factor: float | None = Field(default=None, gt=1)
+    min_gap: float | None = Field(default=None, ge=0, le=30 * 86400)
+    prior_gap: Seconds | None = None
+    prior_n: float | None = Field(default=None, ge=0)
+    window: float | None = Field(default=None, ge=1)
+    active_cap: Seconds | None = None
+    still: Seconds | None = None
+    min_calls: int | None = Field(default=None, ge=1)
+    post_calls: int | None = Field(default=None, ge=1)
+    post_seconds: float | None = Field(default=None, ge=0, le=30 * 86400)
+    forget: Seconds | None = None
+    interval: Interval | None = None
+
+
+class ScorerParams(_DetectorParams):
+    """`detectors.spikes.SeriesScorer`, as every feature of a spike detector uses it (the noise
+    floor `offset` is per feature, and a spike detector looks up only)."""
+
+    period: Seconds | None = None
+    slots: int | None = Field(default=None, ge=1, le=1440)
+    alpha: float | None = Field(default=None, gt=0, le=1)
+    gamma: float | None = Field(default=None, ge=0, le=1)
+    beta: float | None = Field(default=None, gt=0, le=1)
+    warmup: int | None = Field(default=None, ge=1)
+    clip: float | None = Field(default=None, gt=0)
+    protect: float | None = Field(default=None, gt=0)
+    adapt_after: int | None = Field(default=None, ge=0)
+    min_scale: float | None = Field(default=None, gt=0)
+    z_half: float | None = Field(default=None, gt=0)
+    tail_rate: float | None = Field(default=None, gt=0, le=1)
+
+
+class SpikeParams(_DetectorParams):
+    """`detectors.spikes.SpikeDetector`."""
+
+    interval: Interval | None = None
+    horizons: tuple[Annotated[int, Field(ge=1, le=1440)], ...] | None = Field(default=None, min_length=1)
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+    grace: float | None = Field(default=None, ge=0, le=3600)
+    cooldown: int | None = Field(default=None, ge=1)
+    min_excess_usd_per_min: float | None = Field(default=None, ge=0)
+    scorer: ScorerParams | None = None
+
+
+class DetectorsConfig(_Strict):
+    """One table per registered detector kind (`detectors/registry.py`)."""
+
+    loop: LoopParams = Field(default_factory=LoopParams)
+    zombie: ZombieParams = Field(default_factory=ZombieParams)
+    spike: SpikeParams = Field(default_factory=SpikeParams)
+
+    def params(self) -> dict[str, dict[str, Any]]:
+        return {kind: getattr(self, kind).kwargs() for kind in registry.DETECTORS}
+
+
 class Settings(_Strict):
     timezone: str = "UTC"
     dedup_window_s: float = Field(default=3600.0, ge=60, le=7 * 86400)
@@ -104,6 +211,7 @@ class Settings(_Strict):
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
     control_keys_file: Path | None = None
     """`kid:secret` lines for signing kill commands (default: $SPENDWATCH_CONTROL_KEYS)."""
 
@@ -115,6 +223,11 @@ class Settings(_Strict):
     def _tz(cls, v: str) -> str:
         PeriodClock(v)
         return v
+
+    def build_detectors(self) -> list[Detector]:
+        """The configured detectors, one of each registered kind in registry order: what the
+        Monitor of a worker or a backtest run with this config runs."""
+        return registry.build(self.detectors.params())
 
     def price_book(self) -> PriceBook:
         overrides = {name: o.rate(f"override:{name}") for name, o in self.pricing.overrides.items()}

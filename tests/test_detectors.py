@@ -17,6 +17,7 @@ import pytest
 
 from detectors.detector import Detector, LogBaseline
 from detectors.loops import LoopDetector
+from detectors.registry import build
 from detectors.spikes import RateScorer, SeriesScorer, SpikeDetector
 from detectors.zombies import ZombieDetector
 from replay.scenarios import generate
@@ -460,12 +461,7 @@ def test_spikes_business_hours_mornings_are_normal_and_afternoon_and_night_surge
         assert len(drive(StepwiseSpikes(), _business_hours(5, random.Random(1)), 9000)) >= 3  # before: every morning
 
 
-# -- shared: protocol, determinism, snapshots, scenarios ----------------------------------------------
-
-
-def test_detectors_follow_the_protocol():
-    for det in (LoopDetector(), ZombieDetector(), SpikeDetector()):
-        assert isinstance(det, Detector)
+# -- shared: baselines, determinism, snapshots, scenarios (all checks: test_detector_checks.py) ---
 
 
 def test_log_baseline_moves_from_its_prior_to_the_data():
@@ -481,24 +477,20 @@ def scenario():
     return generate(seed=11, days=0.5, workflows=6, warmup=2 * 3600)
 
 
-def _all_detectors() -> list[Detector]:
-    return [LoopDetector(), ZombieDetector(), SpikeDetector()]
-
-
 def test_same_input_gives_the_same_alerts(scenario):
     events, _ = scenario
-    first = [a.model_dump() for a in replay(events, _all_detectors())]
-    second = [a.model_dump() for a in replay(events, _all_detectors())]
+    first = [a.model_dump() for a in replay(events, build())]
+    second = [a.model_dump() for a in replay(events, build())]
     assert first and first == second
 
 
 def test_saved_detectors_carry_on_exactly(scenario):
     events, _ = scenario
     half = len(events) // 2
-    whole = replay(events, _all_detectors())
-    dets = _all_detectors()
+    whole = replay(events, build())
+    dets = build()
     alerts = replay(events[:half], dets, flush=0.0)
-    restored = _all_detectors()
+    restored = build()
     for det, new in zip(dets, restored):
         for name in det.workflows:
             new.load(name, orjson.loads(orjson.dumps(det.dump(name))))
@@ -527,7 +519,7 @@ def test_scenario_generation_is_fast():
 
 def test_detectors_find_the_scenarios_incidents(scenario):
     events, labels = scenario
-    rows, _, false = match(replay(events, _all_detectors()), labels)
+    rows, _, false = match(replay(events, build()), labels)
     assert sum(r["alert"] is not None for r in rows) >= 0.8 * len(rows)
     assert len(false) <= 1
 
