@@ -21,7 +21,7 @@ from detectors.registry import build
 from detectors.spikes import RateScorer, SeriesScorer, SpikeDetector
 from detectors.zombies import ZombieDetector
 from replay.scenarios import generate
-from replay.scorecard import match, replay, run_scorecard
+from replay.scorecard import detector_alerts, match, run_scorecard
 from schemas.alerts import Alert
 from schemas.decode import validate_event
 from schemas.events import OutcomeEvent, UsageEvent
@@ -479,22 +479,22 @@ def scenario():
 
 def test_same_input_gives_the_same_alerts(scenario):
     events, _ = scenario
-    first = [a.model_dump() for a in replay(events, build())]
-    second = [a.model_dump() for a in replay(events, build())]
+    first = [a.model_dump() for a in detector_alerts(events, build())]
+    second = [a.model_dump() for a in detector_alerts(events, build())]
     assert first and first == second
 
 
 def test_saved_detectors_carry_on_exactly(scenario):
     events, _ = scenario
     half = len(events) // 2
-    whole = replay(events, build())
+    whole = detector_alerts(events, build())
     dets = build()
-    alerts = replay(events[:half], dets, flush=0.0)
+    alerts = detector_alerts(events[:half], dets, flush=0.0)
     restored = build()
     for det, new in zip(dets, restored):
         for name in det.workflows:
             new.load(name, orjson.loads(orjson.dumps(det.dump(name))))
-    rest = replay(events[half:], restored)
+    rest = detector_alerts(events[half:], restored)
     assert {a.alert_id for a in alerts + rest} == {a.alert_id for a in whole}
 
 
@@ -519,7 +519,7 @@ def test_scenario_generation_is_fast():
 
 def test_detectors_find_the_scenarios_incidents(scenario):
     events, labels = scenario
-    rows, _, false = match(replay(events, build()), labels)
+    rows, _, false = match(detector_alerts(events, build()), labels)
     assert sum(r["alert"] is not None for r in rows) >= 0.8 * len(rows)
     assert len(false) <= 1
 
