@@ -55,9 +55,6 @@ def detector_alerts(events: Iterable[dict[str, Any]], dets: list[Detector], tick
     return [a for a in driver.run(events, Monitor(detectors=dets), tick=tick, flush=flush).alerts if a.kind in KINDS]
 
 
-replay = detector_alerts  # the old name, until tests/test_detectors.py calls detector_alerts (issue 13)
-
-
 def _subject(alert: Alert, subject: str) -> str | None:
     return {"run_id": alert.run_id, "agent_id": alert.agent_id, "workflow": alert.workflow}[subject]
 

@@ -10,14 +10,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from detectors.monitor import Monitor
 from replay import driver
 from replay.backtest import backtest
 from replay.labels import LabelError, load_labels
 from spendwatch.cli.live import replay_live
 from replay.readers import ReplayInputError, read_traffic
 from replay.scenarios import generate
-from replay.scorecard import detectors, match, replay
 from replay.series import score_series
 from spendwatch.cli import main
 from tests.kafka_io import create_topic, read_all
@@ -40,16 +38,38 @@ def test_backtest_is_deterministic(scenario, tmp_path):
     assert (tmp_path / "a" / "spend.png").stat().st_size > 10_000
 
 
-def test_backtest_matches_the_detector_scorecard(scenario, tmp_path):
-    """The Monitor in virtual time finds the same incidents as the detectors replayed on their own."""
-    events, labels = scenario
-    summary = backtest(events, tmp_path, labels=labels)
-    direct, _, _ = match(replay(events, detectors()), labels)
-    for kind in ("loop", "zombie", "spike"):
-        found = sum(r["alert"] is not None for r in direct if r["kind"] == kind)
-        assert summary["score"]["per_kind"].get(kind, {"detected": 0})["detected"] == found, kind
-    first = next(i for i in summary["score"]["incidents"] if i["kind"] == "loop" and i["detected_at"])
-    assert first["saved_usd"] >= 0 and first["ttd_s"] is not None
+def _call(run: str, workflow: str, step: int, fingerprint: str, ts: float, usd: float) -> dict:
+    return {"type": "usage", "event_id": f"{run}-{step}", "ts": ts, "workflow": workflow, "agent_id": f"{run}-agent",
+            "run_id": run, "step": step, "fingerprint": fingerprint, "model": "gpt-4o", "input_tokens": 1000 * step,
+            "output_tokens": 50, "cost_usd": usd}
+
+
+def test_backtest_scores_a_hand_built_loop_as_computed_by_hand(tmp_path):
+    """Expectations from the events alone, not from the engine: run r-loop repeats one action from step 4,
+    so the loop rule (the same action 4× in a row) fires on step 7; a kill then would have saved steps 8..15.
+    r-ok is labelled a loop too but never repeats: a miss, saving nothing."""
+    t0 = 1_768_471_200.0  # a tick boundary: each 10 s batch holds one call of each run
+    looping = [_call("r-loop", "coder", s, f"f{s}" if s <= 3 else "same", t0 + 10 * s + 1, s / 1000)
+               for s in range(1, 16)]
+    fine = [_call("r-ok", "chat", s, f"g{s}", t0 + 10 * s + 5, 0.002) for s in range(1, 16)]
+    labels = [{"kind": "loop", "type": "fingerprint_loop", "subject": "run_id", "id": run, "workflow": wf,
+               "start": calls[3]["ts"], "end": calls[-1]["ts"]} for run, wf, calls in
+              (("r-loop", "coder", looping), ("r-ok", "chat", fine))]
+    summary = backtest(sorted(looping + fine, key=lambda e: e["ts"]), tmp_path, labels=labels)
+
+    fourth_repeat, after = looping[6], looping[7:]
+    assert summary["alerts_by_kind"] == {"loop": 1}
+    assert summary["spend_usd_by_workflow"] == pytest.approx({"chat": 15 * 0.002, "coder": sum(range(1, 16)) / 1000})
+    hit, miss = summary["score"]["incidents"]
+    assert (hit["id"], hit["alert_id"], hit["detected_at"]) == ("r-loop", "loop:coder:r-loop", fourth_repeat["ts"])
+    assert hit["ttd_s"] == fourth_repeat["ts"] - looping[3]["ts"] == 30.0
+    assert hit["saved_usd"] == pytest.approx(sum(c["cost_usd"] for c in after)) and hit["saved_usd"] > 0
+    assert hit["saved_tokens"] == sum(c["input_tokens"] + c["output_tokens"] for c in after) == 92_400
+    assert (miss["id"], miss["detected_at"], miss["saved_usd"], miss["saved_tokens"]) == ("r-ok", None, 0.0, 0)
+    loop = summary["score"]["per_kind"]["loop"]
+    assert (loop["incidents"], loop["detected"], loop["recall"], loop["false_alarms"], loop["precision"]) == \
+        (2, 1, 0.5, 0, 1.0)
+    assert loop["median_ttd_s"] == 30.0 and loop["saved_usd"] == round(sum(c["cost_usd"] for c in after), 2)
 
 
 def test_alerts_carry_event_time_not_wall_time(scenario, tmp_path):
