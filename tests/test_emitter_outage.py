@@ -87,7 +87,8 @@ async def test_outage_never_blocks_the_caller_bounds_memory_counts_drops_and_rec
           f"max loop lag {loop_lag * 1e3:.1f} ms, peak held {peak_held}/{MAX_BUFFER}, "
           f"all {len(want)} accepted delivered {recovered_in:.1f} s after the restart, "
           f"{len(got) - len(set(got))} duplicates")
-    assert max(latencies) < 0.05, "emit() must never wait on Kafka (a send times out after 10 s)"
+    # a send times out after 10 s: 1 s tells waiting on Kafka from a loaded machine's pauses (µs typically)
+    assert max(latencies) < 1.0, "emit() must never wait on Kafka"
     assert peak_held <= MAX_BUFFER
     assert refused and emitter.dropped == len(refused)  # drops happened, and are counted exactly
     assert want <= set(got), f"{len(want - set(got))} accepted events never arrived"
