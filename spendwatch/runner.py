@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import logging
 import math
@@ -126,8 +125,9 @@ def worker_options(settings: Settings) -> WorkerOptions:
     missing key file stops the start with its error)."""
     return WorkerOptions(
         topics=Topics(**settings.topics.model_dump()),
-        monitor=functools.partial(Monitor, settings.budgets, settings.price_book(), settings.timezone,
-                                  settings.dedup_window_s),
+        # a function, not a partial: each Monitor gets detectors of its own
+        monitor=lambda **stores: Monitor(settings.budgets, settings.price_book(), settings.timezone,
+                                         settings.dedup_window_s, detectors=settings.build_detectors(), **stores),
         policy=settings.policy,
         routing=settings.routing,
         keyring=Keyring.load(settings.control_keys_file) if settings.kills() else None,

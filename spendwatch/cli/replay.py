@@ -73,7 +73,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         labels = load_labels(args.labels) if args.labels else None
         events, stats = _traffic(args)
-        monitor = Monitor(settings.budgets, settings.price_book(), settings.timezone, settings.dedup_window_s)
+        monitor = Monitor(settings.budgets, settings.price_book(), settings.timezone, settings.dedup_window_s,
+                          detectors=settings.build_detectors())
         with counting(console, "backtesting") as progress:
             summary = backtest(events, args.out, monitor, labels, progress=progress, tick=args.tick)
     except _user_errors() as err:
