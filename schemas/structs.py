@@ -32,7 +32,7 @@ from schemas.events import OutcomeEvent, UsageEvent, check_token_parts
 _TS = Annotated[float, msgspec.Meta(ge=limits.TS_MIN, le=limits.TS_MAX)]
 """`ts` as the fast path takes it: epoch seconds. RFC 3339 strings fall back to pydantic (`parse_ts`)."""
 
-_KNOWN_VALIDATORS = {"_ts", "_token_parts", "_json_number"}  # msgspec itself never reads a bool as a number
+_KNOWN_VALIDATORS = {"_token_parts", "_json_number"}  # msgspec itself never reads a bool as a number
 _BOUNDS = {at.Ge: "ge", at.Le: "le", at.MinLen: "min_length", at.MaxLen: "max_length"}
 
 
