@@ -32,7 +32,7 @@ from typing import Any
 
 from detectors import state
 from detectors.detector import Event, LogBaseline, alert_id
-from detectors.money import fmt_usd
+from detectors.money import fmt_usd, micros_to_usd
 from schemas.alerts import Alert
 from schemas.limits import MAX_ID_LEN
 
@@ -117,7 +117,7 @@ class Run:
         return run
 
     def values(self) -> tuple[float, float, float, float]:
-        return (self.calls, self.tokens, self.context, self.micros / 1e6)
+        return (self.calls, self.tokens, self.context, micros_to_usd(self.micros))
 
     def fingerprint_rule(self, fp: str, error: bool) -> Flag | None:
         rec, step = self.recent, self.step
@@ -255,7 +255,7 @@ class LoopDetector:
             flag = None
         if flag is None and run.calls >= self.min_calls:
             lim = wf.limits  # compared inline first: this runs per event, the naming loop once per flag
-            if run.calls > lim[0] or run.tokens > lim[1] or run.context > lim[2] or run.micros / 1e6 > lim[3]:
+            if run.calls > lim[0] or run.tokens > lim[1] or run.context > lim[2] or micros_to_usd(run.micros) > lim[3]:
                 i = next(i for i, (x, limit) in enumerate(zip(run.values(), lim)) if x > limit)
                 flag = (f"{FEATURES[i]} far beyond this workflow's runs", 0, 0, None)
         if flag is not None:
@@ -329,14 +329,14 @@ class LoopDetector:
     def _alert(self, workflow: str, rid: str, run: Run, wf: WorkflowLoops, now: float) -> Alert:
         rule, since, repeats, fp = run.flag  # type: ignore[misc]
         minutes = max(run.last - run.start, 60.0) / 60.0
-        usd_per_min = run.micros / 1e6 / minutes
+        usd_per_min = micros_to_usd(run.micros) / minutes
         typical = {f: round(b.typical(), 6) for f, b in wf.baselines.items()}
         evidence = {
             "rule": rule, "steps": run.step, "calls": run.calls, "tokens": run.tokens,
-            "context_tokens": run.context, "usd": round(run.micros / 1e6, 6), "usd_per_min": round(usd_per_min, 6),
+            "context_tokens": run.context, "usd": round(micros_to_usd(run.micros), 6), "usd_per_min": round(usd_per_min, 6),
             "duration_s": round(run.last - run.start, 1), "run_start": run.start, "typical_run": typical,
         }  # fmt: skip
-        burn = f"{fmt_usd(run.micros)} burned, {fmt_usd(round(usd_per_min * 1e6))}/min"
+        burn = f"{fmt_usd(run.micros)} burned, {fmt_usd(round(run.micros / minutes))}/min"
         if repeats:  # a fingerprint rule; volume flags carry no repeats (a loop may start at step 0)
             evidence.update(repeats=repeats, loop_start_step=since, fingerprint=fp)
             what = f"{rule} ({repeats}× from step {since}{f', action {fp}' if fp else ''})"

@@ -15,7 +15,7 @@ from detectors.budgets import BudgetConfig, budget_alert, crossed_thresholds
 from detectors.detector import Detector
 from detectors.versions import StateError
 from detectors.counters import CACHED, CALLS, COST, ERRORS, INPUT, OUTPUT
-from detectors.money import usd_to_micros
+from detectors.money import micros_to_usd, usd_to_micros
 from detectors.periods import PeriodClock
 from detectors.pricing import PriceBook, unpriced_alert
 from detectors.registry import build as build_detectors
@@ -398,8 +398,8 @@ class Monitor:
             "top_models": st.top("model", key),
             "top_agents": st.top("agent", key),
             "top_agents_last_hour": st.top_last_hour("agent"),
-            "burn_usd_per_hour": hour / 1e6,
-            "burn_usd_per_min_last_minute": minute / 1e6,
+            "burn_usd_per_hour": micros_to_usd(hour),
+            "burn_usd_per_min_last_minute": micros_to_usd(minute),
             "calls": totals[4],
             "cached_tokens": totals[CACHED],
             **self._forecast(st.period_cost(key), key, st.watermark),
@@ -409,4 +409,4 @@ class Monitor:
         """Linear end-of-period projection from the share of the period elapsed."""
         start, end = self.clock.bounds(key)
         elapsed = max(now - start, 60.0)
-        return {"forecast_usd": round(spent / 1e6 * (end - start) / elapsed, 2)}
+        return {"forecast_usd": round(micros_to_usd(spent) * (end - start) / elapsed, 2)}

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import TieredPrices
 
-from detectors.money import fmt_usd, usd_to_micros
+from detectors.money import fmt_usd, micros_to_usd, usd_to_micros
 from schemas.alerts import ANY_WORKFLOW, Alert
 
 PICO_PER_MICRO = 1_000_000
@@ -217,6 +217,6 @@ def unpriced_alert(workflow: str, model: str, provider: str | None, day: str, ca
                  f"from its real price (reported first by workflow {workflow!r} on {day}: {calls} calls, "
                  f"{fmt_usd(micros)})"),
         evidence={"model": model, "provider": provider, "day": day, "seen_in": workflow, "calls": calls,
-                  "fallback_usd": micros / 1e6,
+                  "fallback_usd": micros_to_usd(micros),
                   "fix": f'[pricing.overrides]\n"{name}" = {{ {rates} }}  # replace with its real $/MTok'},
     )

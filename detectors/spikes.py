@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from detectors import state
 from detectors.detector import Event, alert_id
-from detectors.money import fmt_usd
+from detectors.money import fmt_usd, micros_to_usd
 from schemas.alerts import Alert
 
 SIGMA_PER_MAD = 1.25
@@ -303,7 +303,7 @@ class Horizon:
         """Score the last `length` intervals of `window`, then learn them."""
         micros, calls, tokens, errors, runs, prompts = (sum(col) for col in zip(*list(window)[-self.length:]))
         minutes = min(self.length, len(window)) * interval / 60.0
-        values = {"spend": micros / 1e6 / minutes, "calls": calls / minutes}
+        values = {"spend": micros_to_usd(micros) / minutes, "calls": calls / minutes}
         if calls >= MIN_CALLS and (runs >= MIN_RUNS or not agentic):
             values["tokens_per_call"] = tokens / calls
         if runs >= MIN_RUNS:

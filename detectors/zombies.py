@@ -26,7 +26,7 @@ from typing import Any
 
 from detectors import state
 from detectors.detector import Event, alert_id
-from detectors.money import fmt_usd
+from detectors.money import fmt_usd, micros_to_usd
 from schemas.alerts import Alert
 
 
@@ -247,18 +247,18 @@ class ZombieDetector:
     def _agent_alert(self, workflow: str, aid: str, agent: Agent, now: float) -> Alert:
         since = agent.last_outcome or now
         minutes = agent.active / 60.0
-        usd_per_min = agent.micros / 1e6 / max(minutes, 1.0)
+        usd_per_min = micros_to_usd(agent.micros) / max(minutes, 1.0)
         typical = agent.gap / 60.0
         return Alert(
             alert_id=alert_id("zombie", workflow, aid, since), kind="zombie", severity="warning",
             workflow=workflow, ts=now, team=agent.team, agent_id=aid,
             summary=(f"agent {aid} in {workflow} has spent {fmt_usd(agent.micros)} over {minutes:.0f} active min "
                      f"without an outcome (normally one every {typical:.0f} min); "
-                     f"{fmt_usd(round(usd_per_min * 1e6))}/min"),
+                     f"{fmt_usd(round(agent.micros / max(minutes, 1.0)))}/min"),
             evidence={
                 "reason": "no outcome", "last_outcome_ts": since, "minutes_without_outcome": round(minutes, 1),
                 "typical_gap_min": round(typical, 1), "limit_min": round(self.limit(agent) / 60.0, 1),
-                "calls": agent.calls, "usd": round(agent.micros / 1e6, 6), "usd_per_min": round(usd_per_min, 6),
+                "calls": agent.calls, "usd": round(micros_to_usd(agent.micros), 6), "usd_per_min": round(usd_per_min, 6),
             },
         )  # fmt: skip
 
@@ -272,6 +272,6 @@ class ZombieDetector:
                      f"on run {rid} {minutes:.0f} min after its outcome: {run.calls} calls, {fmt_usd(run.micros)}"),
             evidence={
                 "reason": "spending after run ended", "run_ended_ts": run.ended, "calls_after_end": run.calls,
-                "usd_after_end": round(run.micros / 1e6, 6), "minutes_after_end": round(minutes, 1),
+                "usd_after_end": round(micros_to_usd(run.micros), 6), "minutes_after_end": round(minutes, 1),
             },
         )  # fmt: skip

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from detectors.money import micros_to_usd
 from detectors.monitor import Monitor
 from replay import driver
 from replay.scorecard import match
@@ -27,7 +28,7 @@ def savings(row: dict[str, Any], watched: dict[tuple[str, str], list[tuple[float
     if alert is None:
         return {"saved_usd": 0.0, "saved_tokens": 0}
     calls = [c for c in watched.get((row["subject"], row["id"]), []) if alert.ts < c[0] <= row["end"]]
-    return {"saved_usd": round(sum(c[1] for c in calls) / 1e6, 6), "saved_tokens": sum(c[2] for c in calls)}
+    return {"saved_usd": round(micros_to_usd(sum(c[1] for c in calls)), 6), "saved_tokens": sum(c[2] for c in calls)}
 
 
 def score(alerts: list[Alert], labels: list[dict[str, Any]], watched: dict) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def backtest(events: Iterable[dict[str, Any]], out_dir: Path, monitor: Monitor |
         "poisoned_events": sum(p["events"] for p in res.poisoned), "poisoned": res.poisoned[:100],
         "contained_failures": monitor.failures,
         "first_ts": res.first_ts, "last_ts": res.last_ts, "alerts": len(res.alerts), "alerts_by_kind": by_kind,
-        "spend_usd_by_workflow": {wf: round(sum(s.values()) / 1e6, 6) for wf, s in sorted(res.spend.items())},
+        "spend_usd_by_workflow": {wf: round(micros_to_usd(sum(s.values())), 6) for wf, s in sorted(res.spend.items())},
         "unpriced_models": dict(monitor.prices.unpriced),
         "elapsed_s": round(elapsed, 3), "events_per_s": round(res.events / elapsed) if elapsed else None,
     }

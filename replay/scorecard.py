@@ -18,7 +18,6 @@ import argparse
 import csv
 import statistics
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from detectors.spikes import SeriesScorer
 from replay import driver
 from replay.scenarios import generate
 from schemas.alerts import Alert
+from schemas.events import parse_ts
 
 TICK = 10.0
 GRACE = 900.0
@@ -135,8 +135,7 @@ def score_scenarios(seeds: Iterable[int], days: float = 1.0, workflows: int = 10
 def _series(path: Path) -> Iterator[tuple[float, float, int]]:
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
-            dt = datetime.fromisoformat(row["TimeStamp"].strip().replace("Z", "+00:00"))
-            ts = (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+            ts = parse_ts(row["TimeStamp"], "TimeStamp", naive_utc=True)
             yield ts, float(row["Value"] or 0.0), int(row["Label"])
 
 

@@ -17,6 +17,7 @@ from detectors.policy import PolicyConfig
 from streams.routing import RoutingConfig
 from detectors.periods import PeriodClock
 from detectors.pricing import PriceBook, Rate
+from schemas.errors import explain
 
 
 class _Strict(BaseModel):
@@ -238,12 +239,6 @@ class ConfigError(ValueError):
     """The config file cannot be used; the message says where and why."""
 
 
-def _explain(err: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors(include_url=False)
-    )
-
-
 def load_settings(path: Path | None) -> Settings:
     """Read and validate a TOML config file (None → defaults)."""
     if path is None:
@@ -257,7 +252,7 @@ def load_settings(path: Path | None) -> Settings:
     try:
         settings = Settings.model_validate(doc)
     except ValidationError as err:
-        raise ConfigError(f"{path}: {_explain(err)}") from None
+        raise ConfigError(f"{path}: {explain(err, 'config')}") from None
     extra = settings.pricing.overrides_file
     if extra is not None:
         extra = extra if extra.is_absolute() else path.parent / extra
@@ -270,5 +265,5 @@ def load_settings(path: Path | None) -> Settings:
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{extra}: not valid TOML: {err}") from None
         except ValidationError as err:
-            raise ConfigError(f"{extra}: {_explain(err)}") from None
+            raise ConfigError(f"{extra}: {explain(err, 'config')}") from None
     return settings

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import random
 import sys
-import time
 from collections.abc import Iterable
 
 import orjson
@@ -249,15 +248,6 @@ def _deep_size(obj: object, seen: set[int] | None = None) -> int:
     elif isinstance(obj, (list, tuple)):
         size += sum(_deep_size(x, seen) for x in obj)
     return size
-
-
-def test_loop_observe_is_cheap():
-    det = LoopDetector()
-    evs = [usage(T0 + k, run=f"r{k // 30}", step=k % 30 + 1, fp=f"f{k % 7}{k % 5}") for k in range(20_000)]
-    start = time.perf_counter()
-    for ev in evs:
-        det.observe(ev, 1000)
-    assert (time.perf_counter() - start) / len(evs) < 20e-6  # a few µs; generous for slow CI
 
 
 # -- zombies ------------------------------------------------------------------------------------
@@ -511,10 +501,9 @@ def test_scenario_events_follow_the_wire_contract_and_seeds_differ(scenario):
     assert len(other) != len(events)
 
 
-def test_scenario_generation_is_fast():
-    start = time.perf_counter()
+def test_a_days_scenario_has_realistic_volume():
     events, _ = generate(seed=5, days=1, workflows=10)
-    assert len(events) > 50_000 and time.perf_counter() - start < 10
+    assert len(events) > 50_000
 
 
 def test_detectors_find_the_scenarios_incidents(scenario):
