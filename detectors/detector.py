@@ -18,7 +18,7 @@ import math
 from typing import Any, Protocol, runtime_checkable
 
 from detectors import state
-from detectors.versions import StateError
+from detectors.engine.versions import StateError
 from schemas.alerts import Alert
 from schemas.structs import Event
 

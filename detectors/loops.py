@@ -32,7 +32,7 @@ from typing import Any
 
 from detectors import state
 from detectors.detector import Event, LogBaseline, alert_id
-from detectors.money import fmt_usd, micros_to_usd
+from detectors.pricing.money import fmt_usd, micros_to_usd
 from schemas.alerts import Alert
 from schemas.limits import MAX_ID_LEN
 

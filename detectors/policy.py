@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from detectors.money import fmt_usd, usd_to_micros
+from detectors.pricing.money import fmt_usd, usd_to_micros
 from schemas.alerts import ANY_WORKFLOW, Alert, Kind, Severity
 from schemas.control import MAX_TTL_S, Scope, release_command
 

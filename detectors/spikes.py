@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from detectors import state
 from detectors.detector import Event, alert_id
-from detectors.money import fmt_usd, micros_to_usd
+from detectors.pricing.money import fmt_usd, micros_to_usd
 from schemas.alerts import Alert
 
 SIGMA_PER_MAD = 1.25

@@ -12,7 +12,7 @@ being read as state that fails later, far from the cause.
 >>> with loading("loop", "coder"):
 ...     num(None)
 Traceback (most recent call last):
-detectors.versions.StateError: loop detector state of workflow 'coder' is malformed (TypeError: expected a finite number, got None)
+detectors.engine.versions.StateError: loop detector state of workflow 'coder' is malformed (TypeError: expected a finite number, got None)
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from detectors.versions import Migration, StateError
-from detectors.versions import upgrade as _upgrade
+from detectors.engine.versions import Migration, StateError
+from detectors.engine.versions import upgrade as _upgrade
 
 V = 1
 """The format every detector writes today."""

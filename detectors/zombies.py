@@ -26,7 +26,7 @@ from typing import Any
 
 from detectors import state
 from detectors.detector import Event, alert_id
-from detectors.money import fmt_usd, micros_to_usd
+from detectors.pricing.money import fmt_usd, micros_to_usd
 from schemas.alerts import Alert
 
 

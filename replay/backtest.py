@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from detectors.money import micros_to_usd
-from detectors.monitor import Monitor
+from detectors.pricing.money import micros_to_usd
+from detectors.engine.monitor import Monitor
 from replay import driver
 from replay.scorecard import match
 from schemas.alerts import Alert

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from detectors.monitor import Event, Monitor
+from detectors.engine.monitor import Event, Monitor
 from schemas.alerts import Alert
 from schemas.decode import validate_event
 

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from detectors.money import micros_to_usd  # noqa: E402
+from detectors.pricing.money import micros_to_usd  # noqa: E402
 from replay.driver import Replayed  # noqa: E402
 
 KIND_COLOR = {"loop": "tab:red", "zombie": "tab:purple", "spike": "tab:orange", "budget": "tab:blue",

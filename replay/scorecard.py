@@ -26,7 +26,7 @@ from rich.table import Table
 
 from detectors.detector import Detector
 from detectors.loops import LoopDetector
-from detectors.monitor import Monitor
+from detectors.engine.monitor import Monitor
 from detectors.registry import DETECTORS, build
 from detectors.spikes import SeriesScorer
 from replay import driver

@@ -3,15 +3,15 @@
 from schemas.alerts import Alert
 from schemas.control import ControlCommand
 from schemas.decode import RecordError, parse_record, validate_event
-from schemas.events import Event, OutcomeEvent, UsageEvent
+from schemas.events import OutcomeEvent, UsageEvent, WireEvent
 
 __all__ = [
     "Alert",
     "ControlCommand",
-    "Event",
     "OutcomeEvent",
     "RecordError",
     "UsageEvent",
+    "WireEvent",
     "parse_record",
     "validate_event",
 ]

@@ -161,5 +161,7 @@ class OutcomeEvent(_Event):
     _json_number = field_validator("value_usd", mode="before")(json_number)
 
 
-Event = Annotated[Union[UsageEvent, OutcomeEvent], Field(discriminator="type")]
-ADAPTER: TypeAdapter[UsageEvent | OutcomeEvent] = TypeAdapter(Event)
+WireEvent = Annotated[Union[UsageEvent, OutcomeEvent], Field(discriminator="type")]
+"""A wire event as pydantic validates it (readable errors, the JSON Schema); the engine's own
+event type is the faster `schemas.structs.Event`, derived from these models."""
+ADAPTER: TypeAdapter[UsageEvent | OutcomeEvent] = TypeAdapter(WireEvent)

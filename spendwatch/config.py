@@ -10,13 +10,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from detectors import registry
-from detectors.budgets import BudgetConfig
+from detectors.engine.budgets import BudgetConfig
 from detectors.detector import Detector
 from detectors.loops import FEATURES as RUN_FEATURES
 from detectors.policy import PolicyConfig
 from streams.routing import RoutingConfig
-from detectors.periods import PeriodClock
-from detectors.pricing import PriceBook, Rate
+from detectors.engine.periods import PeriodClock
+from detectors.pricing.prices import PriceBook, Rate
 from schemas.errors import explain
 
 

@@ -21,9 +21,9 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from detectors.budgets import Budget
-from detectors.counters import CALLS, COST, ERRORS
-from detectors.money import fmt_usd
+from detectors.engine.budgets import Budget
+from detectors.engine.counters import CALLS, COST, ERRORS
+from detectors.pricing.money import fmt_usd
 from detectors.policy import PolicyConfig, PolicyRule
 from spendwatch.config import Settings
 from schemas.signing import make_command

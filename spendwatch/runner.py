@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaClient
 from faust.exceptions import ConsistencyError
 from rich.console import Console
 
-from detectors.monitor import Monitor
+from detectors.engine.monitor import Monitor
 from schemas.signing import Keyring
 from spendwatch.config import Settings, TopicsConfig
 from spendwatch.emitter import bootstrap_of

@@ -20,7 +20,7 @@ from typing import Any
 
 import faust
 
-from detectors.monitor import Monitor
+from detectors.engine.monitor import Monitor
 from detectors.policy import PolicyConfig
 from schemas.alerts import Alert
 from schemas.signing import Keyring

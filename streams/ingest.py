@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import orjson
 from aiokafka.partitioner import murmur2
 
-from detectors.monitor import Monitor, Poisoned, describe
+from detectors.engine.monitor import Monitor, Poisoned, describe
 from schemas.alerts import Alert
 from schemas.decode import parse_record
 from schemas.structs import to_wire

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from detectors.monitor import Monitor
-from detectors.rollup import parse_snapshot
+from detectors.engine.monitor import Monitor
+from detectors.engine.rollup import parse_snapshot
 from streams import workflow_table
 from streams.clock import EventClock
 from streams.ingest import Ingestor, Record, unknown_fields_note

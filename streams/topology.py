@@ -18,8 +18,8 @@ import faust
 import orjson
 from faust.streams import _current_event  # the table's changelog partition comes from the current event
 
-from detectors.rollup import TeamState
-from detectors.workflow import WorkflowState
+from detectors.engine.rollup import TeamState
+from detectors.engine.workflow import WorkflowState
 from streams import workflow_table
 from streams.ingest import home_partition
 

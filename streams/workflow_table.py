@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from detectors.workflow import WorkflowState
+from detectors.engine.workflow import WorkflowState
 
 STATE, BUCKET = b"w:", b"i:"
 

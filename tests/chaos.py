@@ -46,10 +46,10 @@ from typing import Any
 
 import orjson
 
-from detectors.budgets import Budget
-from detectors.counters import CALLS, COST, INPUT, OUTPUT
-from detectors.money import usd_to_micros
-from detectors.periods import PeriodClock
+from detectors.engine.budgets import Budget
+from detectors.engine.counters import CALLS, COST, INPUT, OUTPUT
+from detectors.pricing.money import usd_to_micros
+from detectors.engine.periods import PeriodClock
 from streams.broker import EmbeddedBroker
 from streams.workflow_table import latest_states, state_history
 from tests.fakeslack import FakeSlack

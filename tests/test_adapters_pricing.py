@@ -13,8 +13,8 @@ from typing import Any
 import genai_prices
 import pytest
 
-from detectors.money import usd_to_micros
-from detectors.pricing import PriceBook
+from detectors.pricing.money import usd_to_micros
+from detectors.pricing.prices import PriceBook
 from schemas.decode import validate_event
 from spendwatch.usage import usage_from_anthropic, usage_from_openai
 

@@ -6,11 +6,11 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from detectors.budgets import Budget, BudgetConfig
-from detectors.counters import COST
-from detectors.monitor import Monitor
-from detectors.periods import PeriodClock
-from detectors.pricing import PriceBook, Rate
+from detectors.engine.budgets import Budget, BudgetConfig
+from detectors.engine.counters import COST
+from detectors.engine.monitor import Monitor
+from detectors.engine.periods import PeriodClock
+from detectors.pricing.prices import PriceBook, Rate
 from schemas.decode import validate_event
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -109,7 +109,7 @@ def test_team_budget_sums_workflows_and_ignores_redelivered_snapshots():
 
 
 def test_state_survives_a_dump_load_round_trip():
-    from detectors.workflow import WorkflowState
+    from detectors.engine.workflow import WorkflowState
 
     m = monitor(w={"daily_usd": 10})
     m.process([ev(i, ts(2026, 5, 1, 9) + i, agent_id=f"a{i % 2}", team="t") for i in range(6)])
@@ -119,7 +119,7 @@ def test_state_survives_a_dump_load_round_trip():
 
 
 def test_event_ids_are_sealed_into_buckets_written_once_and_reloaded_after_a_restart():
-    from detectors.workflow import SEAL_IDS
+    from detectors.engine.workflow import SEAL_IDS
     from streams import workflow_table
 
     writes: list[bytes] = []

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from detectors.counters import CALLS, COST, INPUT, OUTPUT
+from detectors.engine.counters import CALLS, COST, INPUT, OUTPUT
 from streams.broker import EmbeddedBroker
 from streams.workflow_table import latest_states
 from tests.conftest import start_worker, wait_for

@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 import pytest
 
-from detectors.counters import CALLS, COST
+from detectors.engine.counters import CALLS, COST
 from detectors.loops import LoopDetector
-from detectors.monitor import Monitor
-from detectors.versions import StateError
-from detectors.workflow import WorkflowState
+from detectors.engine.monitor import Monitor
+from detectors.engine.versions import StateError
+from detectors.engine.workflow import WorkflowState
 from schemas.alerts import Alert
 from schemas.decode import validate_event
 from streams.ingest import Ingestor, Record, TimeBounds, home_partition
@@ -225,7 +225,8 @@ def test_backtest_cli_on_the_loop_from_step_zero(tmp_path: Path) -> None:
 def test_names_are_caller_input_so_per_workflow_entities_and_price_caches_are_bounded() -> None:
     """An agent id, model or team per call must not grow a workflow's state past what a Kafka record
     can carry (the table write would fail and the worker crash-loop on the batch)."""
-    from detectors import pricing, workflow
+    from detectors.engine import workflow
+    from detectors.pricing import prices as pricing
 
     m = Monitor()
     events = [validate_event(usage(i, agent_id=f"agent-{i}", team=f"team-{i}", model=f"unknown-{i}"))

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from detectors.monitor import Monitor
+from detectors.engine.monitor import Monitor
 from spendwatch.config import Settings
 from streams.broker import EmbeddedBroker
 from streams.ingest import Ingestor, Record

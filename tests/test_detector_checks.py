@@ -19,7 +19,7 @@ import pytest
 from detectors import checks
 from detectors.detector import Detector
 from detectors.loops import LoopDetector
-from detectors.monitor import Monitor
+from detectors.engine.monitor import Monitor
 from detectors.registry import DETECTORS, build
 from detectors.spikes import SpikeDetector
 from detectors.zombies import ZombieDetector

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from detectors.counters import CALLS
+from detectors.engine.counters import CALLS
 from streams.workflow_table import latest_states
 from tests.conftest import start_worker, wait_for
 from tests.kafka_io import publish, read_all

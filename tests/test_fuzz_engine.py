@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors.budgets import BudgetConfig
-from detectors.counters import CALLS, COST, INPUT, OUTPUT
-from detectors.monitor import Monitor
+from detectors.engine.budgets import BudgetConfig
+from detectors.engine.counters import CALLS, COST, INPUT, OUTPUT
+from detectors.engine.monitor import Monitor
 from replay import driver
 from schemas.decode import validate_event
 

@@ -5,9 +5,9 @@ from decimal import Decimal
 import pytest
 from genai_prices import Usage, calc_price
 
-from detectors.money import usd_to_micros
+from detectors.pricing.money import usd_to_micros
 from detectors.policy import PolicyConfig, PolicyRule, decide
-from detectors.pricing import PriceBook, Rate, catalog_rate
+from detectors.pricing.prices import PriceBook, Rate, catalog_rate
 from schemas.alerts import ANY_WORKFLOW
 from schemas.decode import validate_event
 
@@ -84,8 +84,8 @@ def test_micro_rounding_is_half_up_and_exact():
 
 def test_an_unpriced_model_alerts_once_per_model_and_day_with_the_fix():
     """They were priced at the fallback rate and counted, and nothing ever told anyone."""
-    from detectors.monitor import Monitor
-    from detectors.workflow import WorkflowState
+    from detectors.engine.monitor import Monitor
+    from detectors.engine.workflow import WorkflowState
 
     def call(i: int, day: int = 0, wf: str = "w") -> object:
         return usage(event_id=f"e{day}-{i}", ts=1_768_435_200 + day * 86_400 + i, workflow=wf, model="house-llm")

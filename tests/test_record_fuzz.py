@@ -37,7 +37,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detectors.counters import CALLS, COST, INPUT, OUTPUT
+from detectors.engine.counters import CALLS, COST, INPUT, OUTPUT
 from schemas import limits
 from streams.broker import EmbeddedBroker
 from streams.workflow_table import latest_states

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from detectors.workflow import WorkflowState
+from detectors.engine.workflow import WorkflowState
 from spendwatch.bench.load import Load, loop_run, make_load, publish
 from streams.broker import EmbeddedBroker
 from streams.workflow_table import latest_states
@@ -177,7 +177,7 @@ def memory_per_run(runs: int = 100_000, workflows: int = 10_000) -> dict[str, fl
 def _measure_state(runs: int, workflows: int) -> dict[str, float]:
     import tracemalloc
 
-    from detectors.monitor import Monitor
+    from detectors.engine.monitor import Monitor
     from schemas.structs import Usage
 
     t0 = time.time() - 3600

@@ -63,7 +63,7 @@ def _user_errors():  # type: ignore[no-untyped-def]
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from detectors.monitor import Monitor
+    from detectors.engine.monitor import Monitor
     from replay.backtest import backtest
     from replay.labels import load_labels
     from spendwatch.config import load_settings

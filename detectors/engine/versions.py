@@ -9,7 +9,7 @@ instead of misreading it.
 {'count': 1, 'v': 1}
 >>> upgrade({"v": 7}, "counter", 1, {})
 Traceback (most recent call last):
-detectors.versions.StateError: counter state has format v7; this spendwatch reads v1 (upgrade spendwatch, or move the old state away)
+detectors.engine.versions.StateError: counter state has format v7; this spendwatch reads v1 (upgrade spendwatch, or move the old state away)
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from detectors.money import fmt_usd, micros_to_usd, usd_to_micros
+from detectors.pricing.money import fmt_usd, micros_to_usd, usd_to_micros
 from schemas.alerts import Alert
 
 

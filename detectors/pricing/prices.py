@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import TieredPrices
 
-from detectors.money import fmt_usd, micros_to_usd, usd_to_micros
+from detectors.pricing.money import fmt_usd, micros_to_usd, usd_to_micros
 from schemas.alerts import ANY_WORKFLOW, Alert
 
 PICO_PER_MICRO = 1_000_000

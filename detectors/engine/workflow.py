@@ -13,10 +13,10 @@ import itertools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from detectors.counters import COST, zero
-from detectors.money import micros_to_usd
-from detectors.spend import EntityCost, EntitySpend
-from detectors.versions import upgrade
+from detectors.engine.counters import COST, zero
+from detectors.pricing.money import micros_to_usd
+from detectors.engine.spend import EntityCost, EntitySpend
+from detectors.engine.versions import upgrade
 
 DIMENSIONS = ("team", "model", "agent")
 SEAL_IDS = 256

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from detectors.counters import COST, RollingWindow, add_into, zero
+from detectors.engine.counters import COST, RollingWindow, add_into, zero
 
 WINDOWS: dict[str, tuple[float, int]] = {"1m": (60.0, 12), "1h": (3600.0, 12), "24h": (86400.0, 24)}
 """Rolling windows of a workflow: name -> (span seconds, buckets)."""

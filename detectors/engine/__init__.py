@@ -1,0 +1,1 @@
+"""The engine: events in, alerts out, in event time — per-workflow state, spend windows, periods, budgets, team roll-ups."""
