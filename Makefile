@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test bench score fuzz chaos clean
+.PHONY: run test lint bench score fuzz chaos clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,8 +22,12 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)  ## create .venv, install, start the demo (embedded broker + worker + traffic)
 	$(BIN)/spendwatch demo
 
-test: $(DEV_STAMP)  ## install dev extras and run the whole suite (starts its own broker)
+test: lint  ## install dev extras, lint and type-check, run the whole suite (starts its own broker)
 	$(BIN)/python -m pytest
+
+lint: $(DEV_STAMP)  ## ruff and mypy, as configured in pyproject.toml
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)  ## throughput and latency against a naive baseline, same run
 	$(BIN)/spendwatch bench

@@ -78,7 +78,7 @@ class Run:
     __slots__ = (
         "agent", "team", "start", "last", "step", "calls", "tokens", "context", "micros",
         "recent", "same", "same_err", "alt", "cycle", "echo", "last_out", "flag", "fired", "ended",
-    )  # fmt: skip
+    )
 
     def __init__(self, ts: float, agent: str | None, team: str | None):
         self.agent, self.team = agent, team
@@ -333,9 +333,10 @@ class LoopDetector:
         typical = {f: round(b.typical(), 6) for f, b in wf.baselines.items()}
         evidence = {
             "rule": rule, "steps": run.step, "calls": run.calls, "tokens": run.tokens,
-            "context_tokens": run.context, "usd": round(micros_to_usd(run.micros), 6), "usd_per_min": round(usd_per_min, 6),
+            "context_tokens": run.context, "usd": round(micros_to_usd(run.micros), 6),
+            "usd_per_min": round(usd_per_min, 6),
             "duration_s": round(run.last - run.start, 1), "run_start": run.start, "typical_run": typical,
-        }  # fmt: skip
+        }
         burn = f"{fmt_usd(run.micros)} burned, {fmt_usd(round(run.micros / minutes))}/min"
         if repeats:  # a fingerprint rule; volume flags carry no repeats (a loop may start at step 0)
             evidence.update(repeats=repeats, loop_start_step=since, fingerprint=fp)

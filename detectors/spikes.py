@@ -62,7 +62,7 @@ class SeriesScorer:
         "period", "slots", "alpha", "gamma", "beta", "offset", "direction", "warmup", "clip", "protect",
         "adapt_after", "min_scale", "z_half", "tail_rate",
         "level", "season", "scale", "tail", "above", "n", "streak", "last_ts", "_buffer",
-    )  # fmt: skip
+    )
 
     def __init__(
         self,
@@ -104,7 +104,7 @@ class SeriesScorer:
             "offset": self.offset, "level": self.level, "season": None if self.season is None else self.season.tolist(),
             "scale": self.scale, "tail": self.tail, "above": self.above, "n": self.n, "streak": self.streak,
             "last_ts": self.last_ts, "buffer": None if self._buffer is None else [list(p) for p in self._buffer],
-        }  # fmt: skip
+        }
 
     def load(self, doc: dict[str, Any]) -> None:
         d = state.obj(doc)
@@ -260,7 +260,8 @@ class RateScorer:
         a = max(self.alpha, 1.0 / self.n)
         mu = exposure * self.rate
         if self.n > 1:
-            self.dispersion = max(1.0, self.dispersion + a * (min((count - mu) ** 2 / (mu + 1.0), 25.0) - self.dispersion))
+            excess = min((count - mu) ** 2 / (mu + 1.0), 25.0)
+            self.dispersion = max(1.0, self.dispersion + a * (excess - self.dispersion))
         self.rate += a * (count / exposure - self.rate)
 
 
@@ -503,7 +504,7 @@ class SpikeDetector:
             "open": [[idx, list(row)] for idx, row in wf.open.items()], "window": [list(row) for row in wf.window],
             "horizons": [h.dump() for h in wf.horizons], "causes": sorted(wf.causes), "quiet": wf.quiet,
             "idle": wf.idle,
-        }  # fmt: skip
+        }
 
     def load(self, workflow: str, doc: dict[str, Any]) -> None:
         with state.loading(self.kind, workflow):
@@ -591,7 +592,7 @@ class SpikeDetector:
         parts = ", ".join(
             f"error rate {reading[f][1]:.0%} (normal {reading[f][2]:.1%})" if f == "error_rate"
             else f"{f.replace('_', ' ')} ×{ratio[f]:.1f}" for f in hot
-        )  # fmt: skip
+        )
         _, spend, base = reading["spend"]
         return Alert(
             alert_id=alert_id("spike", name, "workflow", start), kind="spike",
@@ -604,7 +605,7 @@ class SpikeDetector:
                 "features": {f: {"value": round(x, 6), "baseline": round(b, 6), "ratio": round(ratio[f], 2),
                                  "score": round(sc, 3)} for f, (sc, x, b) in reading.items()},
             },
-        )  # fmt: skip
+        )
 
 
 def _ratio(feature: str, value: float, baseline: float) -> float:

@@ -146,7 +146,8 @@ class ZombieDetector:
     def __init__(self, factor: float = 10.0, min_gap: float = 1800.0, prior_gap: float = 900.0, prior_n: float = 3.0,
                  window: float = 200.0, active_cap: float = 300.0, still: float = 600.0, min_calls: int = 10,
                  post_calls: int = 3, post_seconds: float = 60.0, forget: float = 86_400.0, interval: float = 60.0):
-        self.factor, self.min_gap, self.prior_gap, self.prior_n, self.window = factor, min_gap, prior_gap, prior_n, window
+        self.factor, self.min_gap, self.window = factor, min_gap, window
+        self.prior_gap, self.prior_n = prior_gap, prior_n
         self.active_cap, self.still, self.min_calls = active_cap, still, min_calls
         self.post_calls, self.post_seconds, self.forget, self.interval = post_calls, post_seconds, forget, interval
         self.workflows: dict[str, WorkflowZombies] = {}
@@ -242,7 +243,7 @@ class ZombieDetector:
             agent.last_outcome is not None and not agent.fired and agent.calls >= self.min_calls
             and agent.last_call is not None and now - agent.last_call <= self.still
             and agent.active > self.limit(agent)
-        )  # fmt: skip
+        )
 
     def _agent_alert(self, workflow: str, aid: str, agent: Agent, now: float) -> Alert:
         since = agent.last_outcome or now
@@ -258,9 +259,10 @@ class ZombieDetector:
             evidence={
                 "reason": "no outcome", "last_outcome_ts": since, "minutes_without_outcome": round(minutes, 1),
                 "typical_gap_min": round(typical, 1), "limit_min": round(self.limit(agent) / 60.0, 1),
-                "calls": agent.calls, "usd": round(micros_to_usd(agent.micros), 6), "usd_per_min": round(usd_per_min, 6),
+                "calls": agent.calls, "usd": round(micros_to_usd(agent.micros), 6),
+                "usd_per_min": round(usd_per_min, 6),
             },
-        )  # fmt: skip
+        )
 
     def _run_alert(self, workflow: str, rid: str, run: EndedRun, now: float) -> Alert:
         minutes = (run.last - run.ended) / 60.0
@@ -274,4 +276,4 @@ class ZombieDetector:
                 "reason": "spending after run ended", "run_ended_ts": run.ended, "calls_after_end": run.calls,
                 "usd_after_end": round(micros_to_usd(run.micros), 6), "minutes_after_end": round(minutes, 1),
             },
-        )  # fmt: skip
+        )

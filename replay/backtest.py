@@ -15,11 +15,12 @@ from typing import Any
 
 import orjson
 
-from detectors.pricing.money import micros_to_usd
 from detectors.engine.monitor import Monitor
+from detectors.pricing.money import micros_to_usd
 from replay import driver
 from replay.scorecard import match
 from schemas.alerts import Alert
+from schemas.structs import Event
 
 
 def savings(row: dict[str, Any], watched: dict[tuple[str, str], list[tuple[float, int, int]]]) -> dict[str, Any]:
@@ -57,7 +58,7 @@ def score(alerts: list[Alert], labels: list[dict[str, Any]], watched: dict) -> d
     return {"per_kind": per_kind, "incidents": incidents}
 
 
-def backtest(events: Iterable[dict[str, Any]], out_dir: Path, monitor: Monitor | None = None,
+def backtest(events: Iterable[dict[str, Any] | Event], out_dir: Path, monitor: Monitor | None = None,
              labels: list[dict[str, Any]] | None = None, progress=None, tick: float = driver.TICK) -> dict[str, Any]:
     """Run, write alerts.jsonl / summary.json / report.html into `out_dir`, return the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)

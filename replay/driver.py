@@ -16,6 +16,7 @@ from typing import Any
 from detectors.engine.monitor import Event, Monitor
 from schemas.alerts import Alert
 from schemas.decode import validate_event
+from schemas.structs import Usage
 
 TICK = 10.0
 FLUSH = 900.0
@@ -83,7 +84,7 @@ def run(
         batch.append(ev)
         out.events += 1
         out.last_ts = ev.ts
-        if watch and ev.type == "usage":
+        if watch and isinstance(ev, Usage):
             for key in (("run_id", ev.run_id), ("agent_id", ev.agent_id), ("workflow", ev.workflow)):
                 if key in watch:
                     out.watched.setdefault(key, []).append(

@@ -52,7 +52,8 @@ def load_labels(path: Path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         raise LabelError(f"{path}: no such labels file") from None
     try:
-        docs = orjson.loads(raw) if raw.lstrip()[:1] == b"[" else [orjson.loads(l) for l in raw.splitlines() if l.strip()]
+        lines = [orjson.loads(line) for line in raw.splitlines() if line.strip()] if raw.lstrip()[:1] != b"[" else None
+        docs = orjson.loads(raw) if lines is None else lines
     except orjson.JSONDecodeError as err:
         raise LabelError(f"{path}: not valid JSON or JSONL: {err}") from None
     out = []

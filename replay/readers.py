@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,7 +38,7 @@ from schemas.decode import parse_record, validate_event
 from schemas.events import OutcomeEvent, UsageEvent, parse_ts
 from schemas.structs import Event
 
-DEFAULT_START = datetime(2025, 1, 1, tzinfo=timezone.utc).timestamp()
+DEFAULT_START = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
 """Where relative traces (Mooncake) start, unless the caller picks `start`."""
 TS_TOLERANCE_S = 1.0
 """How far a timestamp may go back and still count as sorted: concurrent
@@ -53,7 +53,7 @@ MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
 AGENT_COLUMNS = (
     "instance_id", "step", "created", "model", "provider", "prompt_tokens",
     "completion_tokens", "cached_tokens", "reasoning_tokens", "cost", "resolved",
-)  # fmt: skip
+)
 THOUGHTS_APART_PROVIDERS = frozenset({"google"})
 """Agent-CSV providers whose `completion_tokens` leave out thinking tokens.
 The direct Gemini API reports `candidatesTokenCount` without
@@ -263,11 +263,12 @@ def _open(path: Path) -> TextIO:
     """Text of a plain or gzip file: gzip is known by its magic bytes, not its name."""
     with open(path, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gzipped else open
-    return opener(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[operator]
+    if gzipped:
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
-def _parsed(lines: Iterable[tuple[int, Any]], parse: Callable[[int, Any], list[dict[str, Any]]]) -> Parsed:
+def _parsed(lines: Iterable[tuple[int, Any]], parse: Callable[[int, Any], list[Event]]) -> Parsed:
     """Parse line by line; a bad line becomes its error, so the caller decides to stop or skip."""
     for line, raw in lines:
         try:
@@ -281,7 +282,7 @@ def _json_lines(f: TextIO) -> Iterator[tuple[int, str]]:
 
 
 def _csv(
-    src: _Source, f: TextIO, required: Iterable[str], parse: Callable[[int, dict[str, str]], list[dict[str, Any]]]
+    src: _Source, f: TextIO, required: Iterable[str], parse: Callable[[int, dict[str, str]], list[Event]]
 ) -> Parsed:
     """CSV plumbing the CSV readers share: check the header once, then hand each row
     to `parse` as a column → cell dict, with its line number in the file."""
@@ -292,9 +293,9 @@ def _csv(
         raise ReplayInputError(
             src.path, 1, f"missing column(s) {', '.join(missing)} (header: {','.join(header) or 'none'})",
             "a header cannot be skipped: check --format, or name the columns with --map",
-        )  # fmt: skip
+        )
 
-    def record(line: int, row: list[str]) -> list[dict[str, Any]]:
+    def record(line: int, row: list[str]) -> list[Event]:
         if len(row) != len(header):
             raise ValueError(f"{len(row)} fields where the header has {len(header)}")
         return parse(line, dict(zip(header, row)))
@@ -320,7 +321,7 @@ def _read_jsonl(src: _Source, f: TextIO) -> Parsed:
 def _read_azure(src: _Source, f: TextIO) -> Parsed:
     """Azure's trace: one request per row, absolute naive-UTC times, no model or workflow."""
 
-    def parse(line: int, row: dict[str, str]) -> list[dict[str, Any]]:
+    def parse(line: int, row: dict[str, str]) -> list[Event]:
         fields = {
             "ts": cell_ts(row["TIMESTAMP"], "TIMESTAMP", naive_utc=True),  # UTC without an offset
             "input_tokens": _int(row["ContextTokens"], "ContextTokens"),
@@ -334,7 +335,7 @@ def _read_azure(src: _Source, f: TextIO) -> Parsed:
 def _read_mooncake(src: _Source, f: TextIO) -> Parsed:
     """Mooncake's trace: ms offsets anchored at `start`; `hash_ids` (prefix-cache block ids) are not usage."""
 
-    def parse(line: int, raw: str) -> list[dict[str, Any]]:
+    def parse(line: int, raw: str) -> list[Event]:
         obj = _json(raw)
         fields = {
             "ts": src.start + _float(_key(obj, "timestamp"), "timestamp") / 1000,
@@ -354,7 +355,7 @@ def _read_agent(src: _Source, f: TextIO) -> Parsed:
     to the catalog."""
     resolved: dict[str, tuple[int, float]] = {}  # run -> (line, ts) of its latest call
 
-    def parse(line: int, row: dict[str, str]) -> list[dict[str, Any]]:
+    def parse(line: int, row: dict[str, str]) -> list[Event]:
         output = _int(row["completion_tokens"], "completion_tokens")
         reasoning = _int(row["reasoning_tokens"], "reasoning_tokens")
         if row["provider"] in THOUGHTS_APART_PROVIDERS:
@@ -391,7 +392,7 @@ def _read_mapped(src: _Source, f: TextIO) -> Parsed:
     mapping = src.mapping
     assert mapping is not None, "read_traffic checks csv has a mapping"
 
-    def parse(line: int, row: dict[str, str]) -> list[dict[str, Any]]:
+    def parse(line: int, row: dict[str, str]) -> list[Event]:
         fields = dict(mapping.constants)
         for name, column in mapping.columns.items():
             if row[column]:

@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-START = datetime(2025, 3, 3, tzinfo=timezone.utc).timestamp()
+START = datetime(2025, 3, 3, tzinfo=UTC).timestamp()
 """A Monday, 00:00 UTC: scenarios start at midnight so the first hours are the quiet ones."""
 DAY = 86_400.0
 MODELS = (
     ("openai", "gpt-4o-mini"), ("openai", "gpt-4.1-mini"), ("openai", "gpt-4.1"),
     ("anthropic", "claude-sonnet-4-5"), ("anthropic", "claude-haiku-4-5"), ("google", "gemini-2.5-flash"),
-)  # fmt: skip
+)
 NAMES = {
     "chat": ("support-chat", "rag-search", "summarize", "translate", "classify"),
     "agent": ("code-agent", "triage-agent", "research-agent", "data-agent", "sre-agent"),
@@ -40,7 +40,7 @@ INCIDENTS_PER_DAY = {  # per 10 workflows
     "fingerprint_loop": 4, "ping_pong": 2, "silent_loop": 3,
     "retry_storm": 1, "traffic_surge": 1, "context_bloat": 1,
     "zombie_no_outcome": 1, "zombie_after_end": 1,
-}  # fmt: skip
+}
 RUN_CONTEXT_CAP = 120_000
 """Agents condense their history near the model window: context drops back to CONDENSED."""
 CONDENSED = 30_000
@@ -111,7 +111,7 @@ class _Gen:
             "type": "usage", "event_id": self._id(), "ts": round(ts, 3), "workflow": wf.name, "team": wf.team,
             "provider": wf.provider, "model": wf.model, "input_tokens": input_tokens,
             "output_tokens": output_tokens, "cache_read_tokens": cached, "status": status,
-        }  # fmt: skip
+        }
         if agent is not None:
             ev["agent_id"] = agent
         if run is not None:
@@ -164,7 +164,7 @@ class _Gen:
             err = err_u[i] < wf.errors_p.get(m, wf.error_rate)
             self.usage(wf, float(times[i]), p, 0 if err else int(completion[i]) + 1,
                        cached=int(p * cache[i]), status="error" if err else "ok",
-                       agent=f"{wf.name}-pod{m % 3}")  # fmt: skip
+                       agent=f"{wf.name}-pod{m % 3}")
 
     def agent_runs(self, wf: Workflow) -> None:
         times, idx = self.minutes(wf, wf.peak)
@@ -222,7 +222,8 @@ class _Gen:
             self.usage(wf, ts, ctx, out, cached=cached, status=status, agent=agent, run=run, step=step,
                        fingerprint=fp if wf.fingerprints else None)
             prev_input = ctx
-            obs = 300 if in_loop and loop in ("same", "same_error", "echo") else int(self.lognormal(wf.observation, 0.8))
+            looping = in_loop and loop in ("same", "same_error", "echo")
+            obs = 300 if looping else int(self.lognormal(wf.observation, 0.8))
             obs = int(obs * prompt_x)  # context bloat: prompts and tool outputs both grow
             ctx += out + obs
             if ctx > RUN_CONTEXT_CAP:
@@ -276,7 +277,7 @@ class _Gen:
                 fingerprints=kind == "agent" and bool(i % 3 != 2),
                 steps=float(rng.uniform(8, 20)), gap=float(rng.uniform(3, 8)),
                 observation=float(rng.uniform(400, 1200)),
-            )  # fmt: skip
+            )
             n_agents = int(rng.integers(3, 7)) if kind == "always_on" else int(rng.integers(4, 9))
             wf.agents = [f"{wf.name}-a{k}" for k in range(n_agents)]
             out.append(wf)
@@ -368,7 +369,8 @@ def generate(
         counts = _counts(workflows, days)
         agents_fp = [w for w in by_kind["agent"] if w.fingerprints] or by_kind["agent"]
         spike_targets = by_kind["chat"] + by_kind["agent"]
-        for i, type_ in enumerate(t for t in ("retry_storm", "traffic_surge", "context_bloat") for _ in range(counts[t])):
+        kinds = ("retry_storm", "traffic_surge", "context_bloat")
+        for i, type_ in enumerate(t for t in kinds for _ in range(counts[t])):
             if spike_targets:
                 g.spike(spike_targets[(i + seed) % len(spike_targets)], type_, warmup)
         for type_ in ("fingerprint_loop", "ping_pong", "silent_loop"):

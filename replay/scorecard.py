@@ -25,14 +25,15 @@ from rich.console import Console
 from rich.table import Table
 
 from detectors.detector import Detector
-from detectors.loops import LoopDetector
 from detectors.engine.monitor import Monitor
+from detectors.loops import LoopDetector
 from detectors.registry import DETECTORS, build
 from detectors.spikes import SeriesScorer
 from replay import driver
 from replay.scenarios import generate
 from schemas.alerts import Alert
 from schemas.events import parse_ts
+from schemas.structs import Event
 
 TICK = 10.0
 GRACE = 900.0
@@ -48,7 +49,7 @@ def detectors() -> list[Detector]:
     return build()
 
 
-def detector_alerts(events: Iterable[dict[str, Any]], dets: list[Detector], tick: float = TICK,
+def detector_alerts(events: Iterable[dict[str, Any] | Event], dets: list[Detector], tick: float = TICK,
                     flush: float = GRACE) -> list[Alert]:
     """The detector alerts of `dets` over `events`, through the same engine and virtual time as a
     backtest (budget and unpriced-model alerts are not detections: they are left out)."""
@@ -70,7 +71,8 @@ def match(alerts: list[Alert], labels: list[dict[str, Any]]) -> tuple[list[dict[
     used: set[str] = set()
     rows = []
     for lab in labels:
-        hits = [a for a in alerts if a.kind == lab["kind"] and _subject(a, lab["subject"]) == lab["id"] and _during(a, lab)]
+        hits = [a for a in alerts
+                if a.kind == lab["kind"] and _subject(a, lab["subject"]) == lab["id"] and _during(a, lab)]
         used.update(a.alert_id for a in hits)
         rows.append({**lab, "alert": min(hits, key=lambda a: a.ts) if hits else None})
     rest = [a for a in alerts if a.alert_id not in used]
@@ -215,7 +217,7 @@ def score_ms_cloud(folder: Path, threshold: float = SPIKE_THRESHOLD) -> dict[str
     scored = {"SeriesScorer": [_scorer_scores(p) for p in data], "HalfSpaceTrees": [_hst_scores(p) for p in data]}
     labels = [[y for _, _, y in p] for p in data]
     normal_flags = sum(s >= threshold for ss, ls in zip(scored["SeriesScorer"], labels)
-                       for s, y in zip(ss, ls) if not y)  # fmt: skip
+                       for s, y in zip(ss, ls) if not y)
     for name, all_scores in scored.items():
         thr = threshold
         if name != "SeriesScorer":
@@ -288,7 +290,7 @@ def print_scorecard(result: dict[str, Any], console: Console | None = None) -> N
             _fmt(r.get("precision"), True),
             _fmt(r.get("fa_per_day_10wf")), _fmt(r.get("within_steps"), True),
             f"{r['median_loop_steps']:.0f}/{r['max_loop_steps']}" if "median_loop_steps" in r else "–",
-        )  # fmt: skip
+        )
     console.print(table)
     console.print(f"false alarms, all kinds: {sc['fa_per_day_10wf']:.2f} per day per 10 workflows "
                   "(explained: alerts of another kind during an incident of the same workflow)")
@@ -299,7 +301,8 @@ def print_scorecard(result: dict[str, Any], console: Console | None = None) -> N
             t.add_column(col)
         for name in ("SeriesScorer", "HalfSpaceTrees"):
             m = ms[name]
-            t.add_row(name, f"{m['threshold']:.3g}", f"{m['detected']}/{m['segments']} ({100 * m['segment_recall']:.0f}%)",
+            t.add_row(name, f"{m['threshold']:.3g}",
+                      f"{m['detected']}/{m['segments']} ({100 * m['segment_recall']:.0f}%)",
                       f"{m['false_episodes_per_1k_points']:.2f}", f"{m['mean_auc']:.3f}")
         console.print(t)
     if "agent_runs" in result:

@@ -32,7 +32,7 @@ OTHER = "(other)"
 _KNOWN = {tag: {"type", *struct.__struct_fields__} for tag, struct in BY_TYPE.items()}
 
 _one = msgspec.json.Decoder(Event)
-_many = msgspec.json.Decoder(list[Event])  # type: ignore[valid-type]
+_many = msgspec.json.Decoder(list[Event])
 
 
 class RecordError(ValueError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -161,7 +161,7 @@ class OutcomeEvent(_Event):
     _json_number = field_validator("value_usd", mode="before")(json_number)
 
 
-WireEvent = Annotated[Union[UsageEvent, OutcomeEvent], Field(discriminator="type")]
+WireEvent = Annotated[UsageEvent | OutcomeEvent, Field(discriminator="type")]
 """A wire event as pydantic validates it (readable errors, the JSON Schema); the engine's own
 event type is the faster `schemas.structs.Event`, derived from these models."""
 ADAPTER: TypeAdapter[UsageEvent | OutcomeEvent] = TypeAdapter(WireEvent)

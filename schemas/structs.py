@@ -64,7 +64,7 @@ def _mirror(tp: Any, constraints: list[Any] = ()) -> Any:  # type: ignore[assign
         base, *extra = typing.get_args(tp)
         return _mirror(base, [*extra, *constraints])
     if origin in (Union, types.UnionType):
-        inner = Union[tuple(_mirror(a) for a in typing.get_args(tp))]  # type: ignore[valid-type]
+        inner = Union[tuple(_mirror(a) for a in typing.get_args(tp))]  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
         if constraints:
             raise TypeError(f"schemas.structs cannot mirror constraints on a union {tp!r}")
         return inner
@@ -111,7 +111,7 @@ if typing.TYPE_CHECKING:  # the Structs have the models' fields, types and defau
 else:
     Usage = _struct(UsageEvent)
     Outcome = _struct(OutcomeEvent)
-    Event = Union[Usage, Outcome]
+    Event = Usage | Outcome
 BY_TYPE: dict[str, Any] = {"usage": Usage, "outcome": Outcome}
 
 

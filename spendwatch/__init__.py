@@ -1,8 +1,8 @@
 """spendwatch: real-time LLM spend monitor. The client SDK services import lives here."""
 
+from schemas.signing import Keyring
 from spendwatch.emitter import UsageEmitter
 from spendwatch.guard import KillSwitch, SpendKilled
-from schemas.signing import Keyring
 from spendwatch.usage import usage_event, usage_from_anthropic, usage_from_openai
 
 __all__ = ["Keyring", "KillSwitch", "SpendKilled", "UsageEmitter", "usage_event", "usage_from_anthropic",

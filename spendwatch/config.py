@@ -10,14 +10,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from detectors import registry
-from detectors.engine.budgets import BudgetConfig
 from detectors.detector import Detector
+from detectors.engine.budgets import BudgetConfig
+from detectors.engine.periods import PeriodClock
 from detectors.loops import FEATURES as RUN_FEATURES
 from detectors.policy import PolicyConfig
-from streams.routing import RoutingConfig
-from detectors.engine.periods import PeriodClock
 from detectors.pricing.prices import PriceBook, Rate
 from schemas.errors import explain
+from streams.routing import RoutingConfig
 
 
 class _Strict(BaseModel):

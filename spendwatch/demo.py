@@ -23,13 +23,12 @@ from rich.table import Table
 
 from detectors.engine.budgets import Budget
 from detectors.engine.counters import CALLS, COST, ERRORS
-from detectors.pricing.money import fmt_usd
 from detectors.policy import PolicyConfig, PolicyRule
+from detectors.pricing.money import fmt_usd
+from schemas.signing import KEYS_ENV, Keyring, make_command
 from spendwatch.config import Settings
-from schemas.signing import make_command
 from spendwatch.control import publish_command
 from spendwatch.guard import KillSwitch, SpendKilled
-from schemas.signing import KEYS_ENV, Keyring
 from streams.app import Worker
 
 

@@ -31,8 +31,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from schemas.control import ControlCommand
-from spendwatch.emitter import bootstrap_of
 from schemas.signing import CommandRejected, Keyring, Verifier, parse_command
+from spendwatch.emitter import bootstrap_of
 
 log = logging.getLogger("spendwatch.guard")
 
@@ -166,7 +166,7 @@ class KillSwitch:
         self._task = asyncio.create_task(self._run())
         try:
             await asyncio.wait_for(self._ready_event.wait(), wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass  # check() says so, loudly, when it is called
         return self.ready
 
@@ -231,7 +231,7 @@ class KillSwitch:
                 try:
                     tps = tps or await self._assign(consumer)
                     await (self._follow(consumer, tps) if tps else asyncio.sleep(self.poll_s))
-                except (KafkaError, asyncio.TimeoutError) as err:
+                except (TimeoutError, KafkaError) as err:
                     log.debug("control topic poll failed: %r", err)
                     await asyncio.sleep(self.poll_s)
                 except Exception:  # keep following: a dead follower would blind this guard for good

@@ -96,6 +96,10 @@ class TimeBounds(NamedTuple):
         return None
 
 
+NO_BOUNDS = TimeBounds(None, None)
+"""Every event time accepted."""
+
+
 def home_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's Java client and aiokafka (murmur2) give `key`: a workflow's state lives there.
     librdkafka (Go, Node, confluent-kafka, kcat) hashes with CRC32 by default, so its records are forwarded."""
@@ -124,7 +128,7 @@ class Ingestor:
     applied offset tells redelivery apart, and its state has one owner."""
 
     def __init__(self, monitor: Monitor, topic: str, max_record_bytes: int = 1_000_000,
-                 bounds: TimeBounds = TimeBounds(None, None), clock: Callable[[], float] = time.time,
+                 bounds: TimeBounds = NO_BOUNDS, clock: Callable[[], float] = time.time,
                  partitions: int | None = None, strict: bool = False):
         self.monitor = monitor
         self.topic = topic

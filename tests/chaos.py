@@ -48,8 +48,8 @@ import orjson
 
 from detectors.engine.budgets import Budget
 from detectors.engine.counters import CALLS, COST, INPUT, OUTPUT
-from detectors.pricing.money import usd_to_micros
 from detectors.engine.periods import PeriodClock
+from detectors.pricing.money import usd_to_micros
 from streams.broker import EmbeddedBroker
 from streams.workflow_table import latest_states, state_history
 from tests.fakeslack import FakeSlack

@@ -7,7 +7,6 @@ import orjson
 import pytest
 
 from detectors.engine.budgets import Budget, BudgetConfig
-from detectors.engine.counters import COST
 from detectors.engine.monitor import Monitor
 from detectors.engine.periods import PeriodClock
 from detectors.pricing.prices import PriceBook, Rate

@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 import pytest
 
-from detectors.engine.counters import CALLS, COST
-from detectors.loops import LoopDetector
+from detectors.engine.counters import CALLS
 from detectors.engine.monitor import Monitor
 from detectors.engine.versions import StateError
 from detectors.engine.workflow import WorkflowState
+from detectors.loops import LoopDetector
 from schemas.alerts import Alert
 from schemas.decode import validate_event
 from streams.ingest import Ingestor, Record, TimeBounds, home_partition
@@ -46,7 +46,7 @@ class Brittle:
     def observe(self, event: Any, cost_micros: int) -> None:
         self.workflows.setdefault(event.workflow, []).append(event.event_id)
         if event.run_id == "boom":
-            1 / 0
+            1 / 0  # noqa: B018  (the failure this detector exists to raise)
 
     def flagged(self, now: float) -> list[Alert]:
         return []

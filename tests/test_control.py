@@ -18,11 +18,10 @@ from pydantic import ValidationError
 
 from detectors.policy import PolicyConfig, PolicyRule, apply_decision, decide
 from schemas.alerts import Alert
+from schemas.signing import CommandRejected, Keyring, KeyringError, Verifier, make_command
 from spendwatch.cli import main
-from schemas.signing import make_command
 from spendwatch.control import publish_command, read_active
 from spendwatch.guard import KillSwitch, SpendKilled
-from schemas.signing import CommandRejected, Keyring, KeyringError, Verifier
 from tests.kafka_io import create_topic, publish
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,8 +18,8 @@ import pytest
 
 from detectors import checks
 from detectors.detector import Detector
-from detectors.loops import LoopDetector
 from detectors.engine.monitor import Monitor
+from detectors.loops import LoopDetector
 from detectors.registry import DETECTORS, build
 from detectors.spikes import SpikeDetector
 from detectors.zombies import ZombieDetector
@@ -110,7 +110,7 @@ class SteppingSpikes(SpikeDetector):
     (RepeatingLoops, checks.check_nothing_new_at_the_same_time, "alerted again"),
     (MislabelledLoops, checks.check_alerts_are_of_its_kind, "a 'loop' alert from the 'spike' detector"),
     (SteppingSpikes, checks.check_gap_costs_what_two_days_do, "after ten years"),
-], ids=lambda x: getattr(x, "__name__", ""))  # fmt: skip
+], ids=lambda x: getattr(x, "__name__", ""))
 def test_the_suite_fails_a_detector_broken_the_way_a_check_guards_against(make: checks.Make, check, says: str) -> None:
     SharedLoops.shared.clear()
     with pytest.raises(AssertionError, match=says):
@@ -171,7 +171,7 @@ def test_a_zombie_interval_changes_when_a_zombie_is_found(tmp_path: Path) -> Non
     ("[detectors.spike]\nhorizons = [5, 0]\n", "detectors.spike.horizons.1"),
     ("[detectors.spike]\nthreshold = nan\n", "detectors.spike.threshold"),
     ("[detectors.spike.scorer]\noffset = 1.0\n", "detectors.spike.scorer.offset"),
-])  # fmt: skip
+])
 def test_a_bad_detector_key_or_value_is_a_config_error_that_names_it(tmp_path: Path, toml: str, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"{key}:"):
         _settings(tmp_path, toml)

@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 from detectors.checks import calls_during
 from detectors.detector import Detector, StateError
 from detectors.loops import WINDOW, LoopDetector
-from detectors.spikes import Horizon, SpikeDetector
 from detectors.registry import DETECTORS
+from detectors.spikes import Horizon, SpikeDetector
 from detectors.zombies import ZombieDetector
 from replay.scenarios import generate
 from schemas.alerts import Alert
@@ -52,7 +52,7 @@ MAKERS: dict[str, Callable[[], Detector]] = {
     "zombie-eager": lambda: ZombieDetector(factor=2.0, min_gap=120.0, min_calls=3, post_calls=2, post_seconds=1.0,
                                            still=300.0, forget=7_200.0, interval=20.0, prior_gap=60.0),
     "spike-eager": lambda: SpikeDetector(interval=30.0, horizons=(3, 8), cooldown=4, scorer={"warmup": 20}),
-}  # fmt: skip
+}
 VARIANTS = list(MAKERS)
 KINDS = list(DETECTORS)
 Step = tuple[str, Any]  # ("event", Usage | Outcome) or ("tick", seconds after the latest event)
@@ -348,7 +348,7 @@ V0 = {
                               "fired": False}},
         "last_check": 60.0,
     },
-}  # fmt: skip
+}
 """Hand-written docs of the illustrative v0 layouts (older names for the same fields)."""
 
 
@@ -533,9 +533,9 @@ def measure() -> None:
     det = warm("spike")
     tick_all(det, WARM_END + 60.0)
     det.observe(usage(WARM_END + WEEK), 5000)
-    print("  spike  the same, one _close per interval (before) %.0f" % _us(lambda: _stepwise(det, WARM_END + WEEK + 70.0)))
+    print(f"  spike  the same, one _close per interval (before) {_us(lambda: _stepwise(det, WARM_END + WEEK + 70.0)):.0f}")
     det.observe(usage(WARM_END + WEEK + 61.0), 5000)
-    print("  spike  one interval with data due        %.0f" % _us(lambda: det.tick("wf", WARM_END + WEEK + 130.0)))
+    print("  spike  one interval with data due        {:.0f}".format(_us(lambda: det.tick("wf", WARM_END + WEEK + 130.0))))
     for kind in KINDS:
         det = warm(kind)
         print(f"dump + orjson of the warm {kind:6s} workflow: %.0f µs, %d bytes" % (
@@ -544,7 +544,7 @@ def measure() -> None:
     for k in range(100_000):
         det.observe(usage(T0 + k / 100, run=f"r{k}", step=1, fp="f"), 5000)
     doc = det.dump("wf")
-    print("dump + orjson of a loop workflow with 100k active runs: %.0f ms, %.1f MB; load %.0f ms" % (
+    print("dump + orjson of a loop workflow with 100k active runs: {:.0f} ms, {:.1f} MB; load {:.0f} ms".format(
         _us(lambda: orjson.dumps(det.dump("wf"))) / 1e3, len(orjson.dumps(doc)) / 1e6,
         _us(lambda: LoopDetector().load("wf", doc)) / 1e3))
 

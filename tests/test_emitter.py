@@ -9,8 +9,8 @@ import uuid
 import orjson
 import pytest
 
-from spendwatch import UsageEmitter, usage_from_anthropic, usage_from_openai
 from schemas.decode import validate_event
+from spendwatch import UsageEmitter, usage_from_anthropic, usage_from_openai
 from tests.kafka_io import create_topic, read_all
 
 

@@ -19,10 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.control import ControlCommand
-from schemas.signing import make_command
+from schemas.signing import MAX_COMMAND_BYTES, CommandRejected, Keyring, Verifier, make_command, parse_command
 from spendwatch.control import publish_command
 from spendwatch.guard import KillSet, KillSwitch, SpendKilled
-from schemas.signing import MAX_COMMAND_BYTES, CommandRejected, Keyring, Verifier, parse_command
 from tests.kafka_io import publish
 
 KEYS = Keyring({"k1": b"secret-one"})

@@ -7,11 +7,10 @@ import time
 
 import pytest
 
+from schemas.signing import Keyring, make_command
 from spendwatch.bench.kill import kill_trial
-from schemas.signing import make_command
 from spendwatch.control import publish_command
 from spendwatch.guard import KillSwitch, SpendKilled
-from schemas.signing import Keyring
 from tests.conftest import start_worker
 
 KEYS = "k1:0123456789abcdef0123456789abcdef"

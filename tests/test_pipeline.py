@@ -23,8 +23,8 @@ import pytest
 from genai_prices import Usage, calc_price
 
 from detectors.engine.counters import CALLS, COST, INPUT, OUTPUT
-from detectors.pricing.money import usd_to_micros
 from detectors.engine.workflow import WorkflowState
+from detectors.pricing.money import usd_to_micros
 from streams.broker import EmbeddedBroker
 from streams.workflow_table import latest_states, state_history
 from tests.conftest import ROOT, wait_for

@@ -5,8 +5,8 @@ from decimal import Decimal
 import pytest
 from genai_prices import Usage, calc_price
 
-from detectors.pricing.money import usd_to_micros
 from detectors.policy import PolicyConfig, PolicyRule, decide
+from detectors.pricing.money import usd_to_micros
 from detectors.pricing.prices import PriceBook, Rate, catalog_rate
 from schemas.alerts import ANY_WORKFLOW
 from schemas.decode import validate_event

@@ -122,7 +122,7 @@ def test_detect_format(tmp_path: Path) -> None:
     other = write(tmp_path / "other.csv", "a,b\n1,2\n")
     assert [detect_format(p) for p in (AZURE, MOONCAKE, AGENT, wire, other)] == [
         "azure", "mooncake", "agent-csv", "jsonl", "csv",
-    ]  # fmt: skip
+    ]
     with pytest.raises(ReplayInputError, match="--map"):
         read_traffic(other)
     with pytest.raises(ReplayInputError, match="pass --format"):

@@ -13,11 +13,11 @@ import pytest
 from replay import driver
 from replay.backtest import backtest
 from replay.labels import LabelError, load_labels
-from spendwatch.cli.live import replay_live
 from replay.readers import ReplayInputError, read_traffic
 from replay.scenarios import generate
 from replay.series import score_series
 from spendwatch.cli import main
+from spendwatch.cli.live import replay_live
 from tests.kafka_io import create_topic, read_all
 
 DATA = Path(__file__).parent / "data"
@@ -75,7 +75,7 @@ def test_backtest_scores_a_hand_built_loop_as_computed_by_hand(tmp_path):
 def test_alerts_carry_event_time_not_wall_time(scenario, tmp_path):
     events, _ = scenario
     backtest(events, tmp_path)
-    alerts = [orjson.loads(l) for l in (tmp_path / "alerts.jsonl").read_bytes().splitlines()]
+    alerts = [orjson.loads(line) for line in (tmp_path / "alerts.jsonl").read_bytes().splitlines()]
     assert all(events[0]["ts"] - 60 <= a["ts"] <= events[-1]["ts"] + driver.FLUSH for a in alerts)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
 from streams.transport import FlowControl, fetched_highwaters, unprocessed_head

@@ -1,1 +1,2 @@
-"""The engine: events in, alerts out, in event time — per-workflow state, spend windows, periods, budgets, team roll-ups."""
+"""The engine: events in, alerts out, in event time. Per-workflow state, spend windows, periods,
+budgets, team roll-ups."""

@@ -11,16 +11,16 @@ from typing import Any
 
 import orjson
 
-from detectors.engine.budgets import BudgetConfig, budget_alert, crossed_thresholds
 from detectors.detector import Detector
-from detectors.engine.versions import StateError
+from detectors.engine.budgets import BudgetConfig, budget_alert, crossed_thresholds
 from detectors.engine.counters import CACHED, CALLS, COST, ERRORS, INPUT, OUTPUT
-from detectors.pricing.money import micros_to_usd, usd_to_micros
 from detectors.engine.periods import PeriodClock
+from detectors.engine.rollup import TeamState
+from detectors.engine.versions import StateError
+from detectors.engine.workflow import WorkflowState
+from detectors.pricing.money import micros_to_usd, usd_to_micros
 from detectors.pricing.prices import PriceBook, unpriced_alert
 from detectors.registry import build as build_detectors
-from detectors.engine.rollup import TeamState
-from detectors.engine.workflow import WorkflowState
 from schemas.alerts import ANY_WORKFLOW, Alert
 from schemas.structs import Event
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from detectors.pricing.money import micros_to_usd
 from detectors.engine.versions import upgrade
+from detectors.pricing.money import micros_to_usd
 
 V = 1
 """Format of `dump()`; v0 is the same layout without `v`."""

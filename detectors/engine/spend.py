@@ -57,7 +57,8 @@ class EntitySpend:
     @classmethod
     def load(cls, doc: dict[str, Any]) -> EntitySpend:
         spend = cls()
-        spend.windows = {name: RollingWindow.load(span, n, doc["w"].get(name, {})) for name, (span, n) in WINDOWS.items()}
+        spend.windows = {name: RollingWindow.load(span, n, doc["w"].get(name, {}))
+                         for name, (span, n) in WINDOWS.items()}
         spend.periods = doc["p"]
         return spend
 

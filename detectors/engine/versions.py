@@ -7,9 +7,9 @@ instead of misreading it.
 
 >>> upgrade({"v": 0, "n": 1}, "counter", 1, {0: lambda d: {"count": d["n"]}})
 {'count': 1, 'v': 1}
->>> upgrade({"v": 7}, "counter", 1, {})
+>>> upgrade({"v": 7}, "counter", 1, {})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
-detectors.engine.versions.StateError: counter state has format v7; this spendwatch reads v1 (upgrade spendwatch, or move the old state away)
+detectors.engine.versions.StateError: counter state has format v7; this spendwatch reads v1 (upgrade spendwatch, ...)
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from detectors.engine.counters import COST, zero
-from detectors.pricing.money import micros_to_usd
 from detectors.engine.spend import EntityCost, EntitySpend
 from detectors.engine.versions import upgrade
+from detectors.pricing.money import micros_to_usd
 
 DIMENSIONS = ("team", "model", "agent")
 SEAL_IDS = 256
@@ -48,7 +48,7 @@ class Checkpoint(NamedTuple):
 
 class WorkflowState:
     __slots__ = ("name", "offset", "watermark", "dedup", "spend", "by", "outcomes", "fired", "unpriced", "pruned_at",
-                 "buckets", "next_bucket", "expired")  # fmt: skip
+                 "buckets", "next_bucket", "expired")
 
     def __init__(self, name: str):
         self.name = name
@@ -181,7 +181,8 @@ class WorkflowState:
         }
 
     @classmethod
-    def load(cls, doc: dict[str, Any], bucket: Callable[[int], dict[str, float] | None] = lambda seq: None) -> WorkflowState:
+    def load(cls, doc: dict[str, Any],
+             bucket: Callable[[int], dict[str, float] | None] = lambda seq: None) -> WorkflowState:
         """The state from `dump()` (any format since v0); `bucket(seq)` reads a sealed id bucket back
         (None: gone). A format newer than this code raises StateError: totals are never guessed."""
         doc = upgrade(doc, "workflow", V, MIGRATIONS, default=0)

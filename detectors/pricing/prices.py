@@ -41,9 +41,9 @@ class TieredRate:
         return self.base
 
     @classmethod
-    def from_catalog(cls, value: Decimal | TieredPrices | None, default: TieredRate | None = None) -> TieredRate | None:
+    def from_catalog(cls, value: Decimal | TieredPrices | None) -> TieredRate | None:
         if value is None:
-            return default
+            return None
         if isinstance(value, TieredPrices):
             return cls(_pico(value.base), tuple((t.start, _pico(t.price)) for t in value.tiers))
         return cls(_pico(value))
@@ -74,9 +74,9 @@ class Rate:
         )
 
     def __post_init__(self) -> None:
-        if self.cache_write_1h is None:
-            object.__setattr__(self, "cache_write_1h", self.cache_write)
-        parts = (self.input, self.output, self.cache_read, self.cache_write, self.cache_write_1h)
+        write_1h = self.cache_write_1h or self.cache_write
+        object.__setattr__(self, "cache_write_1h", write_1h)
+        parts = (self.input, self.output, self.cache_read, self.cache_write, write_1h)
         # Most models have no tiers: keep plain ints for the per-event fast path.
         object.__setattr__(self, "_flat", None if any(p.tiers for p in parts) else tuple(p.base for p in parts))
 
@@ -121,9 +121,9 @@ def catalog_rate(model: str, provider: str | None, at: datetime | None = None) -
     return Rate(
         input=inp,
         output=out,
-        cache_read=TieredRate.from_catalog(prices.cache_read_mtok, inp),
-        cache_write=(write := TieredRate.from_catalog(prices.cache_write_mtok, inp)),
-        cache_write_1h=TieredRate.from_catalog(getattr(prices, "cache_write_1h_mtok", None), write),
+        cache_read=TieredRate.from_catalog(prices.cache_read_mtok) or inp,
+        cache_write=(write := TieredRate.from_catalog(prices.cache_write_mtok) or inp),
+        cache_write_1h=TieredRate.from_catalog(getattr(prices, "cache_write_1h_mtok", None)) or write,
         source=f"genai-prices:{prov.id}/{info.id}",
     )
 

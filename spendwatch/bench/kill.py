@@ -59,9 +59,9 @@ def run_kill_bench(trials: int = 20) -> dict[str, float]:
     import secrets
     import statistics
 
+    from schemas.signing import KEYS_ENV, Keyring
     from spendwatch.bench.load import make_load, publish
     from spendwatch.bench.run import Workers
-    from schemas.signing import KEYS_ENV, Keyring
     from streams.broker import EmbeddedBroker
 
     os.environ.setdefault(KEYS_ENV, f"bench:{secrets.token_hex(16)}")

@@ -20,7 +20,8 @@ from streams.progress import ProgressFile
 def build(broker: str, topic: str = "spendwatch.usage") -> faust.App:
     app = faust.App("spendwatch-naive", broker=broker, store="memory://", key_serializer="raw",
                     value_serializer="raw", producer_enable_idempotence=False, web_enabled=False,
-                    broker_session_timeout=6, broker_heartbeat_interval=1.5, consumer_auto_offset_reset="earliest", topic_partitions=4)
+                    broker_session_timeout=6, broker_heartbeat_interval=1.5, consumer_auto_offset_reset="earliest",
+                    topic_partitions=4)
     source = app.topic(topic, key_type=bytes, value_type=bytes)
     spend = app.Table("naive-spend", key_type=bytes, value_type=bytes)
 

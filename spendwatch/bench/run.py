@@ -196,7 +196,7 @@ def _measure_state(runs: int, workflows: int) -> dict[str, float]:
     rss = _rss_peak_mb(os.getpid())
     del untraced
     tracemalloc.start()
-    traced = fill(Monitor())
+    _kept = fill(Monitor())  # alive while the snapshot is taken
     total = tracemalloc.get_traced_memory()[0]
     by_file = tracemalloc.take_snapshot().statistics("filename")
     tracemalloc.stop()
@@ -240,7 +240,8 @@ def run_bench(quick: bool = False) -> dict[str, Any]:
                 "latency_missed": len(lat) - len(finite), "latency_p50_s": round(statistics.median(lat), 3),
                 "latency_p99_s": round(q[98], 3)}
 
-    out["naive"] = scenario("naive baseline (one table write per event)", lambda: one(make_load(n_naive, 1), naive=True))
+    out["naive"] = scenario("naive baseline (one table write per event)",
+                            lambda: one(make_load(n_naive, 1), naive=True))
     out["single"] = scenario("worker, single-event records", lambda: one(make_load(n_single, 1)))
     out["batched"] = scenario("worker, batched records (500 events)", lambda: one(make_load(n_batched, 500),
                                                                                    extra=latency))

@@ -7,10 +7,14 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from spendwatch.cli.common import CliError, broker_arg, load_config, positive
+from spendwatch.cli.common import CliError, Command, broker_arg, load_config, positive
+
+if TYPE_CHECKING:
+    from streams.app import Worker
 
 EPILOG = """examples:
   spendwatch demo                         embedded broker + worker + traffic, live console
@@ -43,15 +47,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.live import Live
+
     from spendwatch.demo import demo_settings, inject_incidents, produce_traffic, summary_table
     from spendwatch.runner import run
-    from rich.live import Live
 
     console = Console()
     settings = demo_settings(load_config(args.config))
     started = time.time()
 
-    async def live_summary(worker):  # type: ignore[no-untyped-def]
+    async def live_summary(worker: Worker) -> None:
         with Live(summary_table(worker, started), console=console, refresh_per_second=2) as live:
             while True:
                 await asyncio.sleep(0.5)
@@ -117,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_: str, func) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+    def add(name: str, help_: str, func: Command | None) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=func)
         return sp

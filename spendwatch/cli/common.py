@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from spendwatch.config import Settings
+
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    """What `add_subparsers` returns: each command module registers its commands on it."""
+
+Command = Callable[[argparse.Namespace], int]
+"""A subcommand: parsed arguments in, exit status out."""
 
 
 class CliError(Exception):

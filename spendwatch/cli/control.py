@@ -8,14 +8,16 @@ import logging
 import re
 import time
 from collections.abc import Coroutine
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from schemas.control import CLI_FLAGS, MAX_TTL_S, release_command
-from schemas.control import ControlCommand
-from spendwatch.cli.common import CliError, broker_arg
+from schemas.control import CLI_FLAGS, MAX_TTL_S, ControlCommand, release_command
 from schemas.signing import Keyring, KeyringError
+from spendwatch.cli.common import CliError, Command, broker_arg
+
+if TYPE_CHECKING:
+    from spendwatch.cli.common import Subparsers
 
 T = TypeVar("T")
 DEFAULT_TOPIC = "spendwatch.control"
@@ -48,7 +50,7 @@ def _human(seconds: float) -> str:
 
 
 def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _run(coro: Coroutine[Any, Any, T], broker: str) -> T:
@@ -138,10 +140,10 @@ def _targets(sp: argparse.ArgumentParser) -> None:
                            help=f"the {scope.replace('_id', '')} to {sp.prog.split()[-1]}")
 
 
-def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_control_commands(sub: Subparsers) -> None:
     """Register the control subcommands on the main parser."""
 
-    def add(name: str, help_: str, func) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+    def add(name: str, help_: str, func: Command | None) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.set_defaults(func=func)

@@ -11,6 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterable
+
 from schemas.structs import Event, to_wire
 from spendwatch.emitter import UsageEmitter
 
@@ -35,7 +36,8 @@ async def replay_live(events: Iterable[Event], broker: str, topic: str, speed: f
                     await asyncio.sleep(delay)
             elif len(emitter.buffer) > 200_000:
                 await asyncio.sleep(0.01)  # let the sender drain
-            emitter.emit({**to_wire(ev), "ts": t0 + offset if speed else time.time(), "event_id": f"{run}:{ev.event_id}"})
+            ts = t0 + offset if speed else time.time()
+            emitter.emit({**to_wire(ev), "ts": ts, "event_id": f"{run}:{ev.event_id}"})
             sent += 1
             if progress and sent % 1000 == 0:
                 progress(1000)

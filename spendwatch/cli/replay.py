@@ -7,12 +7,17 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from spendwatch.cli.common import CliError, broker_arg
+
+if TYPE_CHECKING:
+    from replay.readers import ReadStats
+    from schemas.structs import Event
+    from spendwatch.cli.common import Subparsers
 
 EXAMPLES = """examples:
   spendwatch replay backtest traffic.jsonl.gz --config spendwatch.toml --labels incidents.json --out out/
@@ -34,7 +39,7 @@ def counting(console: Console, what: str) -> Iterator[Any]:
         yield lambda n: bar.advance(task, n)
 
 
-def _traffic(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _traffic(args: argparse.Namespace) -> tuple[Iterator[Event], ReadStats]:
     from replay.readers import Attribution, ReadStats, read_traffic
 
     stats = ReadStats()
@@ -54,7 +59,7 @@ def _positive(text: str) -> float:
     return value
 
 
-def _user_errors():  # type: ignore[no-untyped-def]
+def _user_errors() -> tuple[type[Exception], ...]:
     from replay.labels import LabelError
     from replay.readers import ReplayInputError
     from spendwatch.config import ConfigError
@@ -169,7 +174,7 @@ def add_traffic_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of stopping")
 
 
-def add_replay_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_replay_commands(sub: Subparsers) -> None:
     r = sub.add_parser("replay", help="Backtest detectors on recorded traffic, score a series, replay into Kafka.",
                        description="Replay recorded traffic.", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

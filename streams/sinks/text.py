@@ -41,7 +41,8 @@ def digest_title(n: Notification) -> str:
 
 
 def who(alert: Alert) -> list[tuple[str, str]]:
-    pairs = [("workflow", alert.workflow if alert.workflow != ANY_WORKFLOW else None), ("team", alert.team), ("agent", alert.agent_id), ("run", alert.run_id)]
+    workflow = alert.workflow if alert.workflow != ANY_WORKFLOW else None
+    pairs = [("workflow", workflow), ("team", alert.team), ("agent", alert.agent_id), ("run", alert.run_id)]
     return [(k, v) for k, v in pairs if v]
 
 
