@@ -43,3 +43,14 @@ def test_the_check_sees_an_upward_import(tmp_path: Path):
     (tmp_path / "detectors" / "x.py").write_text("def f():\n    from streams.app import build_app\n")
     (tmp_path / "replay" / "y.py").write_text("import streams.ingest\n")
     assert upward_imports(tmp_path) == ["detectors/x.py:2: streams.app", "replay/y.py:1: streams.ingest"]
+
+
+def test_cli_commands_share_helpers_without_importing_the_cli_back():
+    """Command modules take what they share from `spendwatch.cli.common`; none imports the parser
+    module (`spendwatch.cli` itself), so the CLI has no import circle."""
+    back = [f"{path.relative_to(ROOT)}:{node.lineno}"
+            for path in sorted((ROOT / "spendwatch").rglob("*.py")) if path.name != "__main__.py"
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module == "spendwatch.cli"
+            or isinstance(node, ast.Import) and any(a.name == "spendwatch.cli" for a in node.names)]
+    assert back == []
