@@ -33,7 +33,7 @@ from typing import Any
 from detectors import state
 from detectors.detector import Event, LogBaseline, alert_id
 from detectors.pricing.money import fmt_usd, micros_to_usd
-from schemas.alerts import Alert
+from schemas.alerts import Alert, Severity
 from schemas.limits import MAX_ID_LEN
 
 MAX_RUNS = 4_000
@@ -327,7 +327,8 @@ class LoopDetector:
                 wf.learn(run, self.z)
 
     def _alert(self, workflow: str, rid: str, run: Run, wf: WorkflowLoops, now: float) -> Alert:
-        rule, since, repeats, fp = run.flag  # type: ignore[misc]
+        assert run.flag is not None, "only flagged runs are pending"
+        rule, since, repeats, fp = run.flag
         minutes = max(run.last - run.start, 60.0) / 60.0
         usd_per_min = micros_to_usd(run.micros) / minutes
         typical = {f: round(b.typical(), 6) for f, b in wf.baselines.items()}
@@ -338,6 +339,7 @@ class LoopDetector:
             "duration_s": round(run.last - run.start, 1), "run_start": run.start, "typical_run": typical,
         }
         burn = f"{fmt_usd(run.micros)} burned, {fmt_usd(round(run.micros / minutes))}/min"
+        severity: Severity
         if repeats:  # a fingerprint rule; volume flags carry no repeats (a loop may start at step 0)
             evidence.update(repeats=repeats, loop_start_step=since, fingerprint=fp)
             what = f"{rule} ({repeats}× from step {since}{f', action {fp}' if fp else ''})"
@@ -350,7 +352,7 @@ class LoopDetector:
             what = f"silent loop? {feature} {value:,.4g} is {evidence['ratio_to_typical']}× a typical run"
             severity = "warning"
         return Alert(
-            alert_id=alert_id("loop", workflow, rid), kind="loop", severity=severity, workflow=workflow,  # type: ignore[arg-type]
+            alert_id=alert_id("loop", workflow, rid), kind="loop", severity=severity, workflow=workflow,
             ts=now, team=run.team, agent_id=run.agent, run_id=rid, evidence=evidence,
             summary=f"run {rid} in {workflow}: {what}; {run.step} steps, {burn}",
         )

@@ -26,7 +26,7 @@ import math
 from array import array
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from detectors import state
 from detectors.detector import Event, alert_id
@@ -130,7 +130,8 @@ class SeriesScorer:
         return (1.0 - w) * self.season[i] + w * self.season[j]
 
     def _y(self, value: float) -> float:
-        return math.log(max(value, 0.0) + self.offset)  # type: ignore[operator]
+        assert self.offset is not None, "values are only scored and learned once the warm-up picked an offset"
+        return math.log(max(value, 0.0) + self.offset)
 
     def _sigma(self) -> float:
         return max(SIGMA_PER_MAD * self.scale, self.tail / TAIL_SIGMAS, self.min_scale)
@@ -275,9 +276,32 @@ MIN_CALLS = 50
 MIN_RUNS = 5
 """Tokens per call (prompt per run) is only judged over a window with this many calls
 (runs): a few long runs would otherwise look like context bloat."""
-SPARSE = {"prompt_per_run": {"warmup": 30}}
+class ScorerKwargs(TypedDict, total=False):
+    """`SeriesScorer` parameters a spike detector's `scorer` may set (the offset is per feature)."""
+
+    period: float
+    slots: int
+    alpha: float
+    gamma: float
+    beta: float
+    warmup: int
+    clip: float
+    protect: float
+    adapt_after: int
+    min_scale: float
+    z_half: float
+    tail_rate: float
+
+
+class SeriesKwargs(ScorerKwargs, total=False):
+    """The keyword arguments of one feature's `SeriesScorer`: the detector's and the feature's."""
+
+    offset: float | None
+
+
+SPARSE: dict[str, ScorerKwargs] = {"prompt_per_run": {"warmup": 30}}
 """Features learned only from intervals that started runs warm up on fewer samples."""
-SCORER: dict[str, float | int] = {"warmup": 120}
+SCORER: ScorerKwargs = {"warmup": 120}
 """`SeriesScorer` parameters of every feature unless a detector's `scorer` sets them: two hours of
 one-minute intervals before a feature can score, so a new workflow's first hours never alert."""
 SPEND_SPIKE = "spend spike"
@@ -293,12 +317,15 @@ class Horizon:
 
     __slots__ = ("length", "scorers", "errors", "runs")
 
-    def __init__(self, length: int, scorer: dict[str, float | int]):
+    def __init__(self, length: int, scorer: ScorerKwargs):
         self.length = length
-        self.scorers = {f: SeriesScorer(**{"offset": OFFSETS[f], **scorer, **SPARSE.get(f, {})})  # type: ignore[arg-type]
-                        for f in FEATURES}
+        self.scorers = {f: SeriesScorer(**self._params(f, scorer)) for f in FEATURES}
         self.errors = RateScorer(min_share=0.1)
         self.runs = RateScorer(alpha=0.01)  # run starts per minute: the unit of agentic traffic
+
+    @staticmethod
+    def _params(feature: str, scorer: ScorerKwargs) -> SeriesKwargs:
+        return {"offset": OFFSETS[feature], **scorer, **SPARSE.get(feature, {})}
 
     def score_learn(self, ts: float, window: deque[Row], interval: float, agentic: bool) -> Reading:
         """Score the last `length` intervals of `window`, then learn them."""
@@ -338,14 +365,15 @@ class Horizon:
 class WorkflowSpikes:
     """Per-workflow state: open interval counters, the trailing intervals, one Horizon per window length."""
 
-    __slots__ = ("team", "agentic", "open", "next", "window", "horizons", "causes", "quiet", "idle")
+    __slots__ = ("team", "agentic", "open", "next", "longest", "window", "horizons", "causes", "quiet", "idle")
 
-    def __init__(self, first: int, horizons: tuple[int, ...], scorer: dict[str, float | int]):
+    def __init__(self, first: int, horizons: tuple[int, ...], scorer: ScorerKwargs):
         self.team: str | None = None
         self.agentic = False  # has runs (calls with a step): score run starts too
         self.open: dict[int, list[float]] = {}  # interval index (>= next) -> counters, as EMPTY
         self.next = first  # the next interval index to close
-        self.window: deque[Row] = deque(maxlen=max(horizons))
+        self.longest = max(horizons)  # the longest horizon, in intervals: the window's length
+        self.window: deque[Row] = deque(maxlen=self.longest)
         self.horizons = [Horizon(n, scorer) for n in horizons]
         self.causes: set[str] = set()  # cause families alerted in the open incident (empty: none open)
         self.quiet = 0  # intervals since the incident last scored anomalous
@@ -417,10 +445,10 @@ class SpikeDetector:
 
     def __init__(self, interval: float = 60.0, horizons: tuple[int, ...] = (5, 20), threshold: float = 0.55,
                  grace: float = 5.0, cooldown: int = 15, min_excess_usd_per_min: float = 0.02,
-                 scorer: dict[str, float | int] | None = None):
+                 scorer: ScorerKwargs | None = None):
         self.interval, self.horizons, self.threshold, self.grace = interval, horizons, threshold, grace
         self.cooldown, self.min_excess_usd_per_min = cooldown, min_excess_usd_per_min
-        self.scorer = {**SCORER, **(scorer or {})}
+        self.scorer: ScorerKwargs = {**SCORER, **(scorer or {})}
         self.workflows: dict[str, WorkflowSpikes] = {}
 
     def observe(self, event: Event, cost_micros: int) -> None:
@@ -455,7 +483,7 @@ class SpikeDetector:
             return []
         alerts = []
         ahead: list[int] | None = None  # intervals with data, latest first: sorted once, when first needed
-        longest: int = wf.window.maxlen  # type: ignore[assignment]
+        longest = wf.longest
         while (wf.next + 1) * self.interval + self.grace <= now:
             if wf.next in wf.open:
                 alert = self._close(workflow, wf)
@@ -519,8 +547,8 @@ class SpikeDetector:
                     raise ValueError(f"open interval {idx} is before the next one to close ({wf.next})")
                 wf.open[idx] = state.nums(row, len(EMPTY))
             window = state.seq(d["window"])
-            if len(window) > wf.window.maxlen:  # type: ignore[operator]
-                raise ValueError(f"window must be a list of at most {wf.window.maxlen} intervals")
+            if len(window) > wf.longest:
+                raise ValueError(f"window must be a list of at most {wf.longest} intervals")
             for row in window:
                 counters = state.nums(row, len(EMPTY))
                 wf.window.append(EMPTY if tuple(counters) == EMPTY else counters)
@@ -537,7 +565,7 @@ class SpikeDetector:
         """Score and learn one finished interval with data, after the empty ones held before it
         if they were a short silence; an alert if it opens an incident, or if something else
         starts moving in an open one (errors, bloat, traffic)."""
-        if wf.idle <= wf.window.maxlen:  # type: ignore[operator]
+        if wf.idle <= wf.longest:
             # learned as they would have been when they closed (only `agentic` is as of now: it
             # turns on once in a workflow's life, and then held intervals learn 0 run starts too)
             for k in range(wf.next - wf.idle, wf.next):

@@ -9,7 +9,7 @@ by how long the gap is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ def run(
     *,
     tick: float = TICK,
     flush: float = FLUSH,
-    watch: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+    watch: Set[tuple[str, str]] = frozenset(),
     progress: Callable[[int], None] | None = None,
 ) -> Replayed:
     """Replay `events` (wire dicts, or readers' validated events, ts-ordered) and collect every alert."""
@@ -85,8 +85,8 @@ def run(
         out.events += 1
         out.last_ts = ev.ts
         if watch and isinstance(ev, Usage):
-            for key in (("run_id", ev.run_id), ("agent_id", ev.agent_id), ("workflow", ev.workflow)):
-                if key in watch:
+            for subject, value in (("run_id", ev.run_id), ("agent_id", ev.agent_id), ("workflow", ev.workflow)):
+                if value is not None and (key := (subject, value)) in watch:  # a label's id is never None
                     out.watched.setdefault(key, []).append(
                         (ev.ts, monitor.prices.price(ev).micros, ev.input_tokens + ev.output_tokens))
     if next_tick is not None:

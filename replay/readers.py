@@ -470,13 +470,17 @@ def _in_time_order(src: _Source, parsed: Parsed, by_run: bool, skip_bad: bool, s
     latest: dict[Any, tuple[float, int]] = {}
     newest, seq = -math.inf, itertools.count()
     for line, result in parsed:
-        reason = str(result) if isinstance(result, ValueError) else _behind(result, latest, by_run)
+        if isinstance(result, ValueError):
+            reason: str | None = str(result)
+            events: list[Event] = []
+        else:
+            events, reason = result, _behind(result, latest, by_run)
         if reason is not None:
             if not skip_bad:
                 raise ReplayInputError(src.path, line, reason)
             stats.skip(src.path, line, reason)
             continue
-        for event in result:  # type: ignore[union-attr]
+        for event in events:
             ts, group = event.ts, event.run_id if by_run else None
             if ts >= latest.get(group, (-math.inf, 0))[0]:
                 latest[group] = (ts, line)

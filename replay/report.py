@@ -40,7 +40,7 @@ def plot_spend(res: Replayed, tick: float, path: Path) -> None:
             # matplotlib plots datetimes through its unit converters; its stubs only admit numbers
             ax.plot([_dt(b * width) for b in xs], [micros_to_usd(bins[b]) * 3600 / width for b in xs],  # type: ignore[arg-type]
                     label=wf, lw=1)
-    for a in res.alerts:
+    for a in res.alerts:  # a datetime x again, through matplotlib's unit converters its stubs do not know
         ax.axvline(_dt(a.ts), color=KIND_COLOR.get(a.kind, "k"), alpha=0.35, lw=0.8)  # type: ignore[arg-type]
     for kind, color in KIND_COLOR.items():
         if any(a.kind == kind for a in res.alerts):

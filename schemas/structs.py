@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Sequence
 from typing import Annotated, Any, Union
 
 import annotated_types as at
@@ -57,19 +58,21 @@ def _meta(constraints: list[Any]) -> msgspec.Meta | None:
     return msgspec.Meta(**kw) if kw else None
 
 
-def _mirror(tp: Any, constraints: list[Any] = ()) -> Any:  # type: ignore[assignment]
+def _mirror(tp: Any, constraints: Sequence[Any] = ()) -> Any:
     """The msgspec annotation equivalent to a pydantic annotation plus its constraints."""
     origin = typing.get_origin(tp)
     if origin is Annotated:
         base, *extra = typing.get_args(tp)
         return _mirror(base, [*extra, *constraints])
     if origin in (Union, types.UnionType):
-        inner = Union[tuple(_mirror(a) for a in typing.get_args(tp))]  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
+        # a Union built at run time from the mirrored members: mypy only accepts static type expressions here
+        inner = Union[tuple(_mirror(a) for a in typing.get_args(tp))]  # type: ignore[valid-type]  # noqa: UP007
         if constraints:
             raise TypeError(f"schemas.structs cannot mirror constraints on a union {tp!r}")
         return inner
     if origin is dict:
         k, v = typing.get_args(tp)
+        # a dict type built at run time from the mirrored key and value: not a static type expression for mypy
         tp = dict[_mirror(k), _mirror(v)]  # type: ignore[misc]
     elif tp not in (str, int, float, type(None)):
         raise TypeError(f"schemas.structs cannot mirror type {tp!r}")
@@ -89,7 +92,8 @@ def _struct(model: type[BaseModel]) -> type[msgspec.Struct]:
             continue
         tp = _TS if name == "ts" else _mirror(info.annotation, info.metadata)
         if info.default_factory is not None:
-            # pydantic's factory may take the validated data; none of the wire models' does
+            # pydantic types the factory as maybe taking the validated data, msgspec wants a no-argument
+            # one; none of the wire models' factories takes data
             fields.append((name, tp, msgspec.field(default_factory=info.default_factory)))  # type: ignore[arg-type]
         elif info.default is not PydanticUndefined:
             fields.append((name, tp, info.default))

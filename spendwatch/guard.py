@@ -23,9 +23,9 @@ import inspect
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -36,7 +36,8 @@ from spendwatch.emitter import bootstrap_of
 
 log = logging.getLogger("spendwatch.guard")
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+T = TypeVar("T")
 Key = tuple[str, str]
 UNREACHABLE = "control plane unreachable"
 
@@ -130,6 +131,31 @@ class _Guard:
         return None
 
 
+class _Protect:
+    """`@switch.protect(run_id=...)`: a sync or async function, checked on each call."""
+
+    def __init__(self, switch: KillSwitch, targets: dict[str, str | None]):
+        self.switch, self.targets = switch, targets
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                self.switch.check(**self.targets)
+                return await fn(*args, **kwargs)
+            return run_async
+
+        @functools.wraps(fn)
+        def run(*args: P.args, **kwargs: P.kwargs) -> Any:
+            self.switch.check(**self.targets)
+            return fn(*args, **kwargs)
+        return run
+
+
 class KillSwitch:
     """Obeys signed kill/release commands for workflows, agents and runs.
 
@@ -193,22 +219,9 @@ class KillSwitch:
         """A sync and async context manager that checks `targets` on entry."""
         return _Guard(self, targets)
 
-    def protect(self, **targets: str | None) -> Callable[[F], F]:
+    def protect(self, **targets: str | None) -> _Protect:
         """Decorate a (sync or async) function that spends: each call is checked first."""
-        def wrap(fn: F) -> F:
-            if inspect.iscoroutinefunction(fn):
-                @functools.wraps(fn)
-                async def run_async(*args: Any, **kwargs: Any) -> Any:
-                    self.check(**targets)
-                    return await fn(*args, **kwargs)
-                return run_async  # type: ignore[return-value]
-
-            @functools.wraps(fn)
-            def run(*args: Any, **kwargs: Any) -> Any:
-                self.check(**targets)
-                return fn(*args, **kwargs)
-            return run  # type: ignore[return-value]
-        return wrap
+        return _Protect(self, targets)
 
     def _blind(self) -> None:
         if self.fail_closed:

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -163,7 +163,7 @@ def run(
     *,
     data_dir: Path | None = None,
     console: Console | None = None,
-    tasks: list[Callable[[Worker], Awaitable[None]]] = (),  # type: ignore[assignment]
+    tasks: Sequence[Callable[[Worker], Awaitable[None]]] = (),
     duration: float | None = None,
     loglevel: str = "warning",
     kafka_wait: float | None = None,

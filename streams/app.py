@@ -87,7 +87,7 @@ def faust_app(opts: WorkerOptions, broker: str, app_id: str, data_dir: Path | No
     app = faust.App(
         app_id,
         broker=broker,
-        **disk,  # type: ignore[arg-type]  # faust.App's **kwargs are typed as Any-less Mapping values
+        **disk,  # type: ignore[arg-type]  # faust.App's stub checks str values against its typed keywords (monitor...)
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=opts.topics.partitions,
@@ -162,6 +162,7 @@ def _bind(app: faust.App, opts: WorkerOptions, topo: Topology, ingest: IngestSta
 
     @app.agent(topo.rollups, name="rollup")
     async def rollup_agent(stream: faust.StreamT) -> None:
+        # take_events again: faust.Stream has it, the StreamT protocol in faust's stubs does not
         async for events in stream.take_events(1000, within=0.2):  # type: ignore[attr-defined]
             try:
                 await rollup.handle(events)

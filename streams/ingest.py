@@ -149,10 +149,12 @@ class Ingestor:
             events, errors = parse_record(rec.value, self.max_record_bytes, self.strict, self.unknown_fields)
             for err in errors:
                 fx.deadletters.append(deadletter(self.topic, rec, err.reason))
-            key = rec.key.decode(errors="replace") if rec.key else None
+            key: str | None = None
+            home = False  # without a key, a record has no home partition: all its events are forwarded
+            if rec.key:
+                key = rec.key.decode(errors="replace")
+                home = self.partitions is None or rec.partition == home_partition(rec.key, self.partitions)
             mine = []
-            home = key is not None and (self.partitions is None
-                                        or rec.partition == home_partition(rec.key, self.partitions))  # type: ignore[arg-type]
             for ev in events:
                 if ev.workflow != key or not home:
                     # State of a workflow lives on its key's home partition: send it there (its event
@@ -167,17 +169,18 @@ class Ingestor:
                 mine.append(ev)
             if not mine:
                 continue
+            assert key is not None, "events are kept only on their key's home partition"
             try:
-                offset = self.monitor.workflow(key).offset  # type: ignore[arg-type]
+                offset = self.monitor.workflow(key).offset
             except Exception as exc:  # noqa: BLE001 - e.g. stored state of a newer format
-                fx.poisoned.append(Poisoned(key, mine, describe(exc)))  # type: ignore[arg-type]
+                fx.poisoned.append(Poisoned(key, mine, describe(exc)))
                 fx.deadletters.append(deadletter(self.topic, rec, describe(exc), events=[to_wire(e) for e in mine]))
                 continue
             if rec.offset <= offset:
                 fx.redelivered += len(mine)
                 continue
             batch.extend(mine)
-            sources.setdefault(key, []).append((rec, mine))  # type: ignore[arg-type]
+            sources.setdefault(key, []).append((rec, mine))
         out = self.monitor.process(batch)
         for ev, reason in out.late:
             fx.deadletters.append(deadletter(self.topic, _source(sources[ev.workflow], ev), reason, to_wire(ev)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from detectors.pricing.money import fmt_usd, micros_to_usd, usd_to_micros
-from schemas.alerts import Alert
+from schemas.alerts import Alert, Severity
 
 
 class Budget(BaseModel):
@@ -37,7 +37,7 @@ class BudgetConfig(BaseModel):
         return sorted(set(v))
 
 
-def severity_for(pct: int) -> str:
+def severity_for(pct: int) -> Severity:
     return "critical" if pct >= 100 else "warning" if pct >= 90 else "info"
 
 
@@ -74,7 +74,7 @@ def budget_alert(
     return Alert(
         alert_id=f"budget:{scope}:{name}:{period_key}:{threshold}",
         kind="budget",
-        severity=severity_for(threshold),  # type: ignore[arg-type]
+        severity=severity_for(threshold),
         workflow=workflow,
         team=team,
         ts=ts,

@@ -60,6 +60,8 @@ class Rate:
     cache_write: TieredRate
     source: str = "catalog"
     cache_write_1h: TieredRate | None = None
+    _flat: tuple[int, ...] | None = field(init=False, repr=False, compare=False)
+    """Set by `__post_init__`: the five base prices when no part has tiers, else None."""
 
     @classmethod
     def flat(cls, input_per_mtok: float, output_per_mtok: float, cache_read_per_mtok: float | None = None,
@@ -84,21 +86,22 @@ class Rate:
                   cache_write_1h: int = 0) -> int:
         """`cache_write` counts every cache write; `cache_write_1h` the part of it kept for an hour."""
         uncached = input_tokens - cache_read - cache_write
-        flat = self._flat  # type: ignore[attr-defined]
+        flat = self._flat
         if flat is not None:
             return (uncached * flat[0] + output_tokens * flat[1] + cache_read * flat[2]
                     + (cache_write - cache_write_1h) * flat[3] + cache_write_1h * flat[4])
+        assert self.cache_write_1h is not None, "__post_init__ defaults it to cache_write"
         return (
             uncached * self.input.at(input_tokens)
             + cache_read * self.cache_read.at(input_tokens)
             + (cache_write - cache_write_1h) * self.cache_write.at(input_tokens)
-            + cache_write_1h * self.cache_write_1h.at(input_tokens)  # type: ignore[union-attr]
+            + cache_write_1h * self.cache_write_1h.at(input_tokens)
             + output_tokens * self.output.at(input_tokens)
         )
 
     def cost_micros(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0,
                     cache_write_1h: int = 0) -> int:
-        flat = self._flat  # type: ignore[attr-defined]
+        flat = self._flat
         if flat is not None:  # cost_pico inlined: this runs once per event
             pico = ((input_tokens - cache_read - cache_write) * flat[0] + output_tokens * flat[1]
                     + cache_read * flat[2] + (cache_write - cache_write_1h) * flat[3] + cache_write_1h * flat[4])

@@ -10,9 +10,9 @@ import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
-from schemas.control import CLI_FLAGS, MAX_TTL_S, ControlCommand, release_command
+from schemas.control import CLI_FLAGS, MAX_TTL_S, ControlCommand, Scope, release_command
 from schemas.signing import Keyring, KeyringError
 from spendwatch.cli.common import CliError, Command, broker_arg
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 DEFAULT_TOPIC = "spendwatch.control"
+SCOPES: tuple[Scope, ...] = get_args(Scope)
+"""The scopes in `CLI_FLAGS` order: run, agent, workflow."""
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 KEYS_HELP = "file of kid:secret lines, the first signs (default: $SPENDWATCH_CONTROL_KEYS=kid:secret,...)"
 EXAMPLES = {
@@ -73,13 +75,14 @@ def _keyring(path: Path | None) -> Keyring:
         raise CliError(str(err)) from None
 
 
-def _publish(args: argparse.Namespace, action: str, reason: str, ttl_s: float) -> ControlCommand:
+def _publish(args: argparse.Namespace, action: Literal["kill", "release"], reason: str,
+             ttl_s: float) -> ControlCommand:
     """Sign and publish a command for the one target flag given."""
     from schemas.signing import make_command
     from spendwatch.control import cli_issuer, publish_command
 
-    scope = next(s for s in CLI_FLAGS if getattr(args, s) is not None)
-    cmd = make_command(action, scope, getattr(args, scope), reason, ttl_s, cli_issuer(),  # type: ignore[arg-type]
+    scope = next(s for s in SCOPES if getattr(args, s) is not None)
+    cmd = make_command(action, scope, getattr(args, scope), reason, ttl_s, cli_issuer(),
                        keyring=_keyring(args.keys_file), alert_id=getattr(args, "alert", None))
     _run(publish_command(args.broker, args.topic, cmd), args.broker)
     return cmd
