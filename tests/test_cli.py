@@ -95,6 +95,15 @@ def test_emit_missing_file():
     assert r.returncode == 2 and "no such file" in r.stderr.decode()
 
 
+def test_the_demo_fires_a_budget_alert_within_its_first_minute():
+    """What `make run` shows a newcomer: broker, worker, traffic and an alert, from one command."""
+    r = subprocess.run([sys.executable, "-m", "spendwatch", "demo", "--duration", "60"], cwd=ROOT, capture_output=True,
+                       timeout=180)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert "alerts raised:" in out and "budget=" in out, out[-2000:]
+
+
 def test_help_teaches_with_examples():
     r = run_cli("--help")
     assert r.returncode == 0 and b"spendwatch demo --duration 60" in r.stdout
