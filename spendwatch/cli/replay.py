@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   spendwatch replay backtest ../shared/data/mini_swe_agent_gemini3_pro/per_call_usage.csv --out out/swe
   spendwatch replay backtest trace.csv --format azure --workflow chat --model gpt-4o --runs 50 --out out/az
   spendwatch replay score-series billing_hourly.csv --out scored.csv
+  spendwatch replay nab ../shared/data/nab_dev --out out/nab
   spendwatch replay live ../shared/data/mooncake/conversation_trace.jsonl --broker kafka://127.0.0.1:9092 --speed 10
   spendwatch replay generate --seed 3 --days 1 --out scenario.jsonl --labels-out labels.json
 """
@@ -109,6 +110,61 @@ def cmd_score_series(args: argparse.Namespace) -> int:
     except _user_errors() as err:
         raise CliError(str(err)) from None
     print(f"scored {rows} rows into {args.out}; highest anomaly score {best:.3f} at {at}")
+    return 0
+
+
+def cmd_nab(args: argparse.Namespace) -> int:
+    import orjson
+    from rich import box
+    from rich.progress import BarColumn, MofNCompleteColumn
+    from rich.table import Table
+
+    from replay.nab import detect, evaluate, read_corpus, write_results
+
+    console = Console(stderr=args.json)
+    profiles = args.profile or ["standard", "reward_low_FP", "reward_low_FN"]
+    try:
+        files = read_corpus(args.corpus)
+        scores = []
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("scoring series", total=len(files))
+            for f in files:
+                scores.append(detect(f))
+                write_results(args.out, f, scores[-1])
+                bar.advance(task)
+        report = evaluate(files, scores, profiles)
+    except _user_errors() + (OSError,) as err:
+        raise CliError(str(err)) from None
+    if args.json:
+        print(orjson.dumps({"files": len(files), "rows": sum(len(f.ts) for f in files), "out": str(args.out),
+                            "profiles": report}).decode())
+        return 0
+
+    def cell(row: dict[str, Any]) -> str:
+        return f"{row['score']:.1f}" if row["score"] is not None else f"— [dim]({row['raw']:.2f})[/]"
+
+    table = Table(title=f"NAB scores, {len(files)} files of {args.corpus}", box=box.SIMPLE_HEAD,
+                  pad_edge=False, caption="—: no window to normalise by; its raw score (false positives) instead")
+    table.add_column("category", no_wrap=True)
+    table.add_column("files", justify="right")
+    table.add_column("windows", justify="right")
+    for name in profiles:
+        table.add_column(name.removeprefix("reward_"), justify="right")  # low_FP, low_FN: fits 80 columns
+    first = report[profiles[0]]
+    for cat, row in first["categories"].items():
+        table.add_row(cat, str(row["files"]), str(row["windows"]),
+                      *(cell(report[p]["categories"][cat]) for p in profiles))
+    table.add_row("[bold]overall[/]", str(first["files"]), str(first["windows"]), *(f"[bold]{cell(report[p])}[/]"
+                                                                                  for p in profiles))
+    console.print(table)
+    for name in profiles:
+        r = report[name]
+        at = f"{r['threshold']:.6g}" if r["threshold"] <= 1 else "1.1 (above every score: never fires)"
+        console.print(f"{name}: {r['score']:.1f} at threshold {at} (raw {r['raw']:.2f}, null "
+                      f"{r['null']:.2f}, perfect {r['perfect']:.2f}; {r['tp']} windows hit, {r['fn']} missed, "
+                      f"{r['fp_rows']} false-positive rows)")
+    console.print(f"wrote results to {args.out / 'spendwatch'}")
     return 0
 
 
@@ -200,6 +256,18 @@ def add_replay_commands(sub: Subparsers) -> None:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--skip-bad", action="store_true", help="skip and count bad rows instead of stopping")
     s.set_defaults(func=cmd_score_series)
+
+    n = rs.add_parser("nab", help="score the spike scorer on a NAB-format corpus by NAB's rules",
+                      description="Run the spike scorer causally over every series of a Numenta Anomaly Benchmark "
+                      "corpus (CORPUS/data/<category>/<file>.csv, CORPUS/labels/combined_windows.json), write "
+                      "OUT/spendwatch/<category>/spendwatch_<file>.csv, and print NAB's normalised score per "
+                      "profile, at its optimised threshold, per category and overall.")
+    n.add_argument("corpus", type=Path, metavar="CORPUS_DIR")
+    n.add_argument("--out", type=Path, required=True, help="results directory")
+    n.add_argument("--profile", action="append", choices=["standard", "reward_low_FP", "reward_low_FN"],
+                   help="score only this profile (repeatable; default: all three)")
+    n.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    n.set_defaults(func=cmd_nab)
 
     lv = rs.add_parser("live", help="publish recorded traffic into Kafka with its timing",
                        description="Publish recorded traffic into Kafka, timestamps rewritten to now, relative "
