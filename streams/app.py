@@ -42,7 +42,8 @@ __all__ = ["Stats", "Worker", "WorkerOptions", "build_app"]
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """Everything a worker needs from the config, already built (the face turns Settings into this)."""
+    """Everything a worker needs from the config, already built (the face turns Settings into this;
+    the defaults and bounds are the config's)."""
 
     topics: Topics
     monitor: Callable[..., Monitor]
@@ -52,14 +53,14 @@ class WorkerOptions:
     keyring: Keyring | None
     """Signs kill commands; None when no policy rule kills."""
     time_bounds: TimeBounds
-    strict_contract: bool = False
-    batch_max: int = 5000
-    batch_within_s: float = 0.2
-    tick_every_s: float = 1.0
-    evict_idle_s: float = 3600.0
-    commit_interval_s: float = 2.8
-    session_timeout_s: float = 10.0
-    check_changelog_offsets: bool = True
+    strict_contract: bool
+    batch_max: int
+    batch_within_s: float
+    tick_every_s: float
+    evict_idle_s: float
+    commit_interval_s: float
+    session_timeout_s: float
+    check_changelog_offsets: bool
 
 
 @dataclass
@@ -156,7 +157,7 @@ def _bind(app: faust.App, opts: WorkerOptions, topo: Topology, ingest: IngestSta
         batches = stream.take_events(opts.batch_max, within=opts.batch_within_s)  # type: ignore[attr-defined]
         async for events in batches:
             try:
-                await ingest.handle(events, app.consumer.topic_partitions(t.usage) or t.partitions)
+                await ingest.handle(events, topo.partitions(t.usage))
             except Exception:
                 fatal("ingest")
 

@@ -26,14 +26,15 @@ from streams.ingest import home_partition
 
 @dataclass(frozen=True)
 class Topics:
-    """Topic names and the partition count every partitioned topic and changelog shares."""
+    """Topic names and the partition count every partitioned topic and changelog shares (their
+    defaults are the config's, `[topics]`)."""
 
-    usage: str = "spendwatch.usage"
-    alerts: str = "spendwatch.alerts"
-    deadletter: str = "spendwatch.deadletter"
-    rollups: str = "spendwatch.rollups"
-    control: str = "spendwatch.control"
-    partitions: int = 4
+    usage: str
+    alerts: str
+    deadletter: str
+    rollups: str
+    control: str
+    partitions: int
 
 
 def in_context_of(event: Any) -> None:
@@ -88,10 +89,13 @@ class Topology:
             self._stand_ins[key] = _StandIn(SimpleNamespace(topic=topic, partition=partition))
         return self._stand_ins[key]
 
+    def partitions(self, topic: str) -> int:
+        """The topic's real partition count (the configured one until the consumer knows it)."""
+        return self.app.consumer.topic_partitions(topic) or self.names.partitions
+
     def home(self, topic: str, key: str) -> Any:
         """The stand-in event of `key`'s partition of `topic`: where its table values were written."""
-        n = self.app.consumer.topic_partitions(topic) or self.names.partitions
-        return self.of(topic, home_partition(key.encode(), n))
+        return self.of(topic, home_partition(key.encode(), self.partitions(topic)))
 
     def load_workflow(self, name: str) -> WorkflowState | None:
         where = self.home(self.names.usage, name)
