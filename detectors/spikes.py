@@ -28,8 +28,11 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal, TypedDict
 
+from river import base
+
 from detectors import state
 from detectors.detector import Event, alert_id
+from detectors.models import FeatureModel, ModelSpec, Sample, Scale
 from detectors.pricing.money import fmt_usd, micros_to_usd
 from schemas.alerts import Alert
 
@@ -39,7 +42,7 @@ TAIL_SIGMAS = 2.58
 """Where a normal's 99th percentile of |x| lies, in sigmas."""
 
 
-class SeriesScorer:
+class SeriesScorer(base.AnomalyDetector):
     """Causal anomaly score in [0, 1] for one series of (ts, value) samples.
 
     The expected log value is a local level (a clipped EWMA: `alpha` per
@@ -53,8 +56,8 @@ class SeriesScorer:
 
     >>> s = SeriesScorer(offset=1.0, warmup=10)
     >>> for i in range(120):
-    ...     s.learn_one(i * 60.0, 100 + (i % 7))
-    >>> round(s.score_one(120 * 60.0, 104), 2), round(s.score_one(120 * 60.0, 600), 2)
+    ...     s.learn_one({"ts": i * 60.0, "value": 100 + (i % 7)})
+    >>> round(s.score_one({"ts": 7200.0, "value": 104}), 2), round(s.score_one({"ts": 7200.0, "value": 600}), 2)
     (0.01, 1.0)
     """
 
@@ -148,12 +151,16 @@ class SeriesScorer:
             return 0.0
         return (self._y(value) - self.level - self._season(ts)) / self._sigma()
 
-    def score_one(self, ts: float, value: float) -> float:
-        z = self.zscore(ts, value)
+    def score_one(self, x: Sample) -> float:
+        """`x` holds the sample's `ts` (seconds) and `value`."""
+        z = self.zscore(x["ts"], x["value"])
         z = abs(z) if self.direction == "both" else max(z, 0.0)
         return z * z / (z * z + self.z_half * self.z_half)
 
-    def learn_one(self, ts: float, value: float) -> None:
+    def learn_one(self, x: Sample) -> None:
+        self._learn(x["ts"], x["value"])
+
+    def _learn(self, ts: float, value: float) -> None:
         if self._buffer is not None:
             self._buffer.append((ts, value))
             if len(self._buffer) > self.warmup:
@@ -208,10 +215,10 @@ class SeriesScorer:
         mags = sorted(max(v, 0.0) for _, v in buf)
         self.offset = max(0.1 * mags[len(mags) // 2], 0.01 * mags[-1])
         for ts, value in buf:
-            self.learn_one(ts, value)
+            self._learn(ts, value)
 
 
-class RateScorer:
+class RateScorer(base.AnomalyDetector):
     """Score in [0, 1] for a count given its exposure: errors per call, runs per minute.
 
     Sparse counts are the wrong shape for a log-normal level: with 1% errors and 50
@@ -222,8 +229,8 @@ class RateScorer:
 
     >>> s = RateScorer(min_share=0.1)
     >>> for k in [0, 1, 2, 1, 0, 1] * 20:
-    ...     s.learn_one(k, 100)
-    >>> s.score_one(3, 100), round(s.score_one(45, 150), 2)
+    ...     s.learn_one({"count": k, "exposure": 100})
+    >>> s.score_one({"count": 3, "exposure": 100}), round(s.score_one({"count": 45, "exposure": 150}), 2)
     (0.0, 0.97)
     """
 
@@ -250,11 +257,13 @@ class RateScorer:
         mu = exposure * self.rate
         return (count - mu) / math.sqrt(self.dispersion * mu + 1.0)
 
-    def score_one(self, count: float, exposure: float) -> float:
-        z = max(self.zscore(count, exposure), 0.0)
+    def score_one(self, x: Sample) -> float:
+        """`x` holds the `count` and its `exposure` (calls, minutes)."""
+        z = max(self.zscore(x["count"], x["exposure"]), 0.0)
         return z * z / (z * z + self.z_half * self.z_half)
 
-    def learn_one(self, count: float, exposure: float) -> None:
+    def learn_one(self, x: Sample) -> None:
+        count, exposure = x["count"], x["exposure"]
         if exposure <= 0 or self.zscore(count, exposure) >= self.protect:
             return
         self.n += 1
@@ -317,9 +326,10 @@ class Horizon:
 
     __slots__ = ("length", "scorers", "errors", "runs")
 
-    def __init__(self, length: int, scorer: ScorerKwargs):
+    def __init__(self, length: int, scorer: ScorerKwargs, model: ModelSpec | None = None):
         self.length = length
-        self.scorers = {f: SeriesScorer(**self._params(f, scorer)) for f in FEATURES}
+        self.scorers = {f: FeatureModel(SeriesScorer(**self._params(f, scorer)) if model is None else model.build())
+                        for f in FEATURES}
         self.errors = RateScorer(min_share=0.1)
         self.runs = RateScorer(alpha=0.01)  # run starts per minute: the unit of agentic traffic
 
@@ -336,15 +346,16 @@ class Horizon:
             values["tokens_per_call"] = tokens / calls
         if runs >= MIN_RUNS:
             values["prompt_per_run"] = prompts / runs
-        out = {f: (self.scorers[f].score_one(ts, x), x, self.scorers[f].expected(ts)) for f, x in values.items()}
-        out["error_rate"] = (self.errors.score_one(errors, calls), errors / calls if calls else 0.0, self.errors.rate)
+        out = {f: (score, x, expected) for f, x in values.items() for score, expected in [self.scorers[f].score(ts, x)]}
+        out["error_rate"] = (self.errors.score_one({"count": errors, "exposure": calls}),
+                             errors / calls if calls else 0.0, self.errors.rate)
         if agentic:
-            out["runs"] = (self.runs.score_one(runs, minutes), runs / minutes, self.runs.rate)
-            self.runs.learn_one(runs, minutes)
+            out["runs"] = (self.runs.score_one({"count": runs, "exposure": minutes}), runs / minutes, self.runs.rate)
+            self.runs.learn_one({"count": runs, "exposure": minutes})
         for f, x in values.items():
             if f not in SPARSE or window[-1][4]:  # sparse: learn only when new runs came in
-                self.scorers[f].learn_one(ts, x)
-        self.errors.learn_one(errors, calls)
+                self.scorers[f].learn(ts, x)
+        self.errors.learn_one({"count": errors, "exposure": calls})
         return out
 
     def dump(self) -> dict[str, Any]:
@@ -367,14 +378,14 @@ class WorkflowSpikes:
 
     __slots__ = ("team", "agentic", "open", "next", "longest", "window", "horizons", "causes", "quiet", "idle")
 
-    def __init__(self, first: int, horizons: tuple[int, ...], scorer: ScorerKwargs):
+    def __init__(self, first: int, horizons: tuple[int, ...], scorer: ScorerKwargs, model: ModelSpec | None = None):
         self.team: str | None = None
         self.agentic = False  # has runs (calls with a step): score run starts too
         self.open: dict[int, list[float]] = {}  # interval index (>= next) -> counters, as EMPTY
         self.next = first  # the next interval index to close
         self.longest = max(horizons)  # the longest horizon, in intervals: the window's length
         self.window: deque[Row] = deque(maxlen=self.longest)
-        self.horizons = [Horizon(n, scorer) for n in horizons]
+        self.horizons = [Horizon(n, scorer, model) for n in horizons]
         self.causes: set[str] = set()  # cause families alerted in the open incident (empty: none open)
         self.quiet = 0  # intervals since the incident last scored anomalous
         self.idle = 0  # empty intervals since the last with data: held if <= max(horizons), else skipped
@@ -409,7 +420,10 @@ class SpikeDetector:
     and cause: a new cause in an open incident (errors, then bloat) alerts
     again; the incident closes after `cooldown` quiet intervals. An incident
     opens only if it is costly: errors, or at least `min_excess_usd_per_min`
-    over normal spend.
+    over normal spend. `model` (an import path, with `model_args` and `scale`:
+    `detectors.models`) replaces the `SeriesScorer` of the four series features,
+    e.g. `detectors.novelty.NoveltyScorer` (a never-seen value scores ≈ 0.52 there: use
+    `threshold` 0.5 with it) or `river.anomaly.HalfSpaceTrees`.
 
     Empty intervals are not scored (zeros never alert) and are learned only
     as part of a short silence: they are held until the next interval with
@@ -445,8 +459,12 @@ class SpikeDetector:
 
     def __init__(self, interval: float = 60.0, horizons: tuple[int, ...] = (5, 20), threshold: float = 0.55,
                  grace: float = 5.0, cooldown: int = 15, min_excess_usd_per_min: float = 0.02,
-                 scorer: ScorerKwargs | None = None):
+                 scorer: ScorerKwargs | None = None, model: str | None = None,
+                 model_args: dict[str, Any] | None = None, scale: Scale = "none"):
         self.interval, self.horizons, self.threshold, self.grace = interval, horizons, threshold, grace
+        self.model = None if model is None else ModelSpec(model, dict(model_args or {}), scale)
+        if self.model is not None:
+            self.model.build()  # a bad path or argument fails here, at configuration, not at the first interval
         self.cooldown, self.min_excess_usd_per_min = cooldown, min_excess_usd_per_min
         self.scorer: ScorerKwargs = {**SCORER, **(scorer or {})}
         self.workflows: dict[str, WorkflowSpikes] = {}
@@ -457,7 +475,7 @@ class SpikeDetector:
         idx = int(event.ts // self.interval)
         wf = self.workflows.get(event.workflow)
         if wf is None:
-            wf = self.workflows[event.workflow] = WorkflowSpikes(idx, self.horizons, self.scorer)
+            wf = self.workflows[event.workflow] = WorkflowSpikes(idx, self.horizons, self.scorer, self.model)
         wf.team = event.team or wf.team
         acc = wf.open.get(max(idx, wf.next))  # a late event counts in the first open interval
         if acc is None:
@@ -540,7 +558,7 @@ class SpikeDetector:
             interval = state.num(d.get("interval", self.interval))  # docs written before it was configurable
             if interval != self.interval:  # its indices would be read as other times (a longer interval: never due)
                 raise ValueError(f"intervals of {interval:g} s where this detector has {self.interval:g} s")
-            wf = WorkflowSpikes(state.integer(d["next"]), self.horizons, self.scorer)
+            wf = WorkflowSpikes(state.integer(d["next"]), self.horizons, self.scorer, self.model)
             wf.team, wf.agentic = state.opt_text(d["team"]), state.flag(d["agentic"])
             for idx, row in (state.seq(pair, 2) for pair in state.seq(d["open"])):
                 if state.integer(idx) < wf.next:

@@ -1,4 +1,4 @@
-"""`spendwatch replay nab`: the spike scorer on a Numenta Anomaly Benchmark corpus, scored by NAB's rules.
+"""`spendwatch replay nab`: an anomaly model on a Numenta Anomaly Benchmark corpus, scored by NAB's rules.
 
 The rules follow numenta/NAB's `nab/sweeper.py` (`calcSweepScore`, `calcScoreByThreshold`) and the
 normalisation of `nab/runner.py`, so figures compare with NAB's scoreboard:
@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detectors.spikes import SeriesScorer
+from river import base
+
+from detectors.models import Sample
 from replay.readers import ReplayInputError
 from schemas.events import parse_ts
 
@@ -169,13 +171,18 @@ def normalised(raw: float, null: float, perfect: float) -> float | None:
     return None if perfect == null else 100.0 * (raw - null) / (perfect - null)
 
 
-def detect(series: NabFile) -> list[float]:
-    """The spike scorer of `score-series`, causal: each row is scored before it is learned."""
-    scorer = SeriesScorer()
+DEFAULT_MODEL = "detectors.novelty.NoveltyScorer"
+"""What `spendwatch replay nab` scores unless told `--model`."""
+
+
+def detect(series: NabFile, model: base.AnomalyDetector) -> list[float]:
+    """A fresh `model` over one series, causal: each row is scored before it is learned. Scores
+    outside [0, 1] (River's detectors are not all bounded) are clipped, as NAB reads them."""
     out = []
     for ts, value in zip(series.ts, series.values, strict=True):
-        out.append(round(scorer.score_one(ts, value), 6))  # as written, so the results files rescore the same
-        scorer.learn_one(ts, value)
+        x: Sample = {"ts": ts, "value": value}
+        out.append(round(min(max(model.score_one(x), 0.0), 1.0), 6))  # as written: results files rescore the same
+        model.learn_one(x)
     return out
 
 
@@ -276,10 +283,10 @@ def read_corpus(root: Path) -> list[NabFile]:
     return files
 
 
-def write_results(out: Path, series: NabFile, scores: Sequence[float]) -> Path:
+def write_results(out: Path, series: NabFile, scores: Sequence[float], detector: str = DETECTOR) -> Path:
     """NAB's results layout: OUT/<detector>/<category>/<detector>_<file>.csv."""
     category, file = series.name.split("/", 1)
-    path = out / DETECTOR / category / f"{DETECTOR}_{file}"
+    path = out / detector / category / f"{detector}_{file}"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)

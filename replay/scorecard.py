@@ -17,16 +17,19 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from river import base
 
+from detectors import models
 from detectors.detector import Detector
 from detectors.engine.monitor import Monitor
 from detectors.loops import LoopDetector
+from detectors.novelty import NoveltyScorer
 from detectors.registry import DETECTORS, build
 from detectors.spikes import SeriesScorer
 from replay import driver
@@ -171,24 +174,20 @@ def _auc(scores: list[float], labels: list[int]) -> float | None:
     return (sum(r for r, y in zip(ranks, labels) if y) - pos * (pos + 1) / 2) / (pos * neg)
 
 
-def _hst_scores(points: list[tuple[float, float, int]]) -> list[float]:
-    from river import anomaly, compose, preprocessing
-
-    model = compose.Pipeline(preprocessing.MinMaxScaler(), anomaly.HalfSpaceTrees(seed=42))
-    out = []
-    for _, value, _ in points:
-        x = {"value": value}
-        out.append(model.score_one(x))
-        model.learn_one(x)
-    return out
+MS_MODELS: dict[str, Callable[[], base.AnomalyDetector]] = {
+    "SeriesScorer": lambda: SeriesScorer(direction="both"),
+    "NoveltyScorer": NoveltyScorer,
+    "HalfSpaceTrees": lambda: models.build("river.anomaly.HalfSpaceTrees", {"seed": 42}, scale="minmax"),
+}
+"""The ms_cloud comparison; the first is judged at the spike threshold, the others at its false-alarm rate."""
 
 
-def _scorer_scores(points: list[tuple[float, float, int]]) -> list[float]:
-    scorer = SeriesScorer(direction="both")
+def _model_scores(model: base.AnomalyDetector, points: list[tuple[float, float, int]]) -> list[float]:
     out = []
     for ts, value, _ in points:
-        out.append(scorer.score_one(ts, value))
-        scorer.learn_one(ts, value)
+        x: models.Sample = {"ts": ts, "value": value}
+        out.append(model.score_one(x))
+        model.learn_one(x)
     return out
 
 
@@ -209,12 +208,12 @@ def _detections(scores: list[float], labels: list[int], thr: float, tol: int = 2
 
 
 def score_ms_cloud(folder: Path, threshold: float = SPIKE_THRESHOLD) -> dict[str, Any]:
-    """SeriesScorer (two-sided) on every labelled series, and HalfSpaceTrees at the same
-    false-alarm rate (its threshold is the pooled quantile that flags as many normal points)."""
+    """SeriesScorer (two-sided) on every labelled series, and the other `MS_MODELS` at the same
+    false-alarm rate (each one's threshold is the pooled quantile that flags as many normal points)."""
     files = sorted(folder.glob("data/*/*.csv"))
     data = [list(_series(f)) for f in files]
     result: dict[str, Any] = {"series": len(files), "points": sum(map(len, data))}
-    scored = {"SeriesScorer": [_scorer_scores(p) for p in data], "HalfSpaceTrees": [_hst_scores(p) for p in data]}
+    scored = {name: [_model_scores(make(), p) for p in data] for name, make in MS_MODELS.items()}
     labels = [[y for _, _, y in p] for p in data]
     normal_flags = sum(s >= threshold for ss, ls in zip(scored["SeriesScorer"], labels)
                        for s, y in zip(ss, ls) if not y)
@@ -299,7 +298,7 @@ def print_scorecard(result: dict[str, Any], console: Console | None = None) -> N
         t = Table(title=f"spike scorer on ms_cloud_monitoring ({ms['series']} series, {ms['points']:,} points)")
         for col in ("scorer", "threshold", "segments detected", "false episodes /1k pts", "mean ROC-AUC"):
             t.add_column(col)
-        for name in ("SeriesScorer", "HalfSpaceTrees"):
+        for name in MS_MODELS:
             m = ms[name]
             t.add_row(name, f"{m['threshold']:.3g}",
                       f"{m['detected']}/{m['segments']} ({100 * m['segment_recall']:.0f}%)",

@@ -12,6 +12,7 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
+from detectors.models import Sample
 from detectors.spikes import SeriesScorer
 from replay.readers import ReplayInputError, cell_ts
 
@@ -49,8 +50,9 @@ def score_series(path: Path, out: Path, skip_bad: bool = False) -> tuple[int, fl
         w = csv.writer(fh)
         w.writerow(["timestamp", "value", "anomaly_score"])
         for _, raw, ts, value in read_series(path, skip_bad):
-            s = scorer.score_one(ts, value)
-            scorer.learn_one(ts, value)
+            x: Sample = {"ts": ts, "value": value}
+            s = scorer.score_one(x)
+            scorer.learn_one(x)
             w.writerow([raw, value, f"{s:.4f}"])
             rows += 1
             if s > best:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from detectors import registry
+from detectors import models, registry
 from detectors.detector import Detector
 from detectors.engine.budgets import BudgetConfig
 from detectors.engine.periods import PeriodClock
@@ -168,6 +168,25 @@ class SpikeParams(_DetectorParams):
     cooldown: int | None = Field(default=None, ge=1)
     min_excess_usd_per_min: float | None = Field(default=None, ge=0)
     scorer: ScorerParams | None = None
+    model: str | None = Field(default=None, min_length=3, max_length=200)
+    """Import path of the series features' anomaly model instead of SeriesScorer, e.g.
+    "detectors.novelty.NoveltyScorer" or "river.anomaly.HalfSpaceTrees" (`detectors/models.py`)."""
+    model_args: dict[str, Any] | None = None
+    scale: Literal["none", "minmax", "standard"] | None = None
+    """Scale the value before a model from outside spendwatch (HalfSpaceTrees wants [0, 1]: minmax)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _model_builds(self) -> SpikeParams:
+        if self.model is None and (self.model_args or self.scale):
+            raise ValueError("model_args and scale configure a model: set model too")
+        if self.model is not None:
+            try:
+                models.build(self.model, self.model_args, self.scale or "none")
+            except models.ModelError as e:
+                raise ValueError(str(e)) from e
+        return self
 
 
 class DetectorsConfig(_Strict):

@@ -308,8 +308,8 @@ def test_series_scorer_ranks_an_obvious_spike_highest():
     scores = []
     for m in range(3 * 1440):
         value = 100 * diurnal(m) * math.exp(0.1 * rng.gauss(0, 1)) * (6 if m == 2500 else 1)
-        scores.append(scorer.score_one(T0 + 60 * m, value))
-        scorer.learn_one(T0 + 60 * m, value)
+        scores.append(scorer.score_one({"ts": T0 + 60 * m, "value": value}))
+        scorer.learn_one({"ts": T0 + 60 * m, "value": value})
     assert max(range(len(scores)), key=scores.__getitem__) == 2500
     assert scores[2500] > 0.8 and sorted(scores)[-2] < 0.5
     assert all(0.0 <= s <= 1.0 for s in scores)
@@ -318,28 +318,28 @@ def test_series_scorer_ranks_an_obvious_spike_highest():
 def test_series_scorer_is_causal_and_deterministic():
     a, b = SeriesScorer(), SeriesScorer()
     for m in range(200):
-        a.learn_one(T0 + 60 * m, 50 + m % 9)
-        b.learn_one(T0 + 60 * m, 50 + m % 9)
+        a.learn_one({"ts": T0 + 60 * m, "value": 50 + m % 9})
+        b.learn_one({"ts": T0 + 60 * m, "value": 50 + m % 9})
     before = a.dump()
-    s = a.score_one(T0 + 12_000, 400)
+    s = a.score_one({"ts": T0 + 12_000, "value": 400})
     assert a.dump() == before  # scoring does not learn
-    assert s == b.score_one(T0 + 12_000, 400)
+    assert s == b.score_one({"ts": T0 + 12_000, "value": 400})
 
 
 def test_series_scorer_does_not_learn_a_spike_as_the_new_normal():
     s = SeriesScorer(warmup=30)
     for m in range(300):
-        s.learn_one(T0 + 60 * m, 100)
+        s.learn_one({"ts": T0 + 60 * m, "value": 100})
     for m in range(300, 320):
-        s.learn_one(T0 + 60 * m, 800)
+        s.learn_one({"ts": T0 + 60 * m, "value": 800})
     assert s.expected(T0 + 60 * 320) == pytest.approx(100, rel=0.05)
 
 
 def test_rate_scorer_counts_are_judged_by_their_exposure():
     s = RateScorer()
     for k in [0, 1, 0, 2, 1] * 20:
-        s.learn_one(k, 5)  # ~1 run per 5 minutes
-    assert s.score_one(2, 5) < 0.1 and s.score_one(25, 5) > 0.9
+        s.learn_one({"count": k, "exposure": 5})  # ~1 run per 5 minutes
+    assert s.score_one({"count": 2, "exposure": 5}) < 0.1 and s.score_one({"count": 25, "exposure": 5}) > 0.9
 
 
 def workflow_minutes(minutes: range, calls_per_min: float, rng: random.Random, *, calls_x=lambda m: 1.0,

@@ -84,16 +84,17 @@ def test_null_normalises_to_0_and_perfect_to_100() -> None:
 
 
 def write_corpus(root: Path, labels: dict[str, list[list[str]]] | None = None) -> Path:
-    """Two categories, one file each: 300 minutes of a flat noisy series, one with a spike at row 200."""
-    for name, spike in (("catA/flat.csv", None), ("catB/spike.csv", 200)):
+    """Two categories, one file each: 900 minutes of a flat noisy series, one with a spike at row 600
+    (past the novelty scorer's 400-row warm-up)."""
+    for name, spike in (("catA/flat.csv", None), ("catB/spike.csv", 600)):
         path = root / "data" / name
         path.parent.mkdir(parents=True)
-        rows = [f"2020-01-01 {i // 60:02d}:{i % 60:02d}:00,{500 if i == spike else 10 + i % 3}" for i in range(300)]
+        rows = [f"2020-01-01 {i // 60:02d}:{i % 60:02d}:00,{500 if i == spike else 10 + i % 3}" for i in range(900)]
         path.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
     (root / "labels").mkdir()
     labels = labels if labels is not None else {"catA/flat.csv": [],
-                                                 "catB/spike.csv": [["2020-01-01 03:15:00.000000",
-                                                                     "2020-01-01 03:30:00.000000"]]}
+                                                 "catB/spike.csv": [["2020-01-01 09:55:00.000000",
+                                                                     "2020-01-01 10:10:00.000000"]]}
     (root / "labels" / "combined_windows.json").write_text(json.dumps(labels))
     return root
 
@@ -105,13 +106,41 @@ def test_cli_scores_a_tiny_corpus_and_writes_nab_results(tmp_path: Path, capsys:
     assert all(p in text for p in ("standard:", "reward_low_FP:", "reward_low_FN:", "catA", "catB", "overall"))
     for name in ("catA/spendwatch_flat.csv", "catB/spendwatch_spike.csv"):
         lines = (out / "spendwatch" / name).read_text().splitlines()
-        assert lines[0] == "timestamp,value,anomaly_score" and len(lines) == 301
+        assert lines[0] == "timestamp,value,anomaly_score" and len(lines) == 901
     assert main(["replay", "nab", str(corpus), "--out", str(out), "--json", "--profile", "standard"]) == 0
     doc = orjson.loads(capsys.readouterr().out)
-    assert list(doc["profiles"]) == ["standard"] and doc["rows"] == 600
+    assert list(doc["profiles"]) == ["standard"] and doc["rows"] == 1800
+    assert doc["model"] == "detectors.novelty.NoveltyScorer"
     std = doc["profiles"]["standard"]
     assert std["windows"] == 1 and std["tp"] == 1 and std["score"] > 50  # the spike is evident
     assert std["categories"]["catA"]["score"] is None
+
+
+def test_cli_scores_any_river_detector_by_import_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus, out = write_corpus(tmp_path / "corpus"), tmp_path / "out"
+    argv = ["replay", "nab", str(corpus), "--out", str(out), "--json", "--model", "river.anomaly.HalfSpaceTrees",
+            "--model-arg", "seed=42", "--model-arg", "n_trees=5", "--scale", "minmax"]
+    assert main(argv) == 0
+    doc = orjson.loads(capsys.readouterr().out)
+    assert (doc["model"], doc["model_args"], doc["scale"]) == ("river.anomaly.HalfSpaceTrees",
+                                                             {"seed": 42, "n_trees": 5}, "minmax")
+    scores = [float(line.split(",")[2]) for line in
+              (out / "HalfSpaceTrees" / "catB" / "HalfSpaceTrees_spike.csv").read_text().splitlines()[1:]]
+    assert len(scores) == 900 and len(set(scores)) > 10 and all(0.0 <= s <= 1.0 for s in scores)
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--model", "river.anomaly.NoSuchModel"], "has no 'NoSuchModel'"),
+    (["--model", "nosuchpackage.Model"], "cannot import 'nosuchpackage'"),
+    (["--model", "river.anomaly.HalfSpaceTrees", "--model-arg", "bogus=1"], "does not take these arguments"),
+    (["--model", "collections.OrderedDict"], "not a River anomaly detector"),
+    (["--model", "Model"], "not an import path"),
+])
+def test_cli_bad_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                        says: str) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    assert main(["replay", "nab", str(corpus), "--out", str(tmp_path / "out"), *args]) == 2
+    assert says in capsys.readouterr().err
 
 
 def test_reader_keeps_file_order_when_time_goes_back(tmp_path: Path) -> None:
@@ -122,7 +151,7 @@ def test_reader_keeps_file_order_when_time_goes_back(tmp_path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
     files = nab.read_corpus(corpus)
     assert [f.name for f in files] == ["catA/flat.csv", "catB/spike.csv"]
-    assert files[0].ts[49] > files[0].ts[50] and files[1].windows == [(195, 210)]
+    assert files[0].ts[49] > files[0].ts[50] and files[1].windows == [(595, 610)]
 
 
 @pytest.mark.parametrize("damage, message", [

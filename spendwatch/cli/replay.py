@@ -60,6 +60,19 @@ def _positive(text: str) -> float:
     return value
 
 
+def _model_arg(text: str) -> tuple[str, Any]:
+    """KEY=VALUE, VALUE as JSON (numbers, true, lists) or else as text."""
+    import orjson
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. n_trees=25)")
+    try:
+        return key, orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return key, value
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     from replay.labels import LabelError
     from replay.readers import ReplayInputError
@@ -119,32 +132,36 @@ def cmd_nab(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn
     from rich.table import Table
 
-    from replay.nab import detect, evaluate, read_corpus, write_results
+    from detectors.models import ModelSpec
+    from replay.nab import DEFAULT_MODEL, DETECTOR, detect, evaluate, read_corpus, write_results
 
     console = Console(stderr=args.json)
     profiles = args.profile or ["standard", "reward_low_FP", "reward_low_FN"]
+    spec = ModelSpec(args.model or DEFAULT_MODEL, dict(args.model_arg or []), args.scale)
+    detector = DETECTOR if args.model is None else spec.path.replace(":", ".").rsplit(".", 1)[-1]
     try:
+        spec.build()
         files = read_corpus(args.corpus)
         scores = []
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as bar:
             task = bar.add_task("scoring series", total=len(files))
             for f in files:
-                scores.append(detect(f))
-                write_results(args.out, f, scores[-1])
+                scores.append(detect(f, spec.build()))
+                write_results(args.out, f, scores[-1], detector)
                 bar.advance(task)
         report = evaluate(files, scores, profiles)
     except _user_errors() + (OSError,) as err:
         raise CliError(str(err)) from None
     if args.json:
-        print(orjson.dumps({"files": len(files), "rows": sum(len(f.ts) for f in files), "out": str(args.out),
-                            "profiles": report}).decode())
+        print(orjson.dumps({"model": spec.path, "model_args": spec.args, "scale": spec.scale, "files": len(files),
+                            "rows": sum(len(f.ts) for f in files), "out": str(args.out), "profiles": report}).decode())
         return 0
 
     def cell(row: dict[str, Any]) -> str:
         return f"{row['score']:.1f}" if row["score"] is not None else f"— [dim]({row['raw']:.2f})[/]"
 
-    table = Table(title=f"NAB scores, {len(files)} files of {args.corpus}", box=box.SIMPLE_HEAD,
+    table = Table(title=f"NAB scores of {spec.path}, {len(files)} files of {args.corpus}", box=box.SIMPLE_HEAD,
                   pad_edge=False, caption="—: no window to normalise by; its raw score (false positives) instead")
     table.add_column("category", no_wrap=True)
     table.add_column("files", justify="right")
@@ -164,7 +181,7 @@ def cmd_nab(args: argparse.Namespace) -> int:
         console.print(f"{name}: {r['score']:.1f} at threshold {at} (raw {r['raw']:.2f}, null "
                       f"{r['null']:.2f}, perfect {r['perfect']:.2f}; {r['tp']} windows hit, {r['fn']} missed, "
                       f"{r['fp_rows']} false-positive rows)")
-    console.print(f"wrote results to {args.out / 'spendwatch'}")
+    console.print(f"wrote results to {args.out / detector}")
     return 0
 
 
@@ -257,16 +274,24 @@ def add_replay_commands(sub: Subparsers) -> None:
     s.add_argument("--skip-bad", action="store_true", help="skip and count bad rows instead of stopping")
     s.set_defaults(func=cmd_score_series)
 
-    n = rs.add_parser("nab", help="score the spike scorer on a NAB-format corpus by NAB's rules",
-                      description="Run the spike scorer causally over every series of a Numenta Anomaly Benchmark "
-                      "corpus (CORPUS/data/<category>/<file>.csv, CORPUS/labels/combined_windows.json), write "
-                      "OUT/spendwatch/<category>/spendwatch_<file>.csv, and print NAB's normalised score per "
-                      "profile, at its optimised threshold, per category and overall.")
+    n = rs.add_parser("nab", help="score an anomaly model on a NAB-format corpus by NAB's rules",
+                      description="Run an anomaly model (the novelty scorer unless --model) causally over every series "
+                      "of a Numenta Anomaly Benchmark corpus (CORPUS/data/<category>/<file>.csv, "
+                      "CORPUS/labels/combined_windows.json), write OUT/<detector>/<category>/<detector>_<file>.csv, "
+                      "and print NAB's normalised score per profile, at its optimised threshold, per category and "
+                      "overall. Example: spendwatch replay nab NAB --out res --model river.anomaly.HalfSpaceTrees "
+                      "--model-arg seed=42 --scale minmax")
     n.add_argument("corpus", type=Path, metavar="CORPUS_DIR")
     n.add_argument("--out", type=Path, required=True, help="results directory")
     n.add_argument("--profile", action="append", choices=["standard", "reward_low_FP", "reward_low_FN"],
                    help="score only this profile (repeatable; default: all three)")
     n.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    n.add_argument("--model", metavar="IMPORT.PATH", help="a River anomaly detector class or factory (default: "
+                   "detectors.novelty.NoveltyScorer; the workers' own is detectors.spikes.SeriesScorer)")
+    n.add_argument("--model-arg", action="append", type=_model_arg, metavar="KEY=VALUE",
+                   help="a keyword argument of the model (repeatable; VALUE is read as JSON, else as text)")
+    n.add_argument("--scale", choices=["none", "minmax", "standard"], default="none",
+                   help="scale the value before a model from outside spendwatch (HalfSpaceTrees wants minmax)")
     n.set_defaults(func=cmd_nab)
 
     lv = rs.add_parser("live", help="publish recorded traffic into Kafka with its timing",

@@ -1,0 +1,171 @@
+"""The anomaly models: River's own estimator checks, the novelty scorer's behaviours, models by
+import path (`detectors/models.py`) and a spike detector running a configured model."""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from typing import Any
+
+import pytest
+from river import anomaly, base, checks
+
+from detectors.models import FeatureModel, ModelError, OnValue, build
+from detectors.novelty import NoveltyScorer
+from detectors.spikes import RateScorer, SeriesScorer, SpikeDetector
+from schemas.events import UsageEvent
+
+T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+
+
+def river_checks(model: base.Estimator) -> list[Any]:
+    """River's shared checks that do not need a dataset (ours score named features, its datasets have others)."""
+    skips, out = model._unit_test_skips(), []
+    try:
+        for check in checks.yield_checks(model):
+            if isinstance(check, functools.partial):  # the first dataset check: the general ones are done
+                break
+            if check.__name__ not in skips:
+                out.append(check)
+    except ModuleNotFoundError:  # building River's datasets needs scikit-learn, not installed here
+        pass
+    return out
+
+
+@pytest.mark.parametrize("model", [NoveltyScorer(), SeriesScorer(), RateScorer(), OnValue(anomaly.GaussianScorer())],
+                         ids=lambda m: type(m).__name__)
+def test_river_estimator_checks_pass(model: base.Estimator) -> None:
+    assert isinstance(model, base.AnomalyDetector)
+    ran = 0
+    for check in river_checks(model):
+        check(model.clone())
+        ran += 1
+    assert ran >= 10  # repr, clone, pickling, params...
+
+
+def feed(model: NoveltyScorer, values: list[float]) -> list[float]:
+    out = []
+    for v in values:
+        out.append(model.score_one({"value": v}))
+        model.learn_one({"value": v})
+    return out
+
+
+def square_day(day: int, rng: random.Random) -> list[float]:
+    """A nightly batch: 10× the daytime rate for two hours of every day, in 5-minute rows."""
+    return [(100.0 if 24 <= i < 48 else 10.0) + rng.gauss(0, 0.5) for i in range(288)]
+
+
+def test_a_nightly_batch_is_normal_once_seen() -> None:
+    rng = random.Random(1)
+    m = NoveltyScorer()
+    scores = feed(m, [v for d in range(6) for v in square_day(d, rng)])
+    assert max(scores[3 * 288:]) < 0.4  # days 4-6: the batch level and the edges are known
+
+
+def test_a_level_shift_scores_once_at_its_onset_then_is_learned() -> None:
+    rng = random.Random(2)
+    values = [50 + rng.gauss(0, 2) for _ in range(1000)] + [90 + rng.gauss(0, 2) for _ in range(1000)]
+    scores = feed(NoveltyScorer(rest=100), values)
+    assert scores[1000] > 0.5  # the first row at the new level
+    assert sum(s > 0.5 for s in scores[1001:]) <= 5  # not every row after it (a worse onset may show)
+    assert sum(s > 0.5 for s in scores[1500:]) <= 3  # the new level has been learned: only its rare tails score
+    assert max(scores[400:1000]) < 0.5  # quiet on noise before it
+
+
+def test_a_spike_beyond_everything_seen_scores_high_and_noise_low() -> None:
+    rng = random.Random(3)
+    m = NoveltyScorer()
+    feed(m, [20 + rng.gauss(0, 1) for _ in range(600)])
+    assert m.score_one({"value": 20.0}) < 0.3 and m.score_one({"value": 80.0}) > 0.5
+
+
+def test_scores_before_the_warmup_are_zero_and_scoring_does_not_learn() -> None:
+    m = NoveltyScorer(warmup=50)
+    assert set(feed(m, [float(i % 5) for i in range(50)])) == {0.0}
+    before = m.dump()
+    m.score_one({"value": 1e9})
+    assert m.dump() == before
+
+
+def test_dump_and_load_continue_exactly() -> None:
+    rng = random.Random(4)
+    values = [rng.lognormvariate(3, 1) for _ in range(900)]
+    a, b = NoveltyScorer(), NoveltyScorer()
+    feed(a, values[:600])
+    b.load(a.dump())
+    assert feed(a, values[600:]) == feed(b, values[600:])
+
+
+@pytest.mark.parametrize("doc", [{}, {"buffer": None, "lo": 0.0, "width": 0.0, "total": 1.0, "counts": [],
+                                      "left": 0, "last": 0.0},
+                                 {"buffer": None, "lo": "x", "width": 1.0, "total": 1.0, "counts": [], "left": 0,
+                                  "last": 0.0}])
+def test_damaged_state_is_refused(doc: dict[str, Any]) -> None:
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        NoveltyScorer().load(doc)
+
+
+def test_a_runaway_series_holds_bounded_state() -> None:
+    m = NoveltyScorer(warmup=20, bins=10)
+    feed(m, [float(i) for i in range(20)] + [1.01 ** i for i in range(5000)] + [math.inf, -math.inf, math.nan])
+    assert len(m._counts) <= (2 * NoveltyScorer.MAX_BINS_OUT + 1) * 10 + 1
+
+
+def test_models_outside_spendwatch_do_not_see_the_timestamp() -> None:
+    m = build("river.anomaly.HalfSpaceTrees", {"seed": 7, "n_trees": 5}, scale="minmax")
+    for i in range(200):
+        m.learn_one({"ts": T0 + 60 * i, "value": float(i % 10)})
+    assert m.score_one({"ts": T0, "value": 3.0}) == m.score_one({"ts": T0 + 1e7, "value": 3.0})
+
+
+def test_a_supervised_river_detector_scores_the_value_as_its_target() -> None:
+    m = build("river.anomaly.GaussianScorer", {"grace_period": 10})
+    for i in range(100):
+        m.learn_one({"ts": T0 + i, "value": 10.0 + i % 3})
+    assert m.score_one({"ts": T0, "value": 11.0}) < m.score_one({"ts": T0, "value": 40.0})
+
+
+@pytest.mark.parametrize(("path", "args", "says"), [
+    ("river.anomaly", None, "not a class or factory"),
+    ("river.anomaly.NoSuch", None, "has no 'NoSuch'"),
+    ("nosuch.thing", None, "cannot import 'nosuch'"),
+    ("detectors.novelty.NoveltyScorer", {"nope": 1}, "does not take these arguments"),
+    ("collections:OrderedDict", None, "not a River anomaly detector"),
+    ("NoveltyScorer", None, "not an import path"),
+])
+def test_bad_models_are_named_with_what_to_do(path: str, args: dict[str, Any] | None, says: str) -> None:
+    with pytest.raises(ModelError, match=says):
+        build(path, args)
+
+
+@pytest.mark.parametrize("path", ["detectors.novelty.NoveltyScorer", "river.anomaly.HalfSpaceTrees"])
+def test_a_feature_model_round_trips_its_state(path: str) -> None:
+    a, b = FeatureModel(build(path, scale="none" if path.startswith("detectors") else "minmax")), None
+    for i in range(500):
+        a.learn(T0 + 60 * i, 5.0 + math.sin(i / 10))
+    b = FeatureModel(build(path, scale="none" if path.startswith("detectors") else "minmax"))
+    b.load(a.dump())
+    assert a.score(T0 + 60 * 500, 9.0) == b.score(T0 + 60 * 500, 9.0)
+    assert b.score(T0, 5.0)[1] == pytest.approx(a.baseline.get())
+
+
+def test_a_spike_detector_runs_the_configured_model_and_keeps_its_state() -> None:
+    det = SpikeDetector(threshold=0.5, model="detectors.novelty.NoveltyScorer", model_args={"warmup": 60, "rest": 30})
+    rng = random.Random(5)
+    alerts = []
+    for minute in range(600):
+        calls = 200 if minute == 500 else 20 + rng.randint(-2, 2)
+        for i in range(calls):
+            det.observe(UsageEvent(type="usage", event_id=f"{minute}-{i}", ts=T0 + 60 * minute + i * 50 / calls, workflow="wf",
+                                   provider="openai", model="gpt-4o", input_tokens=3000, output_tokens=200), 9500)
+        alerts += det.tick("wf", T0 + 60 * (minute + 1) + 10)
+        if minute == 300:
+            again = SpikeDetector(threshold=0.5, model="detectors.novelty.NoveltyScorer", model_args={"warmup": 60, "rest": 30})
+            doc = det.dump("wf")
+            assert doc is not None
+            again.load("wf", doc)
+            assert again.dump("wf") == doc
+    assert [a.workflow for a in alerts] == ["wf"] and alerts[0].kind == "spike"
+    assert T0 + 60 * 500 <= alerts[0].ts <= T0 + 60 * 506
