@@ -234,8 +234,8 @@ def _alert_table(title: str, alerts: list[dict[str, Any]], limit: int) -> Table:
 def render(doc: dict[str, Any], console: Console, limit: int = LIMIT) -> None:
     """Summary line first, then the metrics (with labels) and the alert lists, each capped at `limit`."""
     console.print(f"[bold]A[/] = {doc['a']['config']}   [bold]B[/] = {doc['b']['config']}   "
-                  f"{doc['events']:,} events over {_num(doc['days'])} days; moved: more than "
-                  f"{doc['tolerance_s']:g} s apart (pairs up to {doc['window_s']:g} s)")
+                  f"{doc['events']:,} events over {_num(doc['days'])} days; a shift over "
+                  f"{doc['tolerance_s']:g} s is a move (pairs up to {doc['window_s']:g} s)")
     console.print(f"[bold]{summary_line(doc)}[/]")
     if "delta" in doc:
         t = Table(box=box.SIMPLE_HEAD, pad_edge=False,

@@ -61,6 +61,12 @@ def _positive(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     from replay.labels import LabelError
     from replay.readers import ReplayInputError
@@ -303,7 +309,7 @@ def add_replay_commands(sub: Subparsers) -> None:
     c.add_argument("--window", type=float, default=3600.0,
                    help="seconds apart beyond which two alerts of one subject with different ids are two "
                         "alerts, not one that moved (default: %(default)g)")
-    c.add_argument("--limit", type=int, default=20, help="alerts listed per section (default: %(default)s)")
+    c.add_argument("--limit", type=_at_least_one, default=20, help="alerts listed per section (default: %(default)s)")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     c.add_argument("--out", type=Path, metavar="REPORT.html", help="also write an HTML report")
     c.set_defaults(func=cmd_compare)
