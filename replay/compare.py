@@ -245,8 +245,8 @@ def render(doc: dict[str, Any], console: Console, limit: int = LIMIT) -> None:
         sa, sb = doc["a"]["score"]["all"], doc["b"]["score"]["all"]
         for m in METRICS:
             unit = " s" if m.endswith("_s") else ""
-            t.add_row(m.removesuffix("_s").replace("_", " ") + (" (s)" if unit else ""), _num(sa[m]), _num(sb[m]),
-                      _signed(doc["delta"][m]))
+            t.add_row(m.removesuffix("_s").replace("_", " ").replace("ttd", "TTD"), _num(sa[m], unit),
+                      _num(sb[m], unit), _signed(doc["delta"][m], unit))
         console.print(t)
         changes = doc["incident_changes"]
         if changes:
