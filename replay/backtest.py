@@ -32,22 +32,31 @@ def savings(row: dict[str, Any], watched: dict[tuple[str, str], list[tuple[float
     return {"saved_usd": round(micros_to_usd(sum(c[1] for c in calls)), 6), "saved_tokens": sum(c[2] for c in calls)}
 
 
+def detection_stats(rows: list[dict[str, Any]], alerts: list[Alert], explained: list[Alert],
+                    false: list[Alert]) -> dict[str, Any]:
+    """Recall, precision and time to detect of one group of `match` results (a kind, or all of them):
+    `rows` its labelled incidents, `alerts` all its alerts, of which `explained` are side effects
+    of an incident and `false` match nothing."""
+    found = [r for r in rows if r["alert"] is not None]
+    ttd = [r["alert"].ts - r["start"] for r in found]
+    n_alerts = len(alerts) - len(explained)
+    return {"incidents": len(rows), "detected": len(found), "recall": len(found) / len(rows) if rows else None,
+            "alerts": n_alerts, "false_alarms": len(false),
+            "precision": (n_alerts - len(false)) / n_alerts if n_alerts else None,
+            "median_ttd_s": statistics.median(ttd) if ttd else None,
+            "mean_ttd_s": statistics.fmean(ttd) if ttd else None}
+
+
 def score(alerts: list[Alert], labels: list[dict[str, Any]], watched: dict) -> dict[str, Any]:
     """Per kind: recall, precision, median time to detect, savings; and the per-incident rows."""
     rows, explained, unmatched = match(alerts, labels)  # explained: side effects of a labelled incident
     per_kind: dict[str, Any] = {}
     for kind in sorted({r["kind"] for r in rows} | {a.kind for a in alerts}):
         rs = [r for r in rows if r["kind"] == kind]
-        found = [r for r in rs if r["alert"] is not None]
-        n_alerts = sum(a.kind == kind for a in alerts) - sum(a.kind == kind for a in explained)
-        false = sum(a.kind == kind for a in unmatched)
-        saved = [savings(r, watched) for r in found]
+        saved = [savings(r, watched) for r in rs if r["alert"] is not None]
         per_kind[kind] = {
-            "incidents": len(rs), "detected": len(found),
-            "recall": len(found) / len(rs) if rs else None,
-            "alerts": n_alerts, "false_alarms": false,
-            "precision": (n_alerts - false) / n_alerts if n_alerts else None,
-            "median_ttd_s": statistics.median([r["alert"].ts - r["start"] for r in found]) if found else None,
+            **detection_stats(rs, [a for a in alerts if a.kind == kind], [a for a in explained if a.kind == kind],
+                              [a for a in unmatched if a.kind == kind]),
             "saved_usd": round(sum(s["saved_usd"] for s in saved), 2),
             "saved_tokens": sum(s["saved_tokens"] for s in saved),
         }

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from detectors.pricing.money import micros_to_usd  # noqa: E402
+from replay.compare import METRICS, summary_line  # noqa: E402
 from replay.driver import Replayed  # noqa: E402
 
 KIND_COLOR = {"loop": "tab:red", "zombie": "tab:purple", "spike": "tab:orange", "budget": "tab:blue",
@@ -108,10 +109,37 @@ def write_report(out_dir: Path, summary: dict[str, Any], res: Replayed, tick: fl
     parts += ["<h2>Alerts</h2>",
               _table([a.model_dump() for a in res.alerts[:300]], ["ts", "kind", "severity", "workflow", "agent_id",
                                                                   "run_id", "summary"])]
+    page = out_dir / "report.html"
+    page.write_text(_page("spendwatch backtest", parts))
+    return page
+
+
+def _page(title: str, parts: list[str]) -> str:
     style = ("<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:"
              "collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
              "img{max-width:100%}</style>")
-    page = out_dir / "report.html"
-    page.write_text(f"<!doctype html><meta charset=utf-8><title>spendwatch backtest</title>{style}"
-                    + "\n".join(parts))
-    return page
+    return f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>{style}" + "\n".join(parts)
+
+
+def write_compare_report(path: Path, doc: dict[str, Any]) -> Path:
+    """`replay compare`'s review as one HTML page: the summary line, the metrics, every changed alert."""
+    alert_cols = ["ts", "kind", "severity", "workflow", "agent_id", "run_id", "summary"]
+    parts = [f"<h1>spendwatch compare</h1><p>A = {html.escape(doc['a']['config'])}, B = "
+             f"{html.escape(doc['b']['config'])}; {doc['events']:,} events; moved: more than "
+             f"{doc['tolerance_s']:g} s apart.</p><p><b>{html.escape(summary_line(doc))}</b></p>"]
+    if "delta" in doc:
+        sa, sb = doc["a"]["score"]["all"], doc["b"]["score"]["all"]
+        parts += ["<h2>Detection score</h2>",
+                  _table([{"metric": m, "A": sa[m], "B": sb[m], "B−A": doc["delta"][m]} for m in METRICS],
+                         ["metric", "A", "B", "B−A"]),
+                  "<h2>Incidents detected differently</h2>",
+                  _table(doc["incident_changes"], ["change", "type", "subject", "id", "start", "ttd_a_s", "ttd_b_s"])]
+    parts += [f"<h2>Added (B only): {len(doc['added'])}</h2>", _table(doc["added"], alert_cols),
+              f"<h2>Removed (A only): {len(doc['removed'])}</h2>", _table(doc["removed"], alert_cols),
+              f"<h2>Moved: {len(doc['moved'])}</h2>",
+              _table([{"shift_s": m["shift_s"], "A at": m["a"]["ts"], "B at": m["b"]["ts"], **m["b"]}
+                      for m in doc["moved"]], ["shift_s", "A at", "B at", "kind", "workflow", "agent_id", "run_id",
+                                               "summary"])]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_page("spendwatch compare", parts))
+    return path

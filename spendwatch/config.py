@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from detectors import models, registry
 from detectors.detector import Detector
 from detectors.engine.budgets import BudgetConfig
+from detectors.engine.monitor import Monitor
 from detectors.engine.periods import PeriodClock
 from detectors.loops import FEATURES as RUN_FEATURES
 from detectors.policy import PolicyConfig
@@ -248,6 +249,12 @@ class Settings(_Strict):
         """The configured detectors, one of each registered kind in registry order: what the
         Monitor of a worker or a backtest run with this config runs."""
         return registry.build(self.detectors.params())
+
+    def build_monitor(self, **stores: Any) -> Monitor:
+        """The engine this config runs: budgets, prices, timezone, dedup window and a fresh set of
+        detectors (each call builds its own), over `stores` when a worker gives it tables."""
+        return Monitor(self.budgets, self.price_book(), self.timezone, self.dedup_window_s,
+                       detectors=self.build_detectors(), **stores)
 
     def price_book(self) -> PriceBook:
         overrides = {name: o.rate(f"override:{name}") for name, o in self.pricing.overrides.items()}

@@ -19,7 +19,6 @@ from aiokafka import AIOKafkaClient
 from faust.exceptions import ConsistencyError
 from rich.console import Console
 
-from detectors.engine.monitor import Monitor
 from schemas.signing import Keyring
 from spendwatch.config import Settings, TopicsConfig
 from spendwatch.emitter import bootstrap_of
@@ -125,9 +124,8 @@ def worker_options(settings: Settings) -> WorkerOptions:
     missing key file stops the start with its error)."""
     return WorkerOptions(
         topics=Topics(**settings.topics.model_dump()),
-        # a function, not a partial: each Monitor gets detectors of its own
-        monitor=lambda **stores: Monitor(settings.budgets, settings.price_book(), settings.timezone,
-                                         settings.dedup_window_s, detectors=settings.build_detectors(), **stores),
+        # a method, not a built Monitor: each call gets detectors of its own
+        monitor=settings.build_monitor,
         policy=settings.policy,
         routing=settings.routing,
         keyring=Keyring.load(settings.control_keys_file) if settings.kills() else None,

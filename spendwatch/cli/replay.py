@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   spendwatch replay backtest traffic.jsonl.gz --config spendwatch.toml --labels incidents.json --out out/
   spendwatch replay backtest ../shared/data/mini_swe_agent_gemini3_pro/per_call_usage.csv --out out/swe
   spendwatch replay backtest trace.csv --format azure --workflow chat --model gpt-4o --runs 50 --out out/az
+  spendwatch replay compare main.toml tuned.toml traffic.jsonl.gz --labels incidents.json
   spendwatch replay score-series billing_hourly.csv --out scored.csv
   spendwatch replay nab ../shared/data/nab_dev --out out/nab
   spendwatch replay live ../shared/data/mooncake/conversation_trace.jsonl --broker kafka://127.0.0.1:9092 --speed 10
@@ -73,6 +74,12 @@ def _model_arg(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     from replay.labels import LabelError
     from replay.readers import ReplayInputError
@@ -112,6 +119,45 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                       f"{(summary['poisoned'] or [{'reason': 'in a detector tick, see the log'}])[0]['reason']}\n"
                       "A bug in spendwatch: please report it with summary.json's \"poisoned\" entries.")
         return 3 if args.strict else 0
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import orjson
+
+    from replay.compare import check_spans, compare, render, run_side
+    from replay.labels import load_labels
+    from spendwatch.config import load_settings
+
+    console = Console(stderr=args.json)
+    try:
+        check_spans(args.tolerance, args.window)
+        configs = [(path, load_settings(path)) for path in (args.a, args.b)]
+        labels = load_labels(args.labels) if args.labels else None
+        sides = []
+        for path, settings in configs:  # the traffic is read once per side: memory stays one event deep
+            events, stats = _traffic(args)
+            with counting(console, f"replaying {path.name}") as progress:
+                sides.append(run_side(str(path), events, settings.build_monitor(), args.tick, labels, progress))
+        doc = compare(sides[0], sides[1], labels=labels, tolerance=args.tolerance, window=args.window)
+    except _user_errors() as err:
+        raise CliError(str(err)) from None
+    doc["skipped_lines"] = stats.skipped
+    if args.out:
+        from replay.report import write_compare_report
+
+        try:
+            write_compare_report(args.out, doc)
+        except OSError as err:
+            raise CliError(f"{args.out}: cannot write the report: {err.strerror}") from None
+    if args.json:
+        print(orjson.dumps(doc).decode())
+        return 0
+    render(doc, console, args.limit)
+    if stats.skipped:
+        console.print(f"skipped {stats.skipped} bad lines")
+    if args.out:
+        console.print(f"wrote {args.out}")
     return 0
 
 
@@ -265,6 +311,25 @@ def add_replay_commands(sub: Subparsers) -> None:
                    help="exit 3 if the engine failed on any workflow slice (the worker would dead-letter it and "
                         "go on, and so does the backtest without this flag)")
     b.set_defaults(func=cmd_backtest)
+
+    c = rs.add_parser("compare", help="two detector configs over the same traffic: alerts added, removed, moved",
+                      description="Backtest two configurations (A, then B) on the same traffic and review B "
+                      "against A: alerts added, removed and moved in time, and with --labels the recall, "
+                      "precision, time-to-detect and false-alarm deltas B−A.")
+    c.add_argument("a", type=Path, metavar="A.toml", help="the baseline config")
+    c.add_argument("b", type=Path, metavar="B.toml", help="the changed config")
+    add_traffic_args(c)
+    c.add_argument("--labels", type=Path, help="incident labels JSON (see replay/labels.py) to score both against")
+    c.add_argument("--tick", type=_positive, default=10.0, help="detector interval in event seconds (default: 10)")
+    c.add_argument("--tolerance", type=float, default=300.0,
+                   help="seconds a paired alert may shift and still count as unchanged (default: %(default)g)")
+    c.add_argument("--window", type=float, default=3600.0,
+                   help="seconds apart beyond which two alerts of one subject with different ids are two "
+                        "alerts, not one that moved (default: %(default)g)")
+    c.add_argument("--limit", type=_at_least_one, default=20, help="alerts listed per section (default: %(default)s)")
+    c.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    c.add_argument("--out", type=Path, metavar="REPORT.html", help="also write an HTML report")
+    c.set_defaults(func=cmd_compare)
 
     s = rs.add_parser("score-series", help="anomaly score per row of a timestamp,value CSV",
                       description="Score a recorded series (CSV with timestamp,value) with the spike scorer, "
