@@ -16,7 +16,7 @@ from detectors.pricing.money import micros_to_usd  # noqa: E402
 from replay.driver import Replayed  # noqa: E402
 
 KIND_COLOR = {"loop": "tab:red", "zombie": "tab:purple", "spike": "tab:orange", "budget": "tab:blue",
-              "unpriced": "tab:gray"}
+              "burn_rate": "tab:cyan", "unpriced": "tab:gray"}
 TOP = 8
 
 
