@@ -40,10 +40,11 @@ def plot_spend(res: Replayed, tick: float, path: Path) -> None:
             # matplotlib plots datetimes through its unit converters; its stubs only admit numbers
             ax.plot([_dt(b * width) for b in xs], [micros_to_usd(bins[b]) * 3600 / width for b in xs],  # type: ignore[arg-type]
                     label=wf, lw=1)
-    for a in res.alerts:  # a datetime x again, through matplotlib's unit converters its stubs do not know
+    fired = [a for a in res.alerts if a.status == "firing"]
+    for a in fired:  # a datetime x again, through matplotlib's unit converters its stubs do not know
         ax.axvline(_dt(a.ts), color=KIND_COLOR.get(a.kind, "k"), alpha=0.35, lw=0.8)  # type: ignore[arg-type]
     for kind, color in KIND_COLOR.items():
-        if any(a.kind == kind for a in res.alerts):
+        if any(a.kind == kind for a in fired):
             ax.plot([], [], color=color, label=f"{kind} alert")
     ax.set_ylabel("spend, $ per hour")
     ax.set_title("Spend per workflow (event time) with alerts")
@@ -106,8 +107,8 @@ def write_report(out_dir: Path, summary: dict[str, Any], res: Replayed, tick: fl
                   _table(score["incidents"][:300], ["type", "subject", "id", "start", "end", "detected_at", "ttd_s",
                                                     "saved_usd", "alert_id"])]
     parts += ["<h2>Alerts</h2>",
-              _table([a.model_dump() for a in res.alerts[:300]], ["ts", "kind", "severity", "workflow", "agent_id",
-                                                                  "run_id", "summary"])]
+              _table([a.model_dump() for a in res.alerts[:300]], ["ts", "kind", "severity", "status", "workflow",
+                                                                  "agent_id", "run_id", "summary"])]
     style = ("<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:"
              "collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
              "img{max-width:100%}</style>")
