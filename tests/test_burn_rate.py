@@ -187,6 +187,11 @@ def test_tiers_windows_and_factors_come_from_the_config(tmp_path: Path):
     assert tier == "page" and 45.5 <= minute <= 50.5
 
 
+def test_the_example_config_shows_the_burn_rate_defaults():
+    example = load_settings(Path(__file__).parent.parent / "spendwatch.example.toml")
+    assert example.budgets.burn_rate == BurnRateConfig()
+
+
 @pytest.mark.parametrize("text, expected", [
     ("[budgets.burn_rate.page]\nshort_s = 3600", "budgets.burn_rate.page: Value error, short_s (3600) must be "
                                                   "shorter than long_s (3600)"),
