@@ -29,7 +29,7 @@ class LabelError(ValueError):
 class Incident(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    kind: Literal["loop", "zombie", "spike", "budget"]
+    kind: Literal["loop", "zombie", "spike", "budget", "burn_rate"]
     subject: Literal["run_id", "agent_id", "workflow"]
     id: str
     workflow: str | None = None

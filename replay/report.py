@@ -17,7 +17,7 @@ from replay.compare import METRICS, summary_line  # noqa: E402
 from replay.driver import Replayed  # noqa: E402
 
 KIND_COLOR = {"loop": "tab:red", "zombie": "tab:purple", "spike": "tab:orange", "budget": "tab:blue",
-              "unpriced": "tab:gray"}
+              "burn_rate": "tab:cyan", "unpriced": "tab:gray"}
 TOP = 8
 
 
@@ -41,10 +41,11 @@ def plot_spend(res: Replayed, tick: float, path: Path) -> None:
             # matplotlib plots datetimes through its unit converters; its stubs only admit numbers
             ax.plot([_dt(b * width) for b in xs], [micros_to_usd(bins[b]) * 3600 / width for b in xs],  # type: ignore[arg-type]
                     label=wf, lw=1)
-    for a in res.alerts:  # a datetime x again, through matplotlib's unit converters its stubs do not know
+    fired = [a for a in res.alerts if a.status == "firing"]
+    for a in fired:  # a datetime x again, through matplotlib's unit converters its stubs do not know
         ax.axvline(_dt(a.ts), color=KIND_COLOR.get(a.kind, "k"), alpha=0.35, lw=0.8)  # type: ignore[arg-type]
     for kind, color in KIND_COLOR.items():
-        if any(a.kind == kind for a in res.alerts):
+        if any(a.kind == kind for a in fired):
             ax.plot([], [], color=color, label=f"{kind} alert")
     ax.set_ylabel("spend, $ per hour")
     ax.set_title("Spend per workflow (event time) with alerts")
@@ -107,8 +108,8 @@ def write_report(out_dir: Path, summary: dict[str, Any], res: Replayed, tick: fl
                   _table(score["incidents"][:300], ["type", "subject", "id", "start", "end", "detected_at", "ttd_s",
                                                     "saved_usd", "alert_id"])]
     parts += ["<h2>Alerts</h2>",
-              _table([a.model_dump() for a in res.alerts[:300]], ["ts", "kind", "severity", "workflow", "agent_id",
-                                                                  "run_id", "summary"])]
+              _table([a.model_dump() for a in res.alerts[:300]], ["ts", "kind", "severity", "status", "workflow",
+                                                                  "agent_id", "run_id", "summary"])]
     page = out_dir / "report.html"
     page.write_text(_page("spendwatch backtest", parts))
     return page
@@ -123,7 +124,7 @@ def _page(title: str, parts: list[str]) -> str:
 
 def write_compare_report(path: Path, doc: dict[str, Any]) -> Path:
     """`replay compare`'s review as one HTML page: the summary line, the metrics, every changed alert."""
-    alert_cols = ["ts", "kind", "severity", "workflow", "agent_id", "run_id", "summary"]
+    alert_cols = ["ts", "kind", "severity", "status", "workflow", "agent_id", "run_id", "summary"]
     parts = [f"<h1>spendwatch compare</h1><p>A = {html.escape(doc['a']['config'])}, B = "
              f"{html.escape(doc['b']['config'])}; {doc['events']:,} events; moved: more than "
              f"{doc['tolerance_s']:g} s apart.</p><p><b>{html.escape(summary_line(doc))}</b></p>"]

@@ -185,7 +185,8 @@ def test_a_run_of_5000_steps_alerts_once_and_stays_small(fingerprints: list[str]
 NUMBERS = st.sampled_from([0.0, -1.0, 1e-300, 1e-7, 0.004, 0.01, 1.0, 1e9, 1e300, float("inf"), float("nan")]) \
     | st.floats(allow_nan=True, allow_infinity=True)
 KNOBS = ["budgets.workflows.w.daily_usd", "budgets.teams.t.monthly_usd", "dedup_window_s", "max_ahead_s",
-         "routing.group_wait_s", "routing.repeat_interval_s"]
+         "routing.group_wait_s", "routing.repeat_interval_s", "budgets.burn_rate.page.factor",
+         "budgets.burn_rate.ticket.short_s"]
 
 
 @settings(max_examples=EXAMPLES, deadline=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from detectors.engine.burn import BurnRateConfig
 from detectors.pricing.money import fmt_usd, micros_to_usd, usd_to_micros
 from schemas.alerts import Alert, Severity
 
@@ -28,6 +29,7 @@ class BudgetConfig(BaseModel):
     thresholds: list[int] = Field(default_factory=lambda: [50, 75, 90, 100])
     workflows: dict[str, Budget] = Field(default_factory=dict)
     teams: dict[str, Budget] = Field(default_factory=dict)
+    burn_rate: BurnRateConfig = Field(default_factory=BurnRateConfig)
 
     @field_validator("thresholds")
     @classmethod

@@ -54,6 +54,17 @@ class RollingWindow:
         lo = int(now // self.width) - self.buckets
         return sum(v for idx, v in self.data.items() if idx > lo)
 
+    def rate(self, now: float) -> float:
+        """Micro-USD per second over the part of the window `total` sums: the current bucket so
+        far and the `buckets - 1` before it, so a rate is exact, not short by a partial bucket.
+
+        >>> w = RollingWindow(span=60, buckets=12)
+        >>> w.add(1000.0, 60); w.rate(1002.5)  # 55 s of full buckets + 2.5 s of the current one
+        1.0434782608695652
+        """
+        cur = int(now // self.width)
+        return self.total(now) / ((self.buckets - 1) * self.width + (now - cur * self.width))
+
     def prune(self, now: float) -> None:
         lo = int(now // self.width) - self.buckets
         for idx in [i for i in self.data if i <= lo]:

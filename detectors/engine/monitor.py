@@ -7,12 +7,14 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
 
 from detectors.detector import Detector
-from detectors.engine.budgets import BudgetConfig, budget_alert, crossed_thresholds
+from detectors.engine.budgets import Budget, BudgetConfig, budget_alert, crossed_thresholds
+from detectors.engine.burn import BudgetNow, check_burn, has_episode
 from detectors.engine.counters import CACHED, CALLS, COST, ERRORS, INPUT, OUTPUT
 from detectors.engine.periods import PeriodClock
 from detectors.engine.rollup import TeamState
@@ -98,6 +100,7 @@ class Monitor:
         load_detectors: Callable[[str], bytes | None] | None = None,
     ):
         self.budgets = budgets or BudgetConfig()
+        self._burn_windows = self.budgets.burn_rate.windows()
         self.prices = prices or PriceBook()
         self.clock = PeriodClock(timezone)
         self.timezone = timezone
@@ -116,6 +119,7 @@ class Monitor:
         st = self.workflows.get(name)
         if st is None:
             st = (self._load_workflow and self._load_workflow(name)) or WorkflowState(name)
+            st.spend.track(self._burn_windows if name in self.budgets.workflows else frozenset())
             self.workflows[name] = st
             blob = self._load_detectors and self._load_detectors(name)
             if blob:
@@ -286,6 +290,13 @@ class Monitor:
                 except Exception as exc:  # noqa: BLE001 - containment is the point
                     det.workflows.pop(name, None)
                     self._failed(f"tick:{det.kind}", name, exc)
+        for name, budget in self.budgets.workflows.items():  # a burn resolves when spend stops, too
+            st = self.workflows.get(name)
+            if st is not None and has_episode(st.fired):
+                try:
+                    alerts.extend(self._check_burn(st, budget, max(now, st.watermark)))
+                except Exception as exc:  # noqa: BLE001
+                    self._failed("tick:burn_rate", name, exc)
         return alerts
 
     def dump_detectors(self, workflow: str) -> bytes:
@@ -369,7 +380,28 @@ class Monitor:
                     team=next(iter(st.by["team"]), None),
                     evidence=self._burn_evidence(st, key, period),
                 ))
+        alerts.extend(self._check_burn(st, budget, st.watermark))
         return alerts
+
+    def _check_burn(self, st: WorkflowState, budget: Budget, now: float) -> list[Alert]:
+        """Burn-rate tiers of a workflow's daily and monthly budget at event time `now`."""
+        alerts = []
+        keys = self.clock.keys(now)
+        team = next(iter(st.by["team"]), None)
+        for period, key in zip(("day", "month"), keys):
+            limit = budget.micros(period)
+            if limit is None:
+                continue
+            start, end = self.clock.bounds(key)
+            b = BudgetNow("workflow", st.name, st.name, team, period, key, start, end, limit, st.period_cost(key), now)
+            alerts.extend(check_burn(
+                b, self.budgets.burn_rate, lambda name: st.spend.rate(name, now), st.fired, keys[0],
+                partial(self._who_burns, st, key)))
+        return alerts
+
+    @staticmethod
+    def _who_burns(st: WorkflowState, key: str) -> dict[str, Any]:
+        return {"top_agents_last_hour": st.top_last_hour("agent"), "top_models": st.top("model", key)}
 
     def _check_team_budget(self, team: TeamState, ts: float) -> list[Alert]:
         budget = self.budgets.teams.get(team.name)

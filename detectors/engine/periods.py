@@ -26,6 +26,7 @@ class PeriodClock:
             raise ValueError(f"unknown timezone {timezone!r} (use an IANA name like 'Europe/Paris' or 'UTC')") from None
         self._lo = self._hi = 0.0
         self._keys = ("", "")
+        self._bounds: dict[str, tuple[float, float]] = {}
 
     def keys(self, ts: float) -> tuple[str, str]:
         if not self._lo <= ts < self._hi:
@@ -37,7 +38,16 @@ class PeriodClock:
         return self._keys
 
     def bounds(self, key: str) -> tuple[float, float]:
-        """Start and end (epoch seconds) of a day (`YYYY-MM-DD`) or month (`YYYY-MM`) key."""
+        """Start and end (epoch seconds) of a day (`YYYY-MM-DD`) or month (`YYYY-MM`) key (cached:
+        burn-rate checks ask for the current ones every batch)."""
+        got = self._bounds.get(key)
+        if got is None:
+            if len(self._bounds) >= 64:
+                self._bounds.clear()
+            got = self._bounds[key] = self._compute_bounds(key)
+        return got
+
+    def _compute_bounds(self, key: str) -> tuple[float, float]:
         if len(key) == 10:
             start = datetime.strptime(key, "%Y-%m-%d").replace(tzinfo=self.tz)
             end = (start + timedelta(days=1, hours=2)).replace(hour=0)

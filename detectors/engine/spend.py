@@ -9,10 +9,29 @@ from detectors.engine.counters import COST, RollingWindow, add_into, zero
 WINDOWS: dict[str, tuple[float, int]] = {"1m": (60.0, 12), "1h": (3600.0, 12), "24h": (86400.0, 24)}
 """Rolling windows of a workflow: name -> (span seconds, buckets)."""
 HOUR = WINDOWS["1h"]
+EXTRA_BUCKETS = 12
+"""Buckets of a window a workflow keeps beyond `WINDOWS` (a burn-rate window of its budget)."""
+
+
+def window_name(span: float) -> str:
+    """The window of `span` seconds: the standard one of that span, else `<span>s`.
+
+    >>> window_name(3600), window_name(300)
+    ('1h', '300s')
+    """
+    for name, (s, _) in WINDOWS.items():
+        if s == span:
+            return name
+    return f"{span:g}s"
+
+
+def _geometry(name: str) -> tuple[float, int]:
+    return WINDOWS.get(name) or (float(name[:-1]), EXTRA_BUCKETS)
 
 
 class EntitySpend:
-    """A workflow's rolling spend windows (1 min / 1 h / 24 h) and day and month counter vectors."""
+    """A workflow's rolling spend windows (1 min / 1 h / 24 h, and those `track` adds) and day and
+    month counter vectors."""
 
     __slots__ = ("windows", "periods")
 
@@ -30,9 +49,23 @@ class EntitySpend:
             else:
                 add_into(cur, vec)
 
+    def track(self, names: frozenset[str]) -> None:
+        """Keep the windows `names` (`window_name`) besides the standard ones, and no other: a
+        budget's burn-rate windows exist only where a budget needs them, and stop costing when the
+        config no longer asks for them."""
+        windows = self.windows
+        for name in names - windows.keys():
+            windows[name] = RollingWindow(*_geometry(name))
+        for name in [n for n in windows if n not in WINDOWS and n not in names]:
+            del windows[name]
+
     def window(self, name: str, now: float) -> int:
         """Micro-USD spent in the window `name` ending at `now`."""
         return self.windows[name].total(now)
+
+    def rate(self, name: str, now: float) -> float:
+        """Micro-USD per second in the window `name` ending at `now` (`RollingWindow.rate`)."""
+        return self.windows[name].rate(now)
 
     def period(self, key: str) -> list[int]:
         return self.periods.get(key) or zero()
@@ -57,8 +90,8 @@ class EntitySpend:
     @classmethod
     def load(cls, doc: dict[str, Any]) -> EntitySpend:
         spend = cls()
-        spend.windows = {name: RollingWindow.load(span, n, doc["w"].get(name, {}))
-                         for name, (span, n) in WINDOWS.items()}
+        spend.windows = {name: RollingWindow.load(*_geometry(name), doc["w"].get(name, {}))
+                         for name in {**WINDOWS, **doc["w"]}}
         spend.periods = doc["p"]
         return spend
 

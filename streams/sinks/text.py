@@ -10,6 +10,7 @@ from streams.routing import Notification
 SEVERITY_EMOJI = {"info": ":large_blue_circle:", "warning": ":warning:", "critical": ":rotating_light:"}
 KIND_TITLE = {
     "budget": "Budget threshold crossed",
+    "burn_rate": "Budget burning too fast",
     "spike": "Spend spike",
     "loop": "Runaway agent loop",
     "zombie": "Zombie agent",
