@@ -7,10 +7,12 @@ open loop and zombie alerts (the *sources*, in Alertmanager's terms) and judges
 every spike alert (the *target*) by what the spike detector says was behind
 its excess (`evidence["excess"]` and `evidence["behind"]`, see
 `detectors/spikes.py`): when the runs and agents of open sources spent at
-least `share` of the excess, the spike is no new page. It is dropped, and each
-source that spent part of it is emitted again under its own alert id with
-`revision` one higher and its `workflow_impact` in the evidence and summary,
-so sinks edit the message they posted instead of paging again.
+least `share` of the excess (over their own normal: an agent that always
+spends half the workflow did not spend half of a surge), the spike is no new
+page. It is dropped, and each source that spent part of it is emitted again
+under its own alert id with `revision` one higher and its `workflow_impact` in
+the evidence and summary, so sinks edit the message they posted instead of
+paging again.
 
 Unlike Alertmanager, whose rules match labels, the rule here is about money:
 a healthy traffic surge in a workflow with one looping run still pages,
@@ -28,7 +30,7 @@ than a spike alert names (`spikes.TOP` a dimension) counts only if named.
 ...               ts=180.0, summary="context bloat in coder", evidence={
 ...     "cause": "context bloat", "excess": {"usd": 3.0, "since": 0.0},
 ...     "features": {"spend": {"ratio": 4.1}},
-...     "behind": {"runs": [{"run_id": "r-7", "agent_id": "a-1", "usd": 2.4}], "agents": []}})
+...     "behind": {"runs": [{"run_id": "r-7", "agent_id": "a-1", "over_normal_usd": 2.4}], "agents": []}})
 >>> [(a.alert_id, a.revision, a.evidence.get("workflow_impact", {}).get("share_of_excess"))
 ...  for a in inh.fold([loop, spike])]  # the loop alert, then its update in place of the spike
 [('loop:coder:r-7', 0, None), ('loop:coder:r-7', 1, 0.8)]
@@ -145,6 +147,8 @@ class Inhibitor:
         if alert.status == "resolved":
             if wf is not None:
                 wf.close(alert.alert_id)
+                if not wf.sources:
+                    del self.workflows[alert.workflow]
             return
         if alert.run_id is None and alert.agent_id is None:
             return  # no subject whose spend could be told apart
@@ -165,16 +169,16 @@ class Inhibitor:
         if wf is None or excess <= 0:
             return None
         behind = spike.evidence.get("behind", {})
-        spent: dict[str, float] = {}  # source alert id -> USD its subject spent in the spike's window
-        union = 0.0  # USD spent by any source's subject, each call counted once (a run inside a source agent)
+        spent: dict[str, float] = {}  # source alert id -> USD its subject spent over its normal in the window
+        union = 0.0  # the same for all sources, each call counted once (a run inside a source agent)
         for entry in behind.get("agents", []):
             if (alert_id := wf.agents.get(entry["agent_id"])) is not None:
-                spent[alert_id] = spent.get(alert_id, 0.0) + entry["usd"]
-                union += entry["usd"]
+                spent[alert_id] = spent.get(alert_id, 0.0) + entry["over_normal_usd"]
+                union += entry["over_normal_usd"]
         for entry in behind.get("runs", []):
             if (alert_id := wf.runs.get(entry["run_id"])) is not None:
-                spent[alert_id] = spent.get(alert_id, 0.0) + entry["usd"]
-                union += 0.0 if entry.get("agent_id") in wf.agents else entry["usd"]
+                spent[alert_id] = spent.get(alert_id, 0.0) + entry["over_normal_usd"]
+                union += 0.0 if entry.get("agent_id") in wf.agents else entry["over_normal_usd"]
         explained = min(union, excess) / excess
         if explained < self.share:
             return None

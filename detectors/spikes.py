@@ -321,8 +321,10 @@ TOP = 5
 MAX_OPEN = 256
 """Runs (agents, models) an open interval counts each; past it the lighter half is dropped, so the
 heavy spenders a spike is about survive however many runs a minute has."""
-MIX_ALPHA = 0.05
-"""Learning rate of a workflow's normal tokens per interval by type (per calm interval with data)."""
+NORMAL_ALPHA = 0.05
+"""Learning rate of what a workflow's interval with data normally holds (per calm one)."""
+MAX_NORMAL = 64
+"""Agents (models) whose normal spend a workflow keeps; the lightest are forgotten past it."""
 
 
 def _heaviest(counts: dict[str, Any], n: int) -> dict[str, Any]:
@@ -390,6 +392,42 @@ class Blame:
         return b
 
 
+class Normal:
+    """What a workflow's interval with data normally holds: micro-USD per agent and per model, and
+    tokens by type, learned from calm intervals (EWMA). A spike's excess is told apart by it: an
+    agent that always spends half of the workflow is not half of a surge others made. Runs are
+    tasks that come and go, so a run has no normal: all it spends in a spike's window is over."""
+
+    __slots__ = ("agents", "models", "tokens")
+
+    def __init__(self) -> None:
+        self.agents: dict[str, float] = {}
+        self.models: dict[str, float] = {}
+        self.tokens = [0.0] * len(TOKEN_TYPES)
+
+    def learn(self, blame: Blame, a: float) -> None:
+        """O(MAX_NORMAL + MAX_OPEN) per calm interval, nothing per event."""
+        for normal, seen in ((self.agents, blame.agents), (self.models, blame.models)):
+            for key in normal.keys() | seen.keys():
+                normal[key] = normal.get(key, 0.0) + a * (seen.get(key, 0) - normal.get(key, 0.0))
+            for key in [k for k, x in normal.items() if x < 1.0]:  # under a micro-USD an interval: gone
+                del normal[key]
+        self.agents, self.models = _heaviest(self.agents, MAX_NORMAL), _heaviest(self.models, MAX_NORMAL)
+        self.tokens = [m + a * (t - m) for m, t in zip(self.tokens, blame.tokens)]
+
+    def dump(self) -> dict[str, Any]:
+        return {"agents": self.agents, "models": self.models, "tokens": self.tokens}
+
+    @classmethod
+    def load(cls, doc: Any) -> Normal:
+        d = state.obj(doc)
+        n = cls()
+        n.agents = {k: state.num(v) for k, v in state.obj(d["agents"]).items()}
+        n.models = {k: state.num(v) for k, v in state.obj(d["models"]).items()}
+        n.tokens = state.nums(d["tokens"], len(TOKEN_TYPES))
+        return n
+
+
 class Horizon:
     """The scorers of one workflow over one trailing window length (in intervals)."""
 
@@ -444,7 +482,7 @@ class WorkflowSpikes:
     """Per-workflow state: open interval counters, the trailing intervals, one Horizon per window length."""
 
     __slots__ = ("team", "agentic", "open", "next", "longest", "window", "horizons", "causes", "quiet", "idle",
-                 "blame", "mix", "mixed")
+                 "blame", "normal", "calm")
 
     def __init__(self, first: int, horizons: tuple[int, ...], scorer: ScorerKwargs):
         self.team: str | None = None
@@ -458,8 +496,8 @@ class WorkflowSpikes:
         self.quiet = 0  # intervals since the incident last scored anomalous
         self.idle = 0  # empty intervals since the last with data: held if <= max(horizons), else skipped
         self.blame: dict[int, Blame] = {}  # interval index -> who spent in it: the open ones and the last `longest`
-        self.mix = [0.0] * len(TOKEN_TYPES)  # normal tokens per interval with data, by type
-        self.mixed = 0  # calm intervals `mix` learned from
+        self.normal = Normal()  # what an interval with data normally holds, learned from calm ones
+        self.calm = 0  # calm intervals `normal` learned from
 
 
 def _v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
@@ -473,7 +511,7 @@ def _v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
 def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
     """v2 added who spent in each open and recent interval and the normal token mix: none known yet."""
     blame = [[pair[0], Blame().dump()] for pair in doc["open"]]
-    return {**doc, "blame": blame, "mix": [0.0] * len(TOKEN_TYPES), "mixed": 0}
+    return {**doc, "blame": blame, "normal": Normal().dump(), "calm": 0}
 
 
 MIGRATIONS = {0: _v0_to_v1, 1: _v1_to_v2}
@@ -505,8 +543,9 @@ class SpikeDetector:
     Every alert also names who: the spend over normal in the window that fired
     (`evidence["excess"]`) and the top runs, agents and models behind it, each
     with its share of the spend and of the excess (the part of the excess its
-    spend could account for), and the token types that grew, with their share
-    of the tokens over normal (`evidence["behind"]`). `fold_share` is not used
+    spend over its normal accounts for; a run has no normal), and the token
+    types that grew, with their share of the tokens over normal
+    (`evidence["behind"]`). `fold_share` is not used
     here: the Monitor's correlation stage (`detectors/correlation.py`) folds a
     spike whose excess is at least that share spent by runs or agents with an
     open loop or zombie alert into those alerts instead of paging.
@@ -639,8 +678,8 @@ class SpikeDetector:
             "v": V, "interval": self.interval, "team": wf.team, "agentic": wf.agentic, "next": wf.next,
             "open": [[idx, list(row)] for idx, row in wf.open.items()], "window": [list(row) for row in wf.window],
             "horizons": [h.dump() for h in wf.horizons], "causes": sorted(wf.causes), "quiet": wf.quiet,
-            "idle": wf.idle, "blame": [[idx, b.dump()] for idx, b in wf.blame.items()], "mix": list(wf.mix),
-            "mixed": wf.mixed,
+            "idle": wf.idle, "blame": [[idx, b.dump()] for idx, b in wf.blame.items()],
+            "normal": wf.normal.dump(), "calm": wf.calm,
         }
 
     def load(self, workflow: str, doc: dict[str, Any]) -> None:
@@ -674,7 +713,7 @@ class SpikeDetector:
                 wf.blame[idx] = Blame.load(b)
             if any(idx not in wf.blame for idx in wf.open):
                 raise ValueError("an open interval has no blame")
-            wf.mix, wf.mixed = state.nums(d["mix"], len(TOKEN_TYPES)), state.count(d["mixed"])
+            wf.normal, wf.calm = Normal.load(d["normal"]), state.count(d["calm"])
         self.workflows[workflow] = wf
 
     def _close(self, name: str, wf: WorkflowSpikes) -> Alert | None:
@@ -691,8 +730,7 @@ class SpikeDetector:
         wf.idle = 0
         start = wf.next * self.interval
         wf.window.append(wf.open.pop(wf.next))
-        blame = wf.blame[wf.next]
-        blame.close()
+        blame = wf.blame.get(wf.next)  # None: an interval no event opened (nobody spent in it)
         wf.next += 1
         for idx in [idx for idx in wf.blame if idx < wf.next - wf.longest]:
             del wf.blame[idx]
@@ -702,8 +740,13 @@ class SpikeDetector:
             for f, r in one.items():
                 if f not in reading or r[0] > reading[f][0]:
                     reading[f] = r
-        if max(r[0] for r in reading.values()) < self.threshold:
-            self._learn_mix(wf, blame)
+        calm = max(r[0] for r in reading.values()) < self.threshold
+        if blame is not None:
+            if calm:  # learned from all it counted, before it keeps only its TOP
+                wf.calm += 1
+                wf.normal.learn(blame, max(NORMAL_ALPHA, 1.0 / wf.calm))
+            blame.close()
+        if calm:
             if wf.causes:
                 wf.quiet += 1
                 if wf.quiet >= self.cooldown:
@@ -718,13 +761,6 @@ class SpikeDetector:
         fired = max(range(len(readings)), key=lambda i: max(r[0] for r in readings[i].values()))
         return self._alert(name, wf, start, cause, reading, self._behind(wf, wf.horizons[fired].length,
                                                                            readings[fired]["spend"]))
-
-    @staticmethod
-    def _learn_mix(wf: WorkflowSpikes, blame: Blame) -> None:
-        """Normal tokens by type per interval with data, learned from calm intervals only."""
-        wf.mixed += 1
-        a = max(MIX_ALPHA, 1.0 / wf.mixed)
-        wf.mix = [m + a * (t - m) for m, t in zip(wf.mix, blame.tokens)]
 
     def _behind(self, wf: WorkflowSpikes, length: int, spend: tuple[float, float, float]) -> Attribution:
         """The excess spend over the last `length` intervals (the window that fired) and who spent it."""
@@ -746,21 +782,32 @@ class SpikeDetector:
                 for key, micros in part.items():
                     tally[key] = tally.get(key, 0) + micros
 
-        def shares(micros: int) -> dict[str, float]:
+        def entry(micros: int, normal_micros: float | None) -> dict[str, float]:
+            """Spend, its share of all spend, and the share of the excess its spend over normal accounts for."""
             usd = micros_to_usd(micros)
-            return {"usd": round(usd, 6), "share_of_spend": round(usd / observed, 3) if observed > 0 else 0.0,
-                    "share_of_excess": round(min(usd, excess) / excess, 3) if excess > 0 else 0.0}
+            over = usd if normal_micros is None else max(usd - normal_micros * len(recent) / 1e6, 0.0)
+            shown = {"usd": round(usd, 6)}
+            if normal_micros is not None:
+                shown["normal_usd"] = round(normal_micros * len(recent) / 1e6, 6)
+            return {**shown, "over_normal_usd": round(over, 6),
+                    "share_of_spend": round(usd / observed, 3) if observed > 0 else 0.0,
+                    "share_of_excess": round(min(over, excess) / excess, 3) if excess > 0 else 0.0}
+
+        def top(tally: dict[str, int], normal: dict[str, float], key: str) -> list[dict[str, Any]]:
+            shown = [{key: name, **entry(micros, normal.get(name, 0.0))} for name, micros in tally.items()]
+            return sorted(shown, key=lambda e: (-e["over_normal_usd"], -e["usd"]))[:TOP]
 
         tokens = [sum(b.tokens[i] for b in recent) for i in range(len(TOKEN_TYPES))]
-        normal = [m * len(recent) for m in wf.mix]
+        normal = [m * len(recent) for m in wf.normal.tokens]
         grew = [max(t - n, 0.0) for t, n in zip(tokens, normal)]
         return {
             "excess": {"usd": round(excess, 6), "observed_usd": round(observed, 6), "expected_usd": round(expected, 6),
                        "minutes": minutes, "since": (wf.next - length) * self.interval},
             "behind": {
-                "runs": [{"run_id": rid, "agent_id": aid, **shares(m)} for rid, (m, aid) in _heaviest(runs, TOP).items()],
-                "agents": [{"agent_id": aid, **shares(m)} for aid, m in _heaviest(agents, TOP).items()],
-                "models": [{"model": model, **shares(m)} for model, m in _heaviest(models, TOP).items()],
+                "runs": [{"run_id": rid, "agent_id": aid, **entry(m, None)}
+                         for rid, (m, aid) in _heaviest(runs, TOP).items()],
+                "agents": top(agents, wf.normal.agents, "agent_id"),
+                "models": top(models, wf.normal.models, "model"),
                 "tokens": sorted(({"type": kind, "tokens": t, "normal": round(n), "share_of_excess":
                                    round(g / sum(grew), 3) if sum(grew) else 0.0}
                                   for kind, t, n, g in zip(TOKEN_TYPES, tokens, normal, grew) if t),

@@ -372,14 +372,15 @@ def test_a_v0_spike_doc_migrates_to_v2_and_behaves_the_same() -> None:
     """v1 → v2 added who spent in recent intervals: a migrated doc starts without, and alerts the same."""
     det = warm("spike")
     v2 = det.dump("wf")
-    v1 = {k: x for k, x in v2.items() if k not in ("blame", "mix", "mixed")}
+    v1 = {k: x for k, x in v2.items() if k not in ("blame", "normal", "calm")}
     det.load("wf", {**v1, "v": 1})  # what the upgraded worker has: no one's spend known yet
     v0 = {k: x for k, x in v1.items() if k not in ("next", "window", "idle")}
     v0.update(v=0, next_interval=v1["next"], closed=v1["window"])  # v0 had no idle count: it comes from the rows
     migrated = SpikeDetector()
     migrated.load("wf", v0)
     assert migrated.dump("wf") == det.dump("wf") == {
-        **v1, "v": 2, "blame": [[idx, [{}, {}, {}, [0] * 5]] for idx, _ in v1["open"]], "mix": [0.0] * 5, "mixed": 0}
+        **v1, "v": 2, "blame": [[idx, [{}, {}, {}, [0] * 5]] for idx, _ in v1["open"]],
+        "normal": {"agents": {}, "models": {}, "tokens": [0.0] * 5}, "calm": 0}
     steps = [("event", usage(WARM_END + 5 * k, input_tokens=40_000)) for k in range(200)] + [("tick", 0.0)]
     assert [a.model_dump() for a in run(migrated, steps, WARM_END)[0]] == [a.model_dump() for a in run(det, steps, WARM_END)[0]]
 
