@@ -32,6 +32,7 @@ from detectors import state
 from detectors.detector import Event, alert_id
 from detectors.pricing.money import fmt_usd, micros_to_usd
 from schemas.alerts import Alert
+from schemas.structs import Usage
 
 SIGMA_PER_MAD = 1.25
 """A normal's standard deviation over its mean absolute deviation (√(π/2))."""
@@ -349,7 +350,7 @@ class Blame:
         self.models: dict[str, int] = {}
         self.tokens = [0] * len(TOKEN_TYPES)
 
-    def add(self, event: Event, micros: int) -> None:
+    def add(self, event: Usage, micros: int) -> None:
         """O(1) per event (amortised: a dimension past MAX_OPEN is halved once per MAX_OPEN / 2 new keys)."""
         rid, aid = event.run_id, event.agent_id
         if rid is not None:
@@ -794,8 +795,9 @@ class SpikeDetector:
                     "share_of_excess": round(min(over, excess) / excess, 3) if excess > 0 else 0.0}
 
         def top(tally: dict[str, int], normal: dict[str, float], key: str) -> list[dict[str, Any]]:
-            shown = [{key: name, **entry(micros, normal.get(name, 0.0))} for name, micros in tally.items()]
-            return sorted(shown, key=lambda e: (-e["over_normal_usd"], -e["usd"]))[:TOP]
+            shown = [(name, entry(micros, normal.get(name, 0.0))) for name, micros in tally.items()]
+            shown.sort(key=lambda p: (-p[1]["over_normal_usd"], -p[1]["usd"]))  # what moved most first
+            return [{key: name, **e} for name, e in shown[:TOP]]
 
         tokens = [sum(b.tokens[i] for b in recent) for i in range(len(TOKEN_TYPES))]
         normal = [m * len(recent) for m in wf.normal.tokens]

@@ -30,8 +30,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors.checks import calls_during
 from detectors import spikes
+from detectors.checks import calls_during
 from detectors.detector import Detector, StateError
 from detectors.loops import WINDOW, LoopDetector
 from detectors.registry import DETECTORS
