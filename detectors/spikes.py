@@ -362,18 +362,25 @@ class Blame:
             else:
                 run[0] += micros
         if aid is not None:
-            self.agents[aid] = self.agents.get(aid, 0) + micros
-            if len(self.agents) > MAX_OPEN:
-                self.agents = _heaviest(self.agents, MAX_OPEN // 2)
-        self.models[event.model] = self.models.get(event.model, 0) + micros
-        if len(self.models) > MAX_OPEN:
-            self.models = _heaviest(self.models, MAX_OPEN // 2)
-        t, inp, out = self.tokens, event.input_tokens, event.output_tokens
-        t[0] += inp - event.cache_read_tokens - event.cache_write_tokens
-        t[1] += event.cache_read_tokens
-        t[2] += event.cache_write_tokens
-        t[3] += out - event.reasoning_tokens
-        t[4] += event.reasoning_tokens
+            if aid in self.agents:
+                self.agents[aid] += micros
+            else:
+                self.agents[aid] = micros
+                if len(self.agents) > MAX_OPEN:
+                    self.agents = _heaviest(self.agents, MAX_OPEN // 2)
+        model = event.model
+        if model in self.models:
+            self.models[model] += micros
+        else:
+            self.models[model] = micros
+            if len(self.models) > MAX_OPEN:
+                self.models = _heaviest(self.models, MAX_OPEN // 2)
+        t, cr, cw, rs = self.tokens, event.cache_read_tokens, event.cache_write_tokens, event.reasoning_tokens
+        t[0] += event.input_tokens - cr - cw
+        t[1] += cr
+        t[2] += cw
+        t[3] += event.output_tokens - rs
+        t[4] += rs
 
     def close(self) -> None:
         self.runs, self.agents, self.models = (_heaviest(d, TOP) for d in (self.runs, self.agents, self.models))

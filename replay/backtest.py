@@ -70,20 +70,22 @@ def backtest(events: Iterable[dict[str, Any] | Event], out_dir: Path, monitor: M
     with open(out_dir / "alerts.jsonl", "wb") as fh:
         for a in res.alerts:
             fh.write(a.model_dump_json().encode() + b"\n")
+    pages = [a for a in res.alerts if not a.revision]  # an alert updated in place (revision > 0) pages no one
     by_kind: dict[str, int] = {}
-    for a in res.alerts:
+    for a in pages:
         by_kind[a.kind] = by_kind.get(a.kind, 0) + 1
     summary: dict[str, Any] = {
         "events": res.events, "duplicates": res.duplicates, "late": res.late,
         "poisoned_events": sum(p["events"] for p in res.poisoned), "poisoned": res.poisoned[:100],
         "contained_failures": monitor.failures,
-        "first_ts": res.first_ts, "last_ts": res.last_ts, "alerts": len(res.alerts), "alerts_by_kind": by_kind,
+        "first_ts": res.first_ts, "last_ts": res.last_ts, "alerts": len(pages), "alerts_by_kind": by_kind,
+        "alert_updates": len(res.alerts) - len(pages),
         "spend_usd_by_workflow": {wf: round(micros_to_usd(sum(s.values())), 6) for wf, s in sorted(res.spend.items())},
         "unpriced_models": dict(monitor.prices.unpriced),
         "elapsed_s": round(elapsed, 3), "events_per_s": round(res.events / elapsed) if elapsed else None,
     }
     if labels is not None:
-        summary["score"] = score(res.alerts, labels, res.watched)
+        summary["score"] = score(pages, labels, res.watched)
     (out_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     from replay.report import write_report
 
