@@ -35,6 +35,7 @@ from detectors.detector import Event, alert_id
 from detectors.models import FeatureModel, ModelSpec, Sample, Scale
 from detectors.pricing.money import fmt_usd, micros_to_usd
 from schemas.alerts import Alert
+from schemas.structs import Usage
 
 SIGMA_PER_MAD = 1.25
 """A normal's standard deviation over its mean absolute deviation (√(π/2))."""
@@ -319,6 +320,129 @@ FAMILIES = {"retry storm": "errors", "error spike": "errors"}
 EMPTY = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # cost micros, calls, input tokens, errors, run starts, their input
 Reading = dict[str, tuple[float, float, float]]  # feature -> (score, value, baseline)
 Row = Sequence[float]  # an interval's counters, as EMPTY: a list while open, EMPTY itself once closed empty
+Attribution = dict[str, Any]  # a spike alert's "excess" and "behind" evidence
+
+
+TOKEN_TYPES = ("input", "cache_read", "cache_write", "output", "reasoning")
+"""A call's tokens in parts that do not overlap: `input` is the prompt less its cache reads and
+writes, `output` the completion less its reasoning."""
+TOP = 5
+"""Runs, agents and models a closed interval keeps, and a spike alert names per dimension."""
+MAX_OPEN = 256
+"""Runs (agents, models) an open interval counts each; past it the lighter half is dropped, so the
+heavy spenders a spike is about survive however many runs a minute has."""
+NORMAL_ALPHA = 0.05
+"""Learning rate of what a workflow's interval with data normally holds (per calm one)."""
+MAX_NORMAL = 64
+"""Agents (models) whose normal spend a workflow keeps; the lightest are forgotten past it."""
+
+
+def _heaviest(counts: dict[str, Any], n: int) -> dict[str, Any]:
+    """The `n` largest entries of a micro-USD tally (a run's value is [micros, agent])."""
+    return dict(sorted(counts.items(), key=lambda kv: _micros(kv[1]), reverse=True)[:n])
+
+
+def _micros(value: Any) -> int:
+    return value[0] if isinstance(value, list) else value
+
+
+class Blame:
+    """Who spent in one interval: micro-USD per run (with its agent), per agent and per model, and
+    tokens by type. What a spike alert says moved, and whom the correlation stage checks against
+    open loop and zombie alerts. Bounded: MAX_OPEN entries a dimension while open, TOP once closed."""
+
+    __slots__ = ("runs", "agents", "models", "tokens")
+
+    def __init__(self) -> None:
+        self.runs: dict[str, list[Any]] = {}  # run -> [micros, agent or None]
+        self.agents: dict[str, int] = {}
+        self.models: dict[str, int] = {}
+        self.tokens = [0] * len(TOKEN_TYPES)
+
+    def add(self, event: Usage, micros: int) -> None:
+        """O(1) per event (amortised: a dimension past MAX_OPEN is halved once per MAX_OPEN / 2 new keys)."""
+        rid, aid = event.run_id, event.agent_id
+        if rid is not None:
+            run = self.runs.get(rid)
+            if run is None:
+                self.runs[rid] = [micros, aid]
+                if len(self.runs) > MAX_OPEN:
+                    self.runs = _heaviest(self.runs, MAX_OPEN // 2)
+            else:
+                run[0] += micros
+        if aid is not None:
+            if aid in self.agents:
+                self.agents[aid] += micros
+            else:
+                self.agents[aid] = micros
+                if len(self.agents) > MAX_OPEN:
+                    self.agents = _heaviest(self.agents, MAX_OPEN // 2)
+        model = event.model
+        if model in self.models:
+            self.models[model] += micros
+        else:
+            self.models[model] = micros
+            if len(self.models) > MAX_OPEN:
+                self.models = _heaviest(self.models, MAX_OPEN // 2)
+        t, cr, cw, rs = self.tokens, event.cache_read_tokens, event.cache_write_tokens, event.reasoning_tokens
+        t[0] += event.input_tokens - cr - cw
+        t[1] += cr
+        t[2] += cw
+        t[3] += event.output_tokens - rs
+        t[4] += rs
+
+    def close(self) -> None:
+        self.runs, self.agents, self.models = (_heaviest(d, TOP) for d in (self.runs, self.agents, self.models))
+
+    def dump(self) -> list[Any]:
+        return [self.runs, self.agents, self.models, self.tokens]
+
+    @classmethod
+    def load(cls, doc: Any) -> Blame:
+        runs, agents, models, tokens = state.seq(doc, 4)
+        b = cls()
+        b.runs = {r: [state.count(m), state.opt_text(a)] for r, (m, a) in
+                  ((r, state.seq(v, 2)) for r, v in state.obj(runs).items())}
+        b.agents = {k: state.count(v) for k, v in state.obj(agents).items()}
+        b.models = {k: state.count(v) for k, v in state.obj(models).items()}
+        b.tokens = [state.count(x) for x in state.seq(tokens, len(TOKEN_TYPES))]
+        return b
+
+
+class Normal:
+    """What a workflow's interval with data normally holds: micro-USD per agent and per model, and
+    tokens by type, learned from calm intervals (EWMA). A spike's excess is told apart by it: an
+    agent that always spends half of the workflow is not half of a surge others made. Runs are
+    tasks that come and go, so a run has no normal: all it spends in a spike's window is over."""
+
+    __slots__ = ("agents", "models", "tokens")
+
+    def __init__(self) -> None:
+        self.agents: dict[str, float] = {}
+        self.models: dict[str, float] = {}
+        self.tokens = [0.0] * len(TOKEN_TYPES)
+
+    def learn(self, blame: Blame, a: float) -> None:
+        """O(MAX_NORMAL + MAX_OPEN) per calm interval, nothing per event."""
+        for normal, seen in ((self.agents, blame.agents), (self.models, blame.models)):
+            for key in normal.keys() | seen.keys():
+                normal[key] = normal.get(key, 0.0) + a * (seen.get(key, 0) - normal.get(key, 0.0))
+            for key in [k for k, x in normal.items() if x < 1.0]:  # under a micro-USD an interval: gone
+                del normal[key]
+        self.agents, self.models = _heaviest(self.agents, MAX_NORMAL), _heaviest(self.models, MAX_NORMAL)
+        self.tokens = [m + a * (t - m) for m, t in zip(self.tokens, blame.tokens)]
+
+    def dump(self) -> dict[str, Any]:
+        return {"agents": self.agents, "models": self.models, "tokens": self.tokens}
+
+    @classmethod
+    def load(cls, doc: Any) -> Normal:
+        d = state.obj(doc)
+        n = cls()
+        n.agents = {k: state.num(v) for k, v in state.obj(d["agents"]).items()}
+        n.models = {k: state.num(v) for k, v in state.obj(d["models"]).items()}
+        n.tokens = state.nums(d["tokens"], len(TOKEN_TYPES))
+        return n
 
 
 class Horizon:
@@ -376,7 +500,8 @@ class Horizon:
 class WorkflowSpikes:
     """Per-workflow state: open interval counters, the trailing intervals, one Horizon per window length."""
 
-    __slots__ = ("team", "agentic", "open", "next", "longest", "window", "horizons", "causes", "quiet", "idle")
+    __slots__ = ("team", "agentic", "open", "next", "longest", "window", "horizons", "causes", "quiet", "idle",
+                 "blame", "normal", "calm")
 
     def __init__(self, first: int, horizons: tuple[int, ...], scorer: ScorerKwargs, model: ModelSpec | None = None):
         self.team: str | None = None
@@ -389,6 +514,9 @@ class WorkflowSpikes:
         self.causes: set[str] = set()  # cause families alerted in the open incident (empty: none open)
         self.quiet = 0  # intervals since the incident last scored anomalous
         self.idle = 0  # empty intervals since the last with data: held if <= max(horizons), else skipped
+        self.blame: dict[int, Blame] = {}  # interval index -> who spent in it: the open ones and the last `longest`
+        self.normal = Normal()  # what an interval with data normally holds, learned from calm ones
+        self.calm = 0  # calm intervals `normal` learned from
 
 
 def _v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
@@ -399,8 +527,17 @@ def _v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
     return {**rest, "next": doc["next_interval"], "window": doc["closed"], "idle": 0}
 
 
-MIGRATIONS = {0: _v0_to_v1}
+def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """v2 added who spent in each open and recent interval and the normal token mix: none known yet."""
+    blame = [[pair[0], Blame().dump()] for pair in doc["open"]]
+    return {**doc, "blame": blame, "normal": Normal().dump(), "calm": 0}
+
+
+MIGRATIONS = {0: _v0_to_v1, 1: _v1_to_v2}
 """Format n → n + 1 of a workflow's dump: a layout change adds a function here, so stored state still loads."""
+V = 2
+"""The format this detector writes (its layout moved on from the other detectors' `state.V`)."""
+FOLD_SHARE = 0.6
 
 
 class SpikeDetector:
@@ -424,6 +561,16 @@ class SpikeDetector:
     `detectors.models`) replaces the `SeriesScorer` of the four series features,
     e.g. `detectors.novelty.NoveltyScorer` (a never-seen value scores ≈ 0.52 there: use
     `threshold` 0.5 with it) or `river.anomaly.HalfSpaceTrees`.
+
+    Every alert also names who: the spend over normal in the window that fired
+    (`evidence["excess"]`) and the top runs, agents and models behind it, each
+    with its share of the spend and of the excess (the part of the excess its
+    spend over its normal accounts for; a run has no normal), and the token
+    types that grew, with their share of the tokens over normal
+    (`evidence["behind"]`). `fold_share` is not used
+    here: the Monitor's correlation stage (`detectors/correlation.py`) folds a
+    spike whose excess is at least that share spent by runs or agents with an
+    open loop or zombie alert into those alerts instead of paging.
 
     Empty intervals are not scored (zeros never alert) and are learned only
     as part of a short silence: they are held until the next interval with
@@ -460,8 +607,11 @@ class SpikeDetector:
     def __init__(self, interval: float = 60.0, horizons: tuple[int, ...] = (5, 20), threshold: float = 0.55,
                  grace: float = 5.0, cooldown: int = 15, min_excess_usd_per_min: float = 0.02,
                  scorer: ScorerKwargs | None = None, model: str | None = None,
-                 model_args: dict[str, Any] | None = None, scale: Scale = "none"):
+                 model_args: dict[str, Any] | None = None, scale: Scale = "none", fold_share: float = FOLD_SHARE):
+        if not 0.0 < fold_share <= 1.0:
+            raise ValueError(f"fold_share must be a share in (0, 1], not {fold_share!r}")
         self.interval, self.horizons, self.threshold, self.grace = interval, horizons, threshold, grace
+        self.fold_share = fold_share
         self.model = None if model is None else ModelSpec(model, dict(model_args or {}), scale)
         if self.model is not None:
             self.model.build()  # a bad path or argument fails here, at configuration, not at the first interval
@@ -477,9 +627,14 @@ class SpikeDetector:
         if wf is None:
             wf = self.workflows[event.workflow] = WorkflowSpikes(idx, self.horizons, self.scorer, self.model)
         wf.team = event.team or wf.team
-        acc = wf.open.get(max(idx, wf.next))  # a late event counts in the first open interval
+        idx = max(idx, wf.next)  # a late event counts in the first open interval
+        acc = wf.open.get(idx)
         if acc is None:
-            acc = wf.open[max(idx, wf.next)] = list(EMPTY)
+            acc = wf.open[idx] = list(EMPTY)
+            blame = wf.blame[idx] = Blame()
+        else:
+            blame = wf.blame[idx]
+        blame.add(event, cost_micros)
         acc[0] += cost_micros
         acc[1] += 1
         acc[2] += event.input_tokens
@@ -546,15 +701,16 @@ class SpikeDetector:
         if wf is None:
             return None
         return {
-            "v": state.V, "interval": self.interval, "team": wf.team, "agentic": wf.agentic, "next": wf.next,
+            "v": V, "interval": self.interval, "team": wf.team, "agentic": wf.agentic, "next": wf.next,
             "open": [[idx, list(row)] for idx, row in wf.open.items()], "window": [list(row) for row in wf.window],
             "horizons": [h.dump() for h in wf.horizons], "causes": sorted(wf.causes), "quiet": wf.quiet,
-            "idle": wf.idle,
+            "idle": wf.idle, "blame": [[idx, b.dump()] for idx, b in wf.blame.items()],
+            "normal": wf.normal.dump(), "calm": wf.calm,
         }
 
     def load(self, workflow: str, doc: dict[str, Any]) -> None:
         with state.loading(self.kind, workflow):
-            d = state.upgrade(doc, self.kind, workflow, MIGRATIONS)
+            d = state.upgrade(doc, self.kind, workflow, MIGRATIONS, V)
             interval = state.num(d.get("interval", self.interval))  # docs written before it was configurable
             if interval != self.interval:  # its indices would be read as other times (a longer interval: never due)
                 raise ValueError(f"intervals of {interval:g} s where this detector has {self.interval:g} s")
@@ -577,6 +733,13 @@ class SpikeDetector:
                 h.load(hd)
             wf.causes = {state.text(c) for c in state.seq(d["causes"])}
             wf.quiet, wf.idle = state.count(d["quiet"]), state.count(d["idle"])
+            for idx, b in (state.seq(pair, 2) for pair in state.seq(d["blame"])):
+                if state.integer(idx) >= wf.next and idx not in wf.open:
+                    raise ValueError(f"blame of interval {idx} is of no open interval")
+                wf.blame[idx] = Blame.load(b)
+            if any(idx not in wf.blame for idx in wf.open):
+                raise ValueError("an open interval has no blame")
+            wf.normal, wf.calm = Normal.load(d["normal"]), state.count(d["calm"])
         self.workflows[workflow] = wf
 
     def _close(self, name: str, wf: WorkflowSpikes) -> Alert | None:
@@ -593,13 +756,23 @@ class SpikeDetector:
         wf.idle = 0
         start = wf.next * self.interval
         wf.window.append(wf.open.pop(wf.next))
+        blame = wf.blame.get(wf.next)  # None: an interval no event opened (nobody spent in it)
         wf.next += 1
+        for idx in [idx for idx in wf.blame if idx < wf.next - wf.longest]:
+            del wf.blame[idx]
+        readings = [h.score_learn(start + self.interval, wf.window, self.interval, wf.agentic) for h in wf.horizons]
         reading: Reading = {}
-        for h in wf.horizons:
-            for f, r in h.score_learn(start + self.interval, wf.window, self.interval, wf.agentic).items():
+        for one in readings:
+            for f, r in one.items():
                 if f not in reading or r[0] > reading[f][0]:
                     reading[f] = r
-        if max(r[0] for r in reading.values()) < self.threshold:
+        calm = max(r[0] for r in reading.values()) < self.threshold
+        if blame is not None:
+            if calm:  # learned from all it counted, before it keeps only its TOP
+                wf.calm += 1
+                wf.normal.learn(blame, max(NORMAL_ALPHA, 1.0 / wf.calm))
+            blame.close()
+        if calm:
             if wf.causes:
                 wf.quiet += 1
                 if wf.quiet >= self.cooldown:
@@ -611,7 +784,63 @@ class SpikeDetector:
         if family in wf.causes or (wf.causes and cause == SPEND_SPIKE) or not self._costly(reading):
             return None
         wf.causes.add(family)
-        return self._alert(name, wf, start, cause, reading)
+        fired = max(range(len(readings)), key=lambda i: max(r[0] for r in readings[i].values()))
+        return self._alert(name, wf, start, cause, reading, self._behind(wf, wf.horizons[fired].length,
+                                                                           readings[fired]["spend"]))
+
+    def _behind(self, wf: WorkflowSpikes, length: int, spend: tuple[float, float, float]) -> Attribution:
+        """The excess spend over the last `length` intervals (the window that fired) and who spent it."""
+        recent = [b for idx, b in wf.blame.items() if wf.next - length <= idx < wf.next]
+        minutes = min(length, len(wf.window)) * self.interval / 60.0
+        _, per_min, base = spend
+        observed, expected = per_min * minutes, base * minutes
+        excess = observed - expected
+        if excess < self.min_excess_usd_per_min * minutes:
+            excess = 0.0  # spend is not (yet) over normal: no one's share of an excess to tell
+        runs: dict[str, list[Any]] = {}
+        agents: dict[str, int] = {}
+        models: dict[str, int] = {}
+        for b in recent:
+            for rid, (micros, aid) in b.runs.items():
+                run = runs.setdefault(rid, [0, aid])
+                run[0] += micros
+            for tally, part in ((agents, b.agents), (models, b.models)):
+                for key, micros in part.items():
+                    tally[key] = tally.get(key, 0) + micros
+
+        def entry(micros: int, normal_micros: float | None) -> dict[str, float]:
+            """Spend, its share of all spend, and the share of the excess its spend over normal accounts for."""
+            usd = micros_to_usd(micros)
+            over = usd if normal_micros is None else max(usd - normal_micros * len(recent) / 1e6, 0.0)
+            shown = {"usd": round(usd, 6)}
+            if normal_micros is not None:
+                shown["normal_usd"] = round(normal_micros * len(recent) / 1e6, 6)
+            return {**shown, "over_normal_usd": round(over, 6),
+                    "share_of_spend": round(usd / observed, 3) if observed > 0 else 0.0,
+                    "share_of_excess": round(min(over, excess) / excess, 3) if excess > 0 else 0.0}
+
+        def top(tally: dict[str, int], normal: dict[str, float], key: str) -> list[dict[str, Any]]:
+            shown = [(name, entry(micros, normal.get(name, 0.0))) for name, micros in tally.items()]
+            shown.sort(key=lambda p: (-p[1]["over_normal_usd"], -p[1]["usd"]))  # what moved most first
+            return [{key: name, **e} for name, e in shown[:TOP]]
+
+        tokens = [sum(b.tokens[i] for b in recent) for i in range(len(TOKEN_TYPES))]
+        normal = [m * len(recent) for m in wf.normal.tokens]
+        grew = [max(t - n, 0.0) for t, n in zip(tokens, normal)]
+        return {
+            "excess": {"usd": round(excess, 6), "observed_usd": round(observed, 6), "expected_usd": round(expected, 6),
+                       "minutes": minutes, "since": (wf.next - length) * self.interval},
+            "behind": {
+                "runs": [{"run_id": rid, "agent_id": aid, **entry(m, None)}
+                         for rid, (m, aid) in _heaviest(runs, TOP).items()],
+                "agents": top(agents, wf.normal.agents, "agent_id"),
+                "models": top(models, wf.normal.models, "model"),
+                "tokens": sorted(({"type": kind, "tokens": t, "normal": round(n), "share_of_excess":
+                                   round(g / sum(grew), 3) if sum(grew) else 0.0}
+                                  for kind, t, n, g in zip(TOKEN_TYPES, tokens, normal, grew) if t),
+                                 key=lambda e: (-e["share_of_excess"], -e["tokens"])),
+            },
+        }
 
     def _cause(self, reading: Reading) -> str:
         hot = {f for f, r in reading.items() if r[0] >= self.threshold}
@@ -632,7 +861,8 @@ class SpikeDetector:
         ratio = max(_ratio(f, x, b) for f, (sc, x, b) in reading.items() if sc >= self.threshold)
         return max(spend - base, (ratio - 1.0) * base) >= self.min_excess_usd_per_min
 
-    def _alert(self, name: str, wf: WorkflowSpikes, start: float, cause: str, reading: Reading) -> Alert:
+    def _alert(self, name: str, wf: WorkflowSpikes, start: float, cause: str, reading: Reading,
+               behind: Attribution) -> Alert:
         hot = [f for f, r in reading.items() if r[0] >= self.threshold]
         ratio = {f: _ratio(f, x, base) for f, (_, x, base) in reading.items()}
         parts = ", ".join(
@@ -645,13 +875,30 @@ class SpikeDetector:
             severity="critical" if ratio["spend"] >= 5 else "warning", workflow=name, ts=start + self.interval,
             team=wf.team,
             summary=(f"{cause} in {name}: {parts} vs baseline; spend {fmt_usd(round(spend * 1e6))}/min "
-                     f"(normal {fmt_usd(round(base * 1e6))}/min)"),
+                     f"(normal {fmt_usd(round(base * 1e6))}/min){_who(behind)}"),
             evidence={
                 "cause": cause, "score": round(max(r[0] for r in reading.values()), 3), "since": start,
+                **behind,
                 "features": {f: {"value": round(x, 6), "baseline": round(b, 6), "ratio": round(ratio[f], 2),
                                  "score": round(sc, 3)} for f, (sc, x, b) in reading.items()},
             },
         )
+
+
+def _who(behind: Attribution) -> str:
+    """`; behind the excess of $X: run r-7 72%, ...`: the top three of each dimension, by their share
+    of the excess (of the spend, when spend is not over normal: errors, or bloat not yet billed)."""
+    excess, who = behind["excess"]["usd"], behind["behind"]
+    share = "share_of_excess" if excess > 0 else "share_of_spend"
+    parts = [f"{label} {e[key]} {e[share]:.0%}" for dim, label, key in
+             (("runs", "run", "run_id"), ("agents", "agent", "agent_id"), ("models", "model", "model"))
+             for e in who[dim][:3]]
+    parts += [f"{e['type'].replace('_', ' ')} tokens {e['share_of_excess']:.0%}" for e in who["tokens"][:2]
+              if e["share_of_excess"] > 0]
+    if not parts:
+        return ""
+    head = f"behind the excess of {fmt_usd(round(excess * 1e6))}" if excess > 0 else "who spent"
+    return f"; {head}: {', '.join(parts)}"
 
 
 def _ratio(feature: str, value: float, baseline: float) -> float:

@@ -29,16 +29,17 @@ V = 1
 """The format every detector writes today."""
 
 
-def upgrade(doc: Any, kind: str, workflow: str, migrations: Mapping[int, Migration]) -> dict[str, Any]:
-    """`doc` migrated to format V; StateError naming the detector, workflow and version if it has
-    an unknown, missing or non-integer `"v"`. Call it inside `loading`: a migration may meet a
-    malformed doc too."""
+def upgrade(doc: Any, kind: str, workflow: str, migrations: Mapping[int, Migration],
+            current: int = V) -> dict[str, Any]:
+    """`doc` migrated to format `current` (V, or later for a detector whose layout moved on since);
+    StateError naming the detector, workflow and version if it has an unknown, missing or
+    non-integer `"v"`. Call it inside `loading`: a migration may meet a malformed doc too."""
     whose = f"{kind} detector of workflow {workflow!r}"
     if isinstance(doc, dict) and "v" not in doc:
         raise StateError(f"{whose} state has no format version \"v\"; refusing to guess its layout")
     if isinstance(doc, dict) and (isinstance(doc["v"], bool) or not isinstance(doc["v"], int)):
         raise StateError(f"{whose} state has format version {doc['v']!r}, not an integer")
-    return _upgrade(doc, whose, V, migrations)
+    return _upgrade(doc, whose, current, migrations)
 
 
 @contextmanager

@@ -79,7 +79,8 @@ def backtest(events: Iterable[dict[str, Any] | Event], out_dir: Path, monitor: M
     with open(out_dir / "alerts.jsonl", "wb") as fh:
         for a in res.alerts:
             fh.write(a.model_dump_json().encode() + b"\n")
-    fired = [a for a in res.alerts if a.status == "firing"]  # a resolution is no detection, nor a false alarm
+    fired = [a for a in res.alerts if a.status == "firing" and not a.revision]  # a resolution is no detection,
+    # nor a false alarm; an alert updated in place (revision > 0) pages no one
     by_kind: dict[str, int] = {}
     for a in fired:
         by_kind[a.kind] = by_kind.get(a.kind, 0) + 1
@@ -88,7 +89,8 @@ def backtest(events: Iterable[dict[str, Any] | Event], out_dir: Path, monitor: M
         "poisoned_events": sum(p["events"] for p in res.poisoned), "poisoned": res.poisoned[:100],
         "contained_failures": monitor.failures,
         "first_ts": res.first_ts, "last_ts": res.last_ts, "alerts": len(fired), "alerts_by_kind": by_kind,
-        "resolved": len(res.alerts) - len(fired),
+        "resolved": sum(a.status != "firing" for a in res.alerts),
+        "alert_updates": sum(a.status == "firing" and bool(a.revision) for a in res.alerts),
         "spend_usd_by_workflow": {wf: round(micros_to_usd(sum(s.values())), 6) for wf, s in sorted(res.spend.items())},
         "unpriced_models": dict(monitor.prices.unpriced),
         "elapsed_s": round(elapsed, 3), "events_per_s": round(res.events / elapsed) if elapsed else None,

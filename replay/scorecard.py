@@ -55,8 +55,10 @@ def detectors() -> list[Detector]:
 def detector_alerts(events: Iterable[dict[str, Any] | Event], dets: list[Detector], tick: float = TICK,
                     flush: float = GRACE) -> list[Alert]:
     """The detector alerts of `dets` over `events`, through the same engine and virtual time as a
-    backtest (budget and unpriced-model alerts are not detections: they are left out)."""
-    return [a for a in driver.run(events, Monitor(detectors=dets), tick=tick, flush=flush).alerts if a.kind in KINDS]
+    backtest (budget and unpriced-model alerts are not detections, and an alert updated in place, e.g.
+    with a spike folded into it, is no new one: they are left out)."""
+    alerts = driver.run(events, Monitor(detectors=dets), tick=tick, flush=flush).alerts
+    return [a for a in alerts if a.kind in KINDS and not a.revision]
 
 
 def _subject(alert: Alert, subject: str) -> str | None:

@@ -42,3 +42,6 @@ class Alert(BaseModel):
     kill_scope: Scope | None = Field(default=None, description="what the kill stopped (action kill only): "
                                      "the alert's field of that name is the target")
     undo: str | None = Field(default=None, description="exact command that undoes the action")
+    revision: int = Field(default=0, ge=0, description="how often the alert was updated in place since it "
+                          "fired (0: as it fired), e.g. with the workflow impact of a spike folded into it: "
+                          "sinks edit the message they posted, no one is paged again")

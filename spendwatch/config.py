@@ -169,6 +169,9 @@ class SpikeParams(_DetectorParams):
     cooldown: int | None = Field(default=None, ge=1)
     min_excess_usd_per_min: float | None = Field(default=None, ge=0)
     scorer: ScorerParams | None = None
+    fold_share: float | None = Field(default=None, gt=0, le=1)
+    """A spike whose excess spend is at least this share spent by runs or agents with an open loop or
+    zombie alert is no new page: it folds into those alerts (default 0.6)."""
     model: str | None = Field(default=None, min_length=3, max_length=200)
     """Import path of the series features' anomaly model instead of SeriesScorer, e.g.
     "detectors.novelty.NoveltyScorer" or "river.anomaly.HalfSpaceTrees" (`detectors/models.py`)."""

@@ -58,10 +58,10 @@ class Notifier:
             await self._alert_once(sink, alert)
 
     async def deliver_digest(self, notification: Notification) -> None:
-        """One message per digest-aware sink; other sinks get the digest's new and resolved alerts."""
+        """One message per digest-aware sink; other sinks get the digest's new, updated and resolved alerts."""
         for sink in self.sinks:
             if not isinstance(sink, DigestSink):
-                for alert in notification.new + notification.resolved:
+                for alert in notification.new + notification.updated + notification.resolved:
                     await self._alert_once(sink, alert)
                 continue
             previous = self._ref(f"{sink.name}:{notification.update_of}") if notification.update_of else None

@@ -60,8 +60,9 @@ class Notification(BaseModel):
 
     `update_of` names the notification whose message this one rewrites (a Slack
     message is edited with chat.update); None means post a new message. Only a
-    notification with nothing new to announce (resolved alerts only) edits: new
-    alerts and repeats are posted so that on-call is pinged.
+    notification with nothing new to announce (resolved alerts, or `updated`
+    ones: told before, since revised in place) edits: new alerts and repeats are
+    posted so that on-call is pinged.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -74,6 +75,7 @@ class Notification(BaseModel):
     new: list[Alert]
     resolved: list[Alert]
     update_of: str | None = None
+    updated: list[Alert] = Field(default_factory=list)
 
 
 class _Group(BaseModel):
@@ -83,6 +85,8 @@ class _Group(BaseModel):
     alerts: dict[str, Alert] = Field(default_factory=dict)
     seen: dict[str, float] = Field(default_factory=dict)
     notified: set[str] = Field(default_factory=set)
+    revisions: dict[str, int] = Field(default_factory=dict)
+    """The revision each notified alert was told at, where above 0 (an alert revised since is `updated`)."""
     last_sent: float | None = None
     seq: int = 0
     message: str | None = None
@@ -129,6 +133,7 @@ class Router:
             return  # confirmed before, or of an earlier episode of this group
         group.seq, group.last_sent = seq, notification.at
         group.notified |= {a.alert_id for a in notification.firing}
+        group.revisions.update({a.alert_id: a.revision for a in notification.firing if a.revision})
         if notification.update_of is None:
             group.message = notification.notification_id
         for alert in notification.resolved:
@@ -154,18 +159,23 @@ class Router:
         cfg = self.config
         firing = [a for a in group.alerts.values() if a.status == "firing" and not _inhibited(a, muted)]
         new = [a for a in firing if a.alert_id not in group.notified]
+        updated = [a for a in firing if a.alert_id in group.notified
+                   and a.revision > group.revisions.get(a.alert_id, 0)]
         resolved = [a for a in group.alerts.values() if a.status == "resolved"]
         if group.last_sent is None:
             if not firing or now < group.created + cfg.group_wait_s:
                 return None
         elif now < group.last_sent + cfg.group_interval_s:
             return None
-        elif not (new or resolved or (firing and now >= group.last_sent + cfg.repeat_interval_s)):
-            return None
-        update_of = group.message if resolved and not new else None
+        else:
+            repeat = bool(firing) and now >= group.last_sent + cfg.repeat_interval_s
+            if not (new or resolved or updated or repeat):
+                return None
+            updated = [] if repeat else updated  # a reminder is posted anyway, with the alerts as they are now
+        update_of = group.message if (resolved or updated) and not new else None
         seq = group.seq + 1
         return Notification(group_key=key, notification_id=_id(key, group, seq), seq=seq, at=now,
-                            firing=firing, new=new, resolved=resolved, update_of=update_of)
+                            firing=firing, new=new, resolved=resolved, update_of=update_of, updated=updated)
 
     def _tidy(self, now: float) -> None:
         """Resolve alerts past resolve_timeout; drop resolved ones nobody was told had fired."""
@@ -183,6 +193,7 @@ class Router:
         group.alerts.pop(alert_id, None)
         group.seen.pop(alert_id, None)
         group.notified.discard(alert_id)
+        group.revisions.pop(alert_id, None)
 
 
 def _id(key: str, group: _Group, seq: int) -> str:

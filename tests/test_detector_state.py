@@ -30,11 +30,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from detectors import spikes
 from detectors.checks import calls_during
 from detectors.detector import Detector, StateError
 from detectors.loops import WINDOW, LoopDetector
 from detectors.registry import DETECTORS
 from detectors.spikes import Horizon, SpikeDetector
+from detectors.state import V as STATE_V
 from detectors.zombies import ZombieDetector
 from replay.scenarios import generate
 from schemas.alerts import Alert
@@ -138,7 +140,7 @@ def restored(det: Detector, variant: str) -> Detector:
     new = MAKERS[variant]()
     for w in det.workflows:
         doc = det.dump(w)
-        assert doc is not None and doc["v"] == 1
+        assert doc is not None and doc["v"] == (spikes.V if isinstance(det, SpikeDetector) else STATE_V)
         assert roundtrip(doc) == doc, "dump must be plain data orjson round-trips exactly (no inf/nan, tuples, ...)"
         new.load(w, roundtrip(doc))
     return new
@@ -269,7 +271,7 @@ def test_tick_of_a_workflow_it_does_not_hold_is_empty(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", VARIANTS)
-@pytest.mark.parametrize("version", [2, 0.5, -1, "1", True, None, "missing", 1.0])
+@pytest.mark.parametrize("version", [3, 0.5, -1, "1", True, None, "missing", 1.0])  # 3: newer than any writes
 def test_unknown_version_raises_a_state_error_that_says_whose(kind: str, version: Any) -> None:
     det = warm(kind)
     doc = det.dump("wf")
@@ -366,14 +368,19 @@ def test_a_v0_doc_migrates_to_v1(kind: str) -> None:
     assert roundtrip(doc) == doc
 
 
-def test_a_v0_spike_doc_migrates_to_v1_and_behaves_the_same() -> None:
+def test_a_v0_spike_doc_migrates_to_v2_and_behaves_the_same() -> None:
+    """v1 → v2 added who spent in recent intervals: a migrated doc starts without, and alerts the same."""
     det = warm("spike")
-    v1 = det.dump("wf")
+    v2 = det.dump("wf")
+    v1 = {k: x for k, x in v2.items() if k not in ("blame", "normal", "calm")}
+    det.load("wf", {**v1, "v": 1})  # what the upgraded worker has: no one's spend known yet
     v0 = {k: x for k, x in v1.items() if k not in ("next", "window", "idle")}
     v0.update(v=0, next_interval=v1["next"], closed=v1["window"])  # v0 had no idle count: it comes from the rows
     migrated = SpikeDetector()
     migrated.load("wf", v0)
-    assert migrated.dump("wf") == v1
+    assert migrated.dump("wf") == det.dump("wf") == {
+        **v1, "v": 2, "blame": [[idx, [{}, {}, {}, [0] * 5]] for idx, _ in v1["open"]],
+        "normal": {"agents": {}, "models": {}, "tokens": [0.0] * 5}, "calm": 0}
     steps = [("event", usage(WARM_END + 5 * k, input_tokens=40_000)) for k in range(200)] + [("tick", 0.0)]
     assert [a.model_dump() for a in run(migrated, steps, WARM_END)[0]] == [a.model_dump() for a in run(det, steps, WARM_END)[0]]
 

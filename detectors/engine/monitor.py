@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from detectors.correlation import Inhibitor
 from detectors.detector import Detector
 from detectors.engine.budgets import Budget, BudgetConfig, budget_alert, crossed_thresholds
 from detectors.engine.burn import BudgetNow, check_burn, has_episode
@@ -23,6 +24,7 @@ from detectors.engine.workflow import WorkflowState
 from detectors.pricing.money import micros_to_usd, usd_to_micros
 from detectors.pricing.prices import PriceBook, unpriced_alert
 from detectors.registry import build as build_detectors
+from detectors.spikes import FOLD_SHARE, SpikeDetector
 from schemas.alerts import ANY_WORKFLOW, Alert
 from schemas.structs import Event
 
@@ -86,6 +88,9 @@ class Monitor:
     restart; in replay they are absent and state starts empty. `detectors`
     defaults to one of each registered kind (`detectors/registry.py`) as its
     constructor's defaults have it; the config builds the configured ones.
+    Their alerts pass the correlation stage (`detectors/correlation.py`): a spike
+    that open loop or zombie alerts spent (the spike detector's `fold_share` of
+    its excess) comes out as updates of those alerts instead.
     """
 
     def __init__(
@@ -111,6 +116,8 @@ class Monitor:
         self._load_workflow = load_workflow
         self._load_team = load_team
         self.detectors = list(detectors) if detectors is not None else build_detectors()
+        self.inhibitor = Inhibitor(next((d.fold_share for d in self.detectors if isinstance(d, SpikeDetector)),
+                                        FOLD_SHARE))
         self._load_detectors = load_detectors
         self.failures = 0  # contained failures since start
         self.last_failures: deque[Failure] = deque(maxlen=100)
@@ -127,8 +134,8 @@ class Monitor:
                     self.restore_detectors(name, blob)
                 except (StateError, ValueError, KeyError, TypeError) as exc:
                     # Models are learned again from traffic; totals are never guessed (WorkflowState refuses).
-                    for det in self.detectors:
-                        det.workflows.pop(name, None)
+                    for part in self._stateful():
+                        part.workflows.pop(name, None)
                     log.error("detector state of workflow %r refused, detectors start afresh: %s", name, exc)
         return st
 
@@ -180,6 +187,8 @@ class Monitor:
         dedup, watermark, window = st.dedup, st.watermark, self.dedup_window
         clock_keys, price = self.clock.keys, self.prices.price
         observers = [det.observe for det in self.detectors]
+        if name in self.inhibitor.workflows:  # open loop or zombie alerts: their subjects' calls keep them open
+            observers.append(self.inhibitor.observe)
         grouped: dict[tuple, list[int]] = {}
         unpriced: dict[tuple[str | None, str, str], list[int]] = {}  # (provider, model, day) -> [calls, micros]
         teams: set[str] = set()
@@ -238,7 +247,7 @@ class Monitor:
                 st.fired.add(mark)
                 alerts.append(unpriced_alert(name, model, provider, day, calls, micros, self.prices.fallback,
                                              st.watermark))
-        out.alerts.extend(alerts)
+        out.alerts.extend(self._fold(alerts))
         out.snapshots.extend(self._snapshot(st, team) for team in teams if team in st.by["team"])  # not folded
         if st.watermark - st.pruned_at >= PRUNE_EVERY:
             st.prune(self.dedup_window, self._keep_periods(st.watermark))
@@ -268,8 +277,20 @@ class Monitor:
     def forget(self, name: str) -> None:
         """Drop a workflow's in-memory state (it is reloaded from the store when it is next seen)."""
         self.workflows.pop(name, None)
-        for det in self.detectors:
-            det.workflows.pop(name, None)
+        for part in self._stateful():
+            part.workflows.pop(name, None)
+
+    def _stateful(self) -> list[Detector | Inhibitor]:
+        """Everything that keeps per-workflow state beside the totals, saved in the detectors blob."""
+        return [*self.detectors, self.inhibitor]
+
+    def _fold(self, alerts: list[Alert]) -> list[Alert]:
+        """Alerts through the correlation stage; if it raises, as they are (a duplicate page beats none)."""
+        try:
+            return self.inhibitor.fold(alerts)
+        except Exception as exc:  # noqa: BLE001 - containment is the point
+            self._failed("fold", alerts[0].workflow if alerts else "?", exc)
+            return alerts
 
     def _failed(self, stage: str, workflow: str, exc: BaseException) -> None:
         self.failures += 1
@@ -297,16 +318,17 @@ class Monitor:
                     alerts.extend(self._check_burn(st, budget, max(now, st.watermark)))
                 except Exception as exc:  # noqa: BLE001
                     self._failed("tick:burn_rate", name, exc)
-        return alerts
+        self.inhibitor.tick(now)
+        return self._fold(alerts)
 
     def dump_detectors(self, workflow: str) -> bytes:
         """One workflow's detector state (models, runs, agents), for the detectors table: plain JSON
         with a format version per detector, never pickle (a changelog must not be able to run code)."""
         try:
-            return orjson.dumps({"v": DETECTORS_V, **{det.kind: det.dump(workflow) for det in self.detectors}})
+            return orjson.dumps({"v": DETECTORS_V, **{det.kind: det.dump(workflow) for det in self._stateful()}})
         except Exception:  # noqa: BLE001 - find the detector whose state cannot be saved; it starts afresh
             doc: dict[str, Any] = {"v": DETECTORS_V}
-            for det in self.detectors:
+            for det in self._stateful():
                 try:
                     doc[det.kind] = orjson.Fragment(orjson.dumps(det.dump(workflow)))
                 except Exception as exc:  # noqa: BLE001
@@ -326,7 +348,7 @@ class Monitor:
             raise StateError(f"detector state of workflow {workflow!r} has format "
                              f"{doc.get('v') if isinstance(doc, dict) else type(doc).__name__!r}, "
                              f"this spendwatch reads {DETECTORS_V}")
-        for det in self.detectors:
+        for det in self._stateful():
             if doc.get(det.kind) is not None:
                 det.load(workflow, doc[det.kind])
 

@@ -20,8 +20,11 @@ class DeliveryError(Exception):
 
 def marker(item: Alert | Notification) -> str:
     """The stable id of one delivery: the notifier's ledger key (after the sink name) and the tag a
-    sink puts on its message so that it can find it again when the answer to a post was lost."""
-    return item.notification_id if isinstance(item, Notification) else f"{item.alert_id}:{item.status}"
+    sink puts on its message so that it can find it again when the answer to a post was lost. An alert
+    revised in place (`revision`) is a delivery of its own: the sink is told again, under the same id."""
+    if isinstance(item, Notification):
+        return item.notification_id
+    return f"{item.alert_id}:{item.status}" + (f":r{item.revision}" if item.revision else "")
 
 
 class Sink(Protocol):

@@ -22,7 +22,7 @@ def title(alert: Alert) -> str:
     head = KIND_TITLE.get(alert.kind, alert.kind)
     if alert.status == "resolved":
         return f"Resolved: {head}"
-    return f"{head} — {alert.severity}"
+    return f"{head} — {alert.severity}{' (updated)' if alert.revision else ''}"
 
 
 def digest_title(n: Notification) -> str:
@@ -37,6 +37,7 @@ def digest_title(n: Notification) -> str:
         return f"Resolved: {head}"
     counts = [f"{len(n.firing)} firing"]
     counts += [f"{len(n.new)} new"] if n.new else []
+    counts += [f"{len(n.updated)} updated"] if n.updated else []
     counts += [f"{len(n.resolved)} resolved"] if n.resolved else []
     return f"{head} — {', '.join(counts)}"
 
