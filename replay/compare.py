@@ -80,6 +80,11 @@ def _pair(a: Sequence[Alert], b: Sequence[Alert], left: set[int], right: set[int
     return pairs
 
 
+def pages(alerts: Sequence[Alert]) -> list[Alert]:
+    """The alerts that paged: not the updates in place (revision > 0)."""
+    return [x for x in alerts if not x.revision]
+
+
 def check_spans(tolerance: float, window: float) -> None:
     """A tolerance below zero, or a pairing window narrower than it, makes no sense: say so."""
     if not 0 <= tolerance <= window:
@@ -89,8 +94,11 @@ def check_spans(tolerance: float, window: float) -> None:
 
 def diff_alerts(a: Sequence[Alert], b: Sequence[Alert], tolerance: float = TOLERANCE,
                 window: float = WINDOW) -> AlertDiff:
-    """Pair the alerts of A and B (module docstring) and sort them into added, removed, moved, unchanged."""
+    """Pair the alerts of A and B (module docstring) and sort them into added, removed, moved, unchanged.
+    Updates in place (revision > 0: a loop alert told of the spike folded into it) page no one and
+    are left out: a page is compared, not its edits."""
     check_spans(tolerance, window)
+    a, b = pages(a), pages(b)
     left, right = set(range(len(a))), set(range(len(b)))
     pairs = _pair(a, b, left, right, lambda x: (x.alert_id, x.status), float("inf"))
     pairs += _pair(a, b, left, right, subject, window)
@@ -161,11 +169,12 @@ def compare(a: Side, b: Side, labels: list[dict[str, Any]] | None = None, tolera
             window: float = WINDOW) -> dict[str, Any]:
     """The review of B against A, as one JSON-ready document (no NaN: absent numbers are None)."""
     d = diff_alerts(a.result.alerts, b.result.alerts, tolerance, window)
+    pages_a, pages_b = pages(a.result.alerts), pages(b.result.alerts)
     first, last = a.result.first_ts, a.result.last_ts
     days = (last - first) / DAY if first is not None and last is not None and last > first else None
     out: dict[str, Any] = {
-        "a": {"config": a.name, "alerts": len(a.result.alerts), "alerts_by_kind": _by_kind(a.result.alerts)},
-        "b": {"config": b.name, "alerts": len(b.result.alerts), "alerts_by_kind": _by_kind(b.result.alerts)},
+        "a": {"config": a.name, "alerts": len(pages_a), "alerts_by_kind": _by_kind(pages_a)},
+        "b": {"config": b.name, "alerts": len(pages_b), "alerts_by_kind": _by_kind(pages_b)},
         "events": a.result.events, "first_ts": first, "last_ts": last, "days": days,
         "tolerance_s": tolerance, "window_s": window,
         "added": [_alert(x) for x in d.added], "removed": [_alert(x) for x in d.removed],
