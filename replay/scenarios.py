@@ -204,29 +204,29 @@ class _Gen:
         ctx = int(self.lognormal(wf.prompt, 0.3) * prompt_x)
         history: list[str] = []
         loop_fps = (self.fp(), self.fp())
-        loop_obs = (self.fp(), self.fp())
-        wait_obs = self.fp()
+        loop_answers = (self.fp(), self.fp())
+        wait_answer = self.fp()
         echo_out = int(self.lognormal(wf.completion, 0.5)) + 20
         ts, prev_input, step = t, 0, 0
         for k in range(1, total + 1):
             ts += self.lognormal(wf.gap, 0.5)
             in_loop = loop is not None and k > loop_at
             fp: str | None
-            obs = self.fp()
+            answer = self.fp()  # the observation's hash
             if in_loop and loop in ("same", "same_error"):
-                fp, obs = loop_fps[0], loop_obs[0]
+                fp, answer = loop_fps[0], loop_answers[0]
             elif in_loop and loop == "ping_pong":
-                fp, obs = loop_fps[(k - loop_at) % 2], loop_obs[(k - loop_at) % 2]
+                fp, answer = loop_fps[(k - loop_at) % 2], loop_answers[(k - loop_at) % 2]
             elif poll_at < k < poll_at + poll_n and history:
                 fp = history[-1]  # hard negative: a legitimate poll of the previous step's action
-                obs = wait_obs if waiting and k < poll_at + poll_n - 1 else obs
+                answer = wait_answer if waiting and k < poll_at + poll_n - 1 else answer
             elif history and rng.random() < 0.12:
                 fp = history[int(rng.integers(len(history)))]  # e.g. re-running the tests, not twice in a row
                 fp = fp if fp != history[-1] else self.fp()
             else:
                 fp = self.fp()
             if k == poll_at and waiting and not in_loop:
-                obs = wait_obs
+                answer = wait_answer
             history.append(fp)
             if rng.random() < error_p:  # a transient API error, retried: no action, same step
                 self.usage(wf, ts, ctx, 0, status="error", agent=agent, run=run, step=step + 1)
@@ -236,7 +236,7 @@ class _Gen:
             status = "error" if in_loop and loop == "same_error" else "ok"
             cached = min(prev_input, ctx) if cacheable else 0
             self.usage(wf, ts, ctx, out, cached=cached, status=status, agent=agent, run=run, step=step,
-                       fingerprint=fp if wf.fingerprints else None, observation=obs if wf.observations else None)
+                       fingerprint=fp if wf.fingerprints else None, observation=answer if wf.observations else None)
             prev_input = ctx
             looping = in_loop and loop in ("same", "same_error", "echo")
             obs = 300 if looping else int(self.lognormal(wf.observation, 0.8))
