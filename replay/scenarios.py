@@ -93,6 +93,7 @@ class _Gen:
 
     def __init__(self, seed: int, start: float, days: float):
         self.rng = np.random.default_rng(seed)
+        self.hashes = np.random.default_rng([seed, 1])  # observations: their own stream leaves the rest as it was
         self.seed = seed
         self.start, self.end = start, start + days * DAY
         self.events: list[dict[str, Any]] = []
@@ -138,6 +139,10 @@ class _Gen:
 
     def fp(self) -> str:
         return f"{int(self.rng.integers(0, 2**32)):08x}"
+
+    def answer(self) -> str:
+        """An observation's hash."""
+        return f"{int(self.hashes.integers(0, 2**32)):08x}"
 
     def label(self, kind: str, type_: str, subject: str, id_: str, wf: Workflow, start: float, end: float,
               **extra: Any) -> None:
@@ -197,27 +202,27 @@ class _Gen:
                 steps = int(wf.steps * rng.uniform(2.5, 4.0))  # real SWE-agent runs: max ≈ 4× the median
                 outcome = True
         total = loop_at + loop_steps if loop else steps
-        poll_at = int(rng.integers(2, max(3, total)))
-        poll_n = int(rng.integers(POLL_MIN, POLL_MAX + 1)) if rng.random() < POLL_P else 1  # runs of the action
-        waiting = poll_n > 1 and rng.random() < WAIT_P  # the same answer until the last poll, else a changing one
+        poll_at = int(rng.integers(2, max(3, total))) if rng.random() < POLL_P else -1
+        poll_n = int(rng.integers(POLL_MIN, POLL_MAX + 1))  # the action runs 2–8 times in a row
+        waiting = self.hashes.random() < WAIT_P  # the same answer until the last poll, else a changing one
         cacheable = wf.provider != "google"
         ctx = int(self.lognormal(wf.prompt, 0.3) * prompt_x)
         history: list[str] = []
         loop_fps = (self.fp(), self.fp())
-        loop_answers = (self.fp(), self.fp())
-        wait_answer = self.fp()
+        loop_answers = (self.answer(), self.answer())
+        wait_answer = self.answer()
         echo_out = int(self.lognormal(wf.completion, 0.5)) + 20
         ts, prev_input, step = t, 0, 0
         for k in range(1, total + 1):
             ts += self.lognormal(wf.gap, 0.5)
             in_loop = loop is not None and k > loop_at
             fp: str | None
-            answer = self.fp()  # the observation's hash
+            answer = self.answer()
             if in_loop and loop in ("same", "same_error"):
                 fp, answer = loop_fps[0], loop_answers[0]
             elif in_loop and loop == "ping_pong":
                 fp, answer = loop_fps[(k - loop_at) % 2], loop_answers[(k - loop_at) % 2]
-            elif poll_at < k < poll_at + poll_n and history:
+            elif 0 < poll_at < k < poll_at + poll_n:
                 fp = history[-1]  # hard negative: a legitimate poll of the previous step's action
                 answer = wait_answer if waiting and k < poll_at + poll_n - 1 else answer
             elif history and rng.random() < 0.12:
