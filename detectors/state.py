@@ -26,19 +26,21 @@ from detectors.engine.versions import Migration, StateError
 from detectors.engine.versions import upgrade as _upgrade
 
 V = 1
-"""The format every detector writes today."""
+"""The format a detector writes until its own layout changes; then it names its own (the loop
+detector's `VERSION`) and adds the migration to it."""
 
 
-def upgrade(doc: Any, kind: str, workflow: str, migrations: Mapping[int, Migration]) -> dict[str, Any]:
-    """`doc` migrated to format V; StateError naming the detector, workflow and version if it has
-    an unknown, missing or non-integer `"v"`. Call it inside `loading`: a migration may meet a
-    malformed doc too."""
+def upgrade(doc: Any, kind: str, workflow: str, migrations: Mapping[int, Migration],
+            version: int = V) -> dict[str, Any]:
+    """`doc` migrated to format `version` (a detector whose layout changed since V writes a later
+    one); StateError naming the detector, workflow and version if it has an unknown, missing or
+    non-integer `"v"`. Call it inside `loading`: a migration may meet a malformed doc too."""
     whose = f"{kind} detector of workflow {workflow!r}"
     if isinstance(doc, dict) and "v" not in doc:
         raise StateError(f"{whose} state has no format version \"v\"; refusing to guess its layout")
     if isinstance(doc, dict) and (isinstance(doc["v"], bool) or not isinstance(doc["v"], int)):
         raise StateError(f"{whose} state has format version {doc['v']!r}, not an integer")
-    return _upgrade(doc, whose, V, migrations)
+    return _upgrade(doc, whose, version, migrations)
 
 
 @contextmanager
