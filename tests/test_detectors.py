@@ -160,6 +160,9 @@ def test_loop_ab_alternation_over_six_steps_fires():
     alerts = drive(LoopDetector(), agent_run("r1", fps, T0))
     assert [a.evidence["rule"] for a in alerts] == ["A/B alternation"]
     assert alerts[0].evidence["loop_start_step"] == 4
+    obs = fresh(3, "o") + ["a.py: 40 lines", "b.py: 12 lines"] * 3 + fresh(2, "p")  # and with observations
+    assert [a.evidence["rule"] for a in drive(LoopDetector(), agent_run("r2", fps, T0, observations=obs))] == [
+        "A/B alternation"]
 
 
 def test_loop_three_step_cycle_and_few_distinct_tail_fire():
