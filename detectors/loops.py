@@ -3,9 +3,16 @@
 Two kinds of evidence, both checked per event in O(1):
 
 - Fingerprints (the action a step performed) repeating, after OpenHands' stuck
-  detector: the same action 4× in a row, the same failing action 3×, A/B
-  alternation over 6 steps, an A/B/C cycle over 9, or a 16-step tail with at
-  most 3 distinct actions. Runs without fingerprints get one weaker version:
+  detector: the same failing action 3× in a row; the same successful action 9×
+  in a row getting the same observation (the hash of its result) every time,
+  or 9× when the run sends no observations; A/B alternation over 6 steps, an
+  A/B/C cycle over 9, or a 16-step tail with at most 3 distinct actions. Agents
+  legitimately repeat a successful step: polling CI, a deploy, a queue, a page
+  still loading, 2–8 times, so 4 successful repeats (OpenHands' bound) would
+  alarm on ordinary runs every day, while a runaway loop repeats tens of times.
+  A repeat whose observation changes is progress (a poll whose answer moves),
+  not a stuck agent: such a streak restarts, and only the 16-step tail rule or
+  the volume rules flag it. Runs without fingerprints get one weaker version:
   5 identical output sizes in a row, which is what a deterministic model
   repeating itself looks like (never more than 3 in 500 real SWE-agent runs).
 - Volume, for silent loops: a run's LLM calls, tokens, context size or spend
@@ -16,11 +23,11 @@ Two kinds of evidence, both checked per event in O(1):
   was 3.3 log-sigmas out; z = 4 leaves margin (3.5 already flags one real
   unresolved run).
 
-Re-polling the same action 2–3 times is normal and does not fire. A flagged run
+A flagged run
 alerts once, when the batch that flagged it ends (`flagged`), so a burst of
 events costs one alert and an evident loop never waits for the next tick.
 
-State is saved as plain data (`dump` / `load`, format "v": 1); `MIGRATIONS`
+State is saved as plain data (`dump` / `load`, format "v": 2); `MIGRATIONS`
 upgrades older formats.
 """
 
@@ -39,7 +46,9 @@ from schemas.limits import MAX_ID_LEN
 MAX_RUNS = 4_000
 """Active runs watched per workflow: its state is one table record (Kafka's default limit is 1 MB,
 ~260 B a run); runs beyond are not watched until others end (their spend is still counted)."""
-REPEAT = 4
+REPEAT_OK = 9
+"""Successful repeats of one action (with the same or no observation) that make a loop: one more than
+the longest ordinary poll (2–8), and still within 10 steps of a loop's start."""
 REPEAT_ERROR = 3
 ALTERNATION = 6
 CYCLE = 9
@@ -67,17 +76,25 @@ def _v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
     return {"runs": runs, **{k: x for k, x in doc.items() if k != "active"}}
 
 
-MIGRATIONS = {0: _v0_to_v1}
+def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """v2 keeps each run's last observation CRC ("obs"); v1 runs had none, which reads as "not sent"."""
+    return {**doc, "runs": {rid: {**run, "obs": None} for rid, run in state.obj(doc["runs"]).items()}}
+
+
+MIGRATIONS = {0: _v0_to_v1, 1: _v1_to_v2}
 """Format n → n + 1 of a workflow's dump: a layout change adds a function here, so stored state still loads."""
+VERSION = 2
+"""The format `dump` writes."""
 
 
 class Run:
-    """What the detector keeps per run: counters and CRC-32s of the last WINDOW
-    fingerprints: about 450 bytes in memory however long the run."""
+    """What the detector keeps per run: counters, CRC-32s of the last WINDOW fingerprints and of the
+    last observation: about 450 bytes in memory however long the run. `same` counts the last action's
+    repeats that got the same observation as the one before (or sent none)."""
 
     __slots__ = (
         "agent", "team", "start", "last", "step", "calls", "tokens", "context", "micros",
-        "recent", "same", "same_err", "alt", "cycle", "echo", "last_out", "flag", "fired", "ended",
+        "recent", "obs", "same", "same_err", "alt", "cycle", "echo", "last_out", "flag", "fired", "ended",
     )
 
     def __init__(self, ts: float, agent: str | None, team: str | None):
@@ -85,6 +102,7 @@ class Run:
         self.start = self.last = ts
         self.step = self.calls = self.tokens = self.context = self.micros = 0
         self.recent = array("I")  # CRC-32 of the last WINDOW fingerprints, oldest first: 4 bytes each, not 32
+        self.obs: int | None = None  # CRC-32 of the last step's observation, None if it sent none
         self.same = self.same_err = self.alt = self.cycle = self.echo = self.last_out = 0
         self.flag: Flag | None = None
         self.fired = False
@@ -108,6 +126,7 @@ class Run:
         if len(recent) > WINDOW:
             raise ValueError(f"recent must hold at most {WINDOW} CRCs")
         run.recent = array("I", [state.count(h) for h in recent])
+        run.obs = None if d["obs"] is None else state.count(d["obs"])
         f = d["flag"]
         if f is not None:
             rule, since, repeats, fp = state.seq(f, 4)
@@ -119,16 +138,19 @@ class Run:
     def values(self) -> tuple[float, float, float, float]:
         return (self.calls, self.tokens, self.context, micros_to_usd(self.micros))
 
-    def fingerprint_rule(self, fp: str, error: bool) -> Flag | None:
+    def fingerprint_rule(self, fp: str, obs: str | None, error: bool) -> Flag | None:
         rec, step = self.recent, self.step
         fp = fp[:MAX_ID_LEN]  # the wire caps it there; a bigger one must not cost O(size) per event, nor be kept
         h = zlib.crc32(fp.encode())
+        o = None if obs is None else zlib.crc32(obs[:MAX_ID_LEN].encode())
         last = rec[-1] if rec else None
         if h == last:
-            self.same += 1
+            moved = o is not None and self.obs is not None and o != self.obs  # a poll whose answer changed
+            self.same = 1 if moved else self.same + 1
             self.same_err = self.same_err + 1 if error else 0
         else:
             self.same, self.same_err = 1, int(error)
+        self.obs = o
         self.alt = self.alt + 1 if len(rec) >= 2 and h == rec[-2] and h != last else 0
         self.cycle = self.cycle + 1 if len(rec) >= 3 and h == rec[-3] and h not in (last, rec[-2]) else 0
         rec.append(h)
@@ -136,8 +158,9 @@ class Run:
             del rec[0]
         if self.same_err >= REPEAT_ERROR:
             return ("repeated failing action", step - self.same_err + 1, self.same_err, fp)
-        if self.same >= REPEAT:
-            return ("repeated action", step - self.same + 1, self.same, fp)
+        if self.same >= REPEAT_OK:
+            rule = "repeated action" if o is None else "repeated action and observation"
+            return (rule, step - self.same + 1, self.same, fp)
         if self.alt >= ALTERNATION - 2:
             return ("A/B alternation", step - self.alt - 1, self.alt + 2, fp)
         if self.cycle >= CYCLE - 3:
@@ -195,15 +218,15 @@ class LoopDetector:
     ...     return UsageEvent(type="usage", event_id=f"e{step}", ts=1_740_000_000.0 + 5 * step, workflow="coder",
     ...                       model="gpt-4o", run_id="run-1", step=step, input_tokens=2000 + 500 * step,
     ...                       output_tokens=150, fingerprint=fp)
-    >>> for step, fp in enumerate(["ls", "cat a.py", "pytest", "pytest", "pytest"], 1):
+    >>> for step, fp in enumerate(["ls", "cat a.py"] + ["pytest"] * 8, 1):
     ...     det.observe(call(step, fp), cost_micros=4000)
-    >>> det.tick("coder", 1_740_000_030.0)  # a re-poll three times is normal
+    >>> det.tick("coder", 1_740_000_050.0)  # polling with the same action 8 times is normal
     []
-    >>> det.observe(call(6, "pytest"), cost_micros=4000)
+    >>> det.observe(call(11, "pytest"), cost_micros=4000)
     >>> [(a.kind, a.run_id, a.evidence["repeats"], a.evidence["loop_start_step"])
-    ...  for a in det.tick("coder", 1_740_000_040.0)]
-    [('loop', 'run-1', 4, 3)]
-    >>> det.flagged(1_740_000_040.0), det.tick("other", 1_740_000_040.0)  # alerted once; a workflow it does not hold
+    ...  for a in det.tick("coder", 1_740_000_060.0)]
+    [('loop', 'run-1', 9, 3)]
+    >>> det.flagged(1_740_000_060.0), det.tick("other", 1_740_000_060.0)  # alerted once; a workflow it does not hold
     ([], [])
     """
 
@@ -248,7 +271,7 @@ class LoopDetector:
             return
         fp = event.fingerprint
         if fp is not None:
-            flag = run.fingerprint_rule(fp, event.status != "ok")
+            flag = run.fingerprint_rule(fp, event.observation, event.status != "ok")
         elif event.status == "ok":
             flag = run.echo_rule(event.output_tokens)
         else:
@@ -290,13 +313,13 @@ class LoopDetector:
         wf = self.workflows.get(workflow)
         if wf is None:
             return None
-        return {"v": state.V, "runs": {rid: run.dump() for rid, run in wf.runs.items()},
+        return {"v": VERSION, "runs": {rid: run.dump() for rid, run in wf.runs.items()},
                 "baselines": {f: b.dump() for f, b in wf.baselines.items()}, "pending": list(wf.pending),
                 "swept": wf.swept}
 
     def load(self, workflow: str, doc: dict[str, Any]) -> None:
         with state.loading(self.kind, workflow):
-            d = state.upgrade(doc, self.kind, workflow, MIGRATIONS)
+            d = state.upgrade(doc, self.kind, workflow, MIGRATIONS, VERSION)
             wf = WorkflowLoops(self.priors, self.z)
             wf.runs = {state.text(rid): Run.load(run) for rid, run in state.obj(d["runs"]).items()}
             baselines = state.obj(d["baselines"])

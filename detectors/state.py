@@ -26,7 +26,8 @@ from detectors.engine.versions import Migration, StateError
 from detectors.engine.versions import upgrade as _upgrade
 
 V = 1
-"""The format every detector writes today."""
+"""The format a detector writes until its own layout changes; then it names its own (the loop
+detector's `VERSION`) and adds the migration to it."""
 
 
 def upgrade(doc: Any, kind: str, workflow: str, migrations: Mapping[int, Migration],

@@ -5,8 +5,9 @@ injected incident, so a detector change can be scored (recall, precision, time
 to detect, false alarms) before it ships. The traffic is built to be hard in
 the ways real traffic is: diurnal load with morning and afternoon peaks,
 gradual growth, agent runs whose context grows with every step and whose
-lengths are heavy-tailed, legitimate re-polls of the same action, long
-productive runs, and always-on agents whose outcomes arrive at random.
+lengths are heavy-tailed, legitimate polls (the same action 2–8 times in a
+row, its answer changing or, while the agent waits, the same until the last
+poll), long productive runs, and always-on agents whose outcomes arrive at random.
 
 Incident labels are `{kind, type, subject, id, workflow, start, end}` (plus
 `start_step` for loops): `kind` is the alert kind expected (`loop`, `spike`,
@@ -41,6 +42,9 @@ INCIDENTS_PER_DAY = {  # per 10 workflows
     "retry_storm": 1, "traffic_surge": 1, "context_bloat": 1,
     "zombie_no_outcome": 1, "zombie_after_end": 1,
 }
+POLL_P, POLL_MIN, POLL_MAX, WAIT_P = 0.35, 2, 8, 0.4
+"""A run polls (re-runs its previous action 1–7 more times: CI, a deploy, a queue, a page still loading)
+with probability POLL_P; WAIT_P of the polls get the same answer until the last one."""
 RUN_CONTEXT_CAP = 120_000
 """Agents condense their history near the model window: context drops back to CONDENSED."""
 CONDENSED = 30_000
@@ -63,6 +67,7 @@ class Workflow:
     completion: float  # median output tokens
     error_rate: float
     fingerprints: bool = True  # agents: does the runtime send action fingerprints?
+    observations: bool = False  # agents with fingerprints: and a hash of each action's result?
     steps: float = 12.0  # agents: median steps per run
     gap: float = 5.0  # agents: median seconds between steps
     observation: float = 700.0  # agents: median tokens an observation adds to the context
@@ -88,6 +93,7 @@ class _Gen:
 
     def __init__(self, seed: int, start: float, days: float):
         self.rng = np.random.default_rng(seed)
+        self.hashes = np.random.default_rng([seed, 1])  # observations: their own stream leaves the rest as it was
         self.seed = seed
         self.start, self.end = start, start + days * DAY
         self.events: list[dict[str, Any]] = []
@@ -106,7 +112,7 @@ class _Gen:
 
     def usage(self, wf: Workflow, ts: float, input_tokens: int, output_tokens: int, *, cached: int = 0,
               status: str = "ok", agent: str | None = None, run: str | None = None, step: int | None = None,
-              fingerprint: str | None = None) -> None:
+              fingerprint: str | None = None, observation: str | None = None) -> None:
         ev: dict[str, Any] = {
             "type": "usage", "event_id": self._id(), "ts": round(ts, 3), "workflow": wf.name, "team": wf.team,
             "provider": wf.provider, "model": wf.model, "input_tokens": input_tokens,
@@ -118,6 +124,8 @@ class _Gen:
             ev["run_id"], ev["step"] = run, step
         if fingerprint is not None:
             ev["fingerprint"] = fingerprint
+        if observation is not None:
+            ev["observation"] = observation
         self.events.append(ev)
 
     def outcome(self, wf: Workflow, ts: float, agent: str | None, run: str | None, name: str = "resolved") -> None:
@@ -131,6 +139,10 @@ class _Gen:
 
     def fp(self) -> str:
         return f"{int(self.rng.integers(0, 2**32)):08x}"
+
+    def answer(self) -> str:
+        """An observation's hash."""
+        return f"{int(self.hashes.integers(0, 2**32)):08x}"
 
     def label(self, kind: str, type_: str, subject: str, id_: str, wf: Workflow, start: float, end: float,
               **extra: Any) -> None:
@@ -176,7 +188,9 @@ class _Gen:
             outcome: bool | None = None, agent: str | None = None) -> tuple[str, str, float, int]:
         """One agentic run from `t`; returns (run_id, agent, end ts, steps). A `loop`
         (`same`, `same_error`, `ping_pong`, `silent`, `echo`) starts after step `loop_at`
-        and lasts `loop_steps` steps, then the run is killed by its cost cap."""
+        and lasts `loop_steps` steps, then the run is killed by its cost cap. A stuck agent's repeated
+        action gets the same observation every time; a polling one's changes, at the latest when
+        the wait is over."""
         rng = self.rng
         self.runs += 1
         run = f"{wf.name}-r{self.seed}-{self.runs}"
@@ -188,29 +202,36 @@ class _Gen:
                 steps = int(wf.steps * rng.uniform(2.5, 4.0))  # real SWE-agent runs: max ≈ 4× the median
                 outcome = True
         total = loop_at + loop_steps if loop else steps
-        repoll_at = int(rng.integers(2, max(3, total))) if rng.random() < 0.25 else -1
-        repoll_n = int(rng.integers(1, 3))  # 1–2 repeats: the action runs 2–3 times in a row
+        poll_at = int(rng.integers(2, max(3, total))) if rng.random() < POLL_P else -1
+        poll_n = int(rng.integers(POLL_MIN, POLL_MAX + 1))  # the action runs 2–8 times in a row
+        waiting = self.hashes.random() < WAIT_P  # the same answer until the last poll, else a changing one
         cacheable = wf.provider != "google"
         ctx = int(self.lognormal(wf.prompt, 0.3) * prompt_x)
         history: list[str] = []
         loop_fps = (self.fp(), self.fp())
+        loop_answers = (self.answer(), self.answer())
+        wait_answer = self.answer()
         echo_out = int(self.lognormal(wf.completion, 0.5)) + 20
         ts, prev_input, step = t, 0, 0
         for k in range(1, total + 1):
             ts += self.lognormal(wf.gap, 0.5)
             in_loop = loop is not None and k > loop_at
             fp: str | None
+            answer = self.answer()
             if in_loop and loop in ("same", "same_error"):
-                fp = loop_fps[0]
+                fp, answer = loop_fps[0], loop_answers[0]
             elif in_loop and loop == "ping_pong":
-                fp = loop_fps[(k - loop_at) % 2]
-            elif repoll_at <= k < repoll_at + repoll_n and history:
-                fp = history[-1]  # hard negative: a legitimate re-poll, 2–3 times
+                fp, answer = loop_fps[(k - loop_at) % 2], loop_answers[(k - loop_at) % 2]
+            elif 0 < poll_at < k < poll_at + poll_n:
+                fp = history[-1]  # hard negative: a legitimate poll of the previous step's action
+                answer = wait_answer if waiting and k < poll_at + poll_n - 1 else answer
             elif history and rng.random() < 0.12:
                 fp = history[int(rng.integers(len(history)))]  # e.g. re-running the tests, not twice in a row
                 fp = fp if fp != history[-1] else self.fp()
             else:
                 fp = self.fp()
+            if k == poll_at and waiting and not in_loop:
+                answer = wait_answer
             history.append(fp)
             if rng.random() < error_p:  # a transient API error, retried: no action, same step
                 self.usage(wf, ts, ctx, 0, status="error", agent=agent, run=run, step=step + 1)
@@ -220,7 +241,7 @@ class _Gen:
             status = "error" if in_loop and loop == "same_error" else "ok"
             cached = min(prev_input, ctx) if cacheable else 0
             self.usage(wf, ts, ctx, out, cached=cached, status=status, agent=agent, run=run, step=step,
-                       fingerprint=fp if wf.fingerprints else None)
+                       fingerprint=fp if wf.fingerprints else None, observation=answer if wf.observations else None)
             prev_input = ctx
             looping = in_loop and loop in ("same", "same_error", "echo")
             obs = 300 if looping else int(self.lognormal(wf.observation, 0.8))
@@ -274,7 +295,7 @@ class _Gen:
                 growth=float(rng.choice([0.0, 0.0, rng.uniform(0.2, 0.6)])),
                 prompt=float(rng.uniform(1500, 8000)), completion=float(rng.uniform(120, 400)),
                 error_rate=float(rng.uniform(0.003, 0.02)),
-                fingerprints=kind == "agent" and bool(i % 3 != 2),
+                fingerprints=kind == "agent" and bool(i % 3 != 2), observations=kind == "agent" and i % 12 == 1,
                 steps=float(rng.uniform(8, 20)), gap=float(rng.uniform(3, 8)),
                 observation=float(rng.uniform(400, 1200)),
             )

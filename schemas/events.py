@@ -137,6 +137,10 @@ class UsageEvent(_Event):
     status: Name = "ok"
     latency_ms: Annotated[float, Field(ge=0, le=86_400_000)] | None = None
     fingerprint: Id | None = None
+    """A short hash of the action or tool call this step performed: the strongest loop signal."""
+    observation: Id | None = None
+    """A short hash of what that action returned (its tool result): the same action with the same
+    observation again and again is a stuck agent, the same action with a changing one is polling."""
     labels: dict[Name, Annotated[str, StringConstraints(max_length=limits.MAX_ID_LEN)]] = Field(
         default_factory=dict, max_length=limits.MAX_LABELS
     )

@@ -3,7 +3,7 @@
 from schemas.signing import Keyring
 from spendwatch.emitter import UsageEmitter
 from spendwatch.guard import KillSwitch, SpendKilled
-from spendwatch.usage import usage_event, usage_from_anthropic, usage_from_openai
+from spendwatch.usage import digest, usage_event, usage_from_anthropic, usage_from_openai
 
-__all__ = ["Keyring", "KillSwitch", "SpendKilled", "UsageEmitter", "usage_event", "usage_from_anthropic",
+__all__ = ["Keyring", "KillSwitch", "SpendKilled", "UsageEmitter", "digest", "usage_event", "usage_from_anthropic",
            "usage_from_openai"]

@@ -3,13 +3,48 @@
 OpenAI counts cached tokens inside `prompt_tokens` and reasoning inside
 `completion_tokens` (as the contract does). Anthropic reports cache tokens
 *beside* `input_tokens`, so they are added here.
+
+An agent step can also say what it did and what came back: `action=` (the tool
+call) and `tool_result=` (its result) are hashed into the event's `fingerprint`
+and `observation`, which is how the loop detector tells a stuck agent (the same
+action getting the same answer) from one that polls (the same action, a changing
+answer). Emit such an event after the tool ran, so that its result is known.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from typing import Any
+
+import orjson
+
+DIGEST_BYTES = 8
+"""16 hex characters: collisions between two of a run's actions are ~1 in 10^19."""
+
+
+def digest(value: Any) -> str:
+    """A short stable hash of an action or a tool result: text and bytes as they are, anything else
+    (a tool call's name and arguments, a JSON result) as JSON with sorted keys, so equal values hash
+    alike in every process and language that does the same.
+
+    >>> digest({"cmd": "pytest", "args": ["-x"]}) == digest({"args": ["-x"], "cmd": "pytest"})
+    True
+    >>> len(digest("ok")), digest("ok") == digest(b"ok"), digest("ok") == digest("ok ")
+    (16, True, False)
+    """
+    if isinstance(value, str):
+        data = value.encode()
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    else:
+        try:
+            data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except TypeError as exc:
+            raise TypeError(f"cannot hash {type(value).__name__!r} as an action or tool result: give text, "
+                            "bytes or JSON-encodable data") from exc
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).hexdigest()
 
 
 def _get(obj: Any, *path: str) -> Any:
@@ -25,8 +60,15 @@ def _usage_of(response: Any) -> Any:
     return usage if usage is not None else response
 
 
-def usage_event(*, workflow: str, model: str, input_tokens: int, output_tokens: int, **fields: Any) -> dict[str, Any]:
-    """A usage event dict with a fresh `event_id` and `ts` = now unless given; None fields are left out."""
+def usage_event(*, workflow: str, model: str, input_tokens: int, output_tokens: int, action: Any = None,
+                tool_result: Any = None, **fields: Any) -> dict[str, Any]:
+    """A usage event dict with a fresh `event_id` and `ts` = now unless given; None fields are left out.
+    `action` and `tool_result`, when given, fill `fingerprint` and `observation` with their `digest`
+    (an explicit `fingerprint` or `observation` wins)."""
+    if action is not None and fields.get("fingerprint") is None:
+        fields["fingerprint"] = digest(action)
+    if tool_result is not None and fields.get("observation") is None:
+        fields["observation"] = digest(tool_result)
     event = {"type": "usage", "event_id": fields.pop("event_id", None) or uuid.uuid4().hex,
              "ts": fields.pop("ts", None) or time.time(), "workflow": workflow, "model": model,
              "input_tokens": int(input_tokens), "output_tokens": int(output_tokens)}

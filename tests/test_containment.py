@@ -20,6 +20,7 @@ from detectors.engine.counters import CALLS
 from detectors.engine.monitor import Monitor
 from detectors.engine.versions import StateError
 from detectors.engine.workflow import WorkflowState
+from detectors.loops import VERSION as LOOP_VERSION
 from detectors.loops import LoopDetector
 from schemas.alerts import Alert
 from schemas.decode import validate_event
@@ -119,7 +120,7 @@ def test_a_detector_state_that_cannot_be_saved_starts_afresh_and_the_others_are_
     m = monitor()
     m.process([validate_event(usage(0, "dump-boom", run_id="r"))])
     doc = orjson.loads(m.dump_detectors("dump-boom"))
-    assert doc["brittle"] is None and doc["loop"]["v"] == 1
+    assert doc["brittle"] is None and doc["loop"]["v"] == LOOP_VERSION
     assert "dump-boom" not in m.detectors[1].workflows and m.last_failures[0].stage == "dump:brittle"
     fresh = monitor()
     fresh.restore_detectors("dump-boom", orjson.dumps(doc))

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from detectors import spikes
 from detectors.checks import calls_during
 from detectors.detector import Detector, StateError
+from detectors.loops import VERSION as LOOP_VERSION
 from detectors.loops import WINDOW, LoopDetector
 from detectors.registry import DETECTORS
 from detectors.spikes import Horizon, SpikeDetector
@@ -62,10 +63,10 @@ Step = tuple[str, Any]  # ("event", Usage | Outcome) or ("tick", seconds after t
 
 def usage(ts: float, workflow: str = "wf", *, run: str | None = None, step: int | None = None,
           fp: str | None = None, agent: str | None = None, status: str = "ok", input_tokens: int = 3000,
-          output_tokens: int = 200, n: list[int] = [0]) -> Usage:  # noqa: B006 - a counter for unique ids
+          output_tokens: int = 200, obs: str | None = None, n: list[int] = [0]) -> Usage:  # noqa: B006 - ids
     n[0] += 1
     return Usage(event_id=f"u{n[0]}", ts=ts, workflow=workflow, model="gpt-4o-mini", run_id=run, step=step,
-                 fingerprint=fp, agent_id=agent, status=status, input_tokens=input_tokens,
+                 fingerprint=fp, observation=obs, agent_id=agent, status=status, input_tokens=input_tokens,
                  output_tokens=output_tokens)
 
 
@@ -140,7 +141,7 @@ def restored(det: Detector, variant: str) -> Detector:
     new = MAKERS[variant]()
     for w in det.workflows:
         doc = det.dump(w)
-        assert doc is not None and doc["v"] == (spikes.V if isinstance(det, SpikeDetector) else STATE_V)
+        assert doc is not None and doc["v"] == {"loop": LOOP_VERSION, "spike": spikes.V}.get(det.kind, STATE_V)
         assert roundtrip(doc) == doc, "dump must be plain data orjson round-trips exactly (no inf/nan, tuples, ...)"
         new.load(w, roundtrip(doc))
     return new
@@ -355,17 +356,36 @@ V0 = {
 
 
 @pytest.mark.parametrize("kind", ["loop", "zombie"])
-def test_a_v0_doc_migrates_to_v1(kind: str) -> None:
+def test_a_v0_doc_migrates_to_the_current_format(kind: str) -> None:
     det = MAKERS[kind]()
     det.load("wf", copy.deepcopy(V0[kind]))
     doc = det.dump("wf")
-    assert doc is not None and doc["v"] == 1
+    assert doc is not None and doc["v"] == (LOOP_VERSION if kind == "loop" else 1)
     if kind == "loop":
         run = doc["runs"]["r9"]
-        assert (run["micros"], run["recent"], run["calls"]) == (21_000, [1, 2, 2], 3) and "active" not in doc
+        assert (run["micros"], run["recent"], run["calls"], run["obs"]) == (21_000, [1, 2, 2], 3, None)
+        assert "active" not in doc
     else:
         assert doc["ended"]["r1"]["agent"] == "a1" and doc["checked"] == 60.0 and doc["agents"]["a1"]["gaps"] == 4
     assert roundtrip(doc) == doc
+
+
+def test_a_v1_loop_doc_loads_and_its_runs_carry_on_as_if_they_sent_no_observations() -> None:
+    """v1 had no observation per run: a stored run halfway through a repeat streak finishes it."""
+    det = LoopDetector()
+    streak = [usage(T0 + k, run="r", step=k, fp="pytest" if k > 2 else f"f{k}") for k in range(1, 8)]
+    run(det, [("event", e) for e in streak], T0)
+    v2 = roundtrip(det.dump("wf"))
+    assert v2["v"] == 2 and v2["runs"]["r"]["same"] == 5 and v2["runs"]["r"]["obs"] is None
+    v1 = {**v2, "v": 1, "runs": {rid: {k: x for k, x in r.items() if k != "obs"} for rid, r in v2["runs"].items()}}
+    migrated = LoopDetector()
+    migrated.load("wf", v1)
+    assert migrated.dump("wf") == v2
+    rest = [("event", usage(T0 + k, run="r", step=k, fp="pytest", obs="same")) for k in range(8, 12)]
+    alerts, _ = run(migrated, rest, T0 + 8)
+    assert [(a.evidence["loop_start_step"], a.evidence["repeats"]) for a in alerts] == [(3, 9)]
+    with pytest.raises(StateError, match="'wf'"):
+        LoopDetector().load("wf", {**v2, "runs": {"r": {**v2["runs"]["r"], "obs": -1}}})
 
 
 def test_a_v0_spike_doc_migrates_to_v2_and_behaves_the_same() -> None:

@@ -31,9 +31,9 @@ _ids = iter(range(10**9))
 
 def usage(ts: float, workflow: str = "wf", *, run: str | None = None, step: int | None = None,
           fp: str | None = None, status: str = "ok", agent: str | None = None, input_tokens: int = 3000,
-          output_tokens: int = 200) -> UsageEvent:
+          output_tokens: int = 200, obs: str | None = None) -> UsageEvent:
     return UsageEvent(type="usage", event_id=f"u{next(_ids)}", ts=ts, workflow=workflow, model="gpt-4o-mini",
-                      run_id=run, step=step, fingerprint=fp, status=status, agent_id=agent,
+                      run_id=run, step=step, fingerprint=fp, observation=obs, status=status, agent_id=agent,
                       input_tokens=input_tokens, output_tokens=output_tokens)
 
 
@@ -65,12 +65,14 @@ def drive(det: Detector, events: Iterable[UsageEvent | OutcomeEvent], cost: int 
 
 def agent_run(run: str, fps: list[str | None], start: float, *, workflow: str = "wf", errors: Iterable[int] = (),
               done: bool = True, gap: float = 5.0, outputs: list[int] | None = None,
-              agent: str | None = None) -> list[UsageEvent | OutcomeEvent]:
-    """One run: a call per fingerprint, context growing, an outcome at the end if `done`."""
+              agent: str | None = None, observations: list[str | None] | None = None) -> list[UsageEvent | OutcomeEvent]:
+    """One run: a call per fingerprint (and observation, if given), context growing, an outcome at
+    the end if `done`."""
     errs = set(errors)
     evs: list[UsageEvent | OutcomeEvent] = [
         usage(start + gap * k, workflow, run=run, step=k, fp=fp, status="error" if k in errs else "ok", agent=agent,
-              input_tokens=2000 + 700 * k, output_tokens=outputs[k - 1] if outputs else 150 + 37 * (k % 11))
+              input_tokens=2000 + 700 * k, output_tokens=outputs[k - 1] if outputs else 150 + 37 * (k % 11),
+              obs=observations[k - 1] if observations else None)
         for k, fp in enumerate(fps, 1)
     ]
     if done:
@@ -85,7 +87,7 @@ def fresh(n: int, prefix: str = "a") -> list[str | None]:
 # -- loops --------------------------------------------------------------------------------------
 
 
-def test_loop_same_action_four_times_fires_within_the_loop_and_names_it():
+def test_loop_same_successful_action_nine_times_fires_within_the_loop_and_names_it():
     fps = fresh(5) + ["pytest"] * 10
     alerts = drive(LoopDetector(), agent_run("r1", fps, T0, done=False))
     assert [(a.kind, a.run_id) for a in alerts] == [("loop", "r1")]
@@ -94,11 +96,56 @@ def test_loop_same_action_four_times_fires_within_the_loop_and_names_it():
     assert ev["steps"] - ev["loop_start_step"] + 1 <= 10  # within 10 steps of the loop's start
     assert {"steps", "repeats", "tokens", "usd", "usd_per_min", "fingerprint"} <= ev.keys()
     assert alerts[0].severity == "critical" and alerts[0].alert_id == "loop:wf:r1"
+    assert (ev["rule"], ev["repeats"], ev["steps"]) == ("repeated action", 9, 14)
 
 
-def test_loop_repolls_of_two_or_three_are_normal():
-    fps = fresh(4) + ["status"] * 3 + fresh(4, "b") + ["poll"] * 2 + fresh(5, "c")
+def test_loop_polls_of_up_to_eight_successful_repeats_are_normal():
+    """Without observations: polling CI, a deploy, a queue (before: 4 repeats alerted)."""
+    fps = fresh(4) + ["status"] * 3 + fresh(4, "b") + ["poll"] * 2 + fresh(5, "c") + ["gh run view"] * 8 + fresh(3, "d")
     assert drive(LoopDetector(), agent_run("r1", fps, T0)) == []
+
+
+def test_loop_poll_of_six_ok_actions_with_changing_observations_is_not_a_loop():
+    fps = fresh(4) + ["kubectl rollout status"] * 6 + fresh(3, "b")
+    obs = fresh(4, "o") + [f"{k} of 6 replicas updated" for k in range(1, 7)] + fresh(3, "p")
+    assert drive(LoopDetector(), agent_run("r1", fps, T0, observations=obs)) == []
+    waiting = fresh(4, "o") + ["pending"] * 7 + ["done"] + fresh(3, "p")  # the same answer until the wait is over
+    fps = fresh(4) + ["curl /jobs/7"] * 8 + fresh(3, "b")
+    assert drive(LoopDetector(), agent_run("r2", fps, T0, observations=waiting)) == []
+
+
+def test_loop_a_poll_whose_answer_keeps_changing_is_flagged_only_when_it_fills_the_window():
+    """A repeat with a new observation is progress; 16 steps of one action are a loop whatever they see."""
+    fps = fresh(4) + ["gh run view"] * 30
+    obs = fresh(4, "o") + [f"running, {k} min" for k in range(30)]
+    alerts = drive(LoopDetector(), agent_run("r1", fps, T0, done=False, observations=obs))
+    assert [(a.evidence["rule"], a.evidence["steps"]) for a in alerts] == [("1 distinct actions in 16 steps", 20)]
+
+
+def test_loop_six_identical_failing_actions_are_a_loop_whatever_they_observe():
+    fps = fresh(4) + ["apply_patch"] * 6 + fresh(3, "b")
+    obs = fresh(4, "o") + [f"error at line {k}" for k in range(6)] + fresh(3, "p")
+    alerts = drive(LoopDetector(), agent_run("r1", fps, T0, errors=range(5, 11), observations=obs))
+    assert [(a.evidence["rule"], a.evidence["loop_start_step"], a.evidence["repeats"]) for a in alerts] == [
+        ("repeated failing action", 5, 3)]
+
+
+def test_loop_fifty_identical_actions_with_identical_observations_are_caught_within_a_few_steps():
+    """The real SWE-agent loop: one command, one answer, 50+ times until a cost cap."""
+    fps = fresh(6) + ["python reproduce.py"] * 50
+    obs = fresh(6, "o") + ["Traceback ... AssertionError"] * 50
+    alerts = drive(LoopDetector(), agent_run("r1", fps, T0, done=False, observations=obs))
+    assert len(alerts) == 1
+    ev = alerts[0].evidence
+    assert (ev["rule"], ev["loop_start_step"], ev["repeats"]) == ("repeated action and observation", 7, 9)
+    assert ev["steps"] - ev["loop_start_step"] + 1 <= 10  # flagged on the 9th, alerted at the next tick
+
+
+def test_loop_a_changed_observation_restarts_the_count_and_the_same_again_counts_on():
+    fps = fresh(12) + ["make test"] * 20
+    obs = fresh(12, "o") + ["fail"] * 5 + ["pass"] + ["fail"] * 14  # steps 13-17, 18, 19-32
+    alerts = drive(LoopDetector(), agent_run("r1", fps, T0, done=False, observations=obs))
+    assert [(a.evidence["loop_start_step"], a.evidence["repeats"]) for a in alerts] == [(19, 9)]
 
 
 def test_loop_same_failing_action_three_times_fires():
@@ -113,6 +160,9 @@ def test_loop_ab_alternation_over_six_steps_fires():
     alerts = drive(LoopDetector(), agent_run("r1", fps, T0))
     assert [a.evidence["rule"] for a in alerts] == ["A/B alternation"]
     assert alerts[0].evidence["loop_start_step"] == 4
+    obs = fresh(3, "o") + ["a.py: 40 lines", "b.py: 12 lines"] * 3 + fresh(2, "p")  # and with observations
+    assert [a.evidence["rule"] for a in drive(LoopDetector(), agent_run("r2", fps, T0, observations=obs))] == [
+        "A/B alternation"]
 
 
 def test_loop_three_step_cycle_and_few_distinct_tail_fire():

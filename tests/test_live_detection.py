@@ -9,6 +9,7 @@ import uuid
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from detectors.loops import REPEAT_OK
 from tests.conftest import start_worker
 
 
@@ -52,7 +53,7 @@ async def loop_latency(bootstrap: str, run: str) -> float:
     try:
         for step, fp in enumerate(["ls", "cat a.py", "edit a.py"], 1):
             await producer.send_and_wait("spendwatch.usage", call(run, step, fp), key=b"coder")
-        for step in range(4, 8):  # the 4th identical action in a row makes the loop evident
+        for step in range(4, 4 + REPEAT_OK):  # the REPEAT_OK-th identical action in a row makes the loop evident
             await producer.send_and_wait("spendwatch.usage", call(run, step, "pytest -x"), key=b"coder")
             evident = time.monotonic()
             await asyncio.sleep(0.3)

@@ -46,7 +46,8 @@ def _call(run: str, workflow: str, step: int, fingerprint: str, ts: float, usd: 
 
 def test_backtest_scores_a_hand_built_loop_as_computed_by_hand(tmp_path):
     """Expectations from the events alone, not from the engine: run r-loop repeats one action from step 4,
-    so the loop rule (the same action 4× in a row) fires on step 7; a kill then would have saved steps 8..15.
+    so the loop rule (the same successful action 9× in a row) fires on step 12; a kill then would have saved
+    steps 13..15.
     r-ok is labelled a loop too but never repeats: a miss, saving nothing."""
     t0 = 1_768_471_200.0  # a tick boundary: each 10 s batch holds one call of each run
     looping = [_call("r-loop", "coder", s, f"f{s}" if s <= 3 else "same", t0 + 10 * s + 1, s / 1000)
@@ -57,19 +58,19 @@ def test_backtest_scores_a_hand_built_loop_as_computed_by_hand(tmp_path):
               (("r-loop", "coder", looping), ("r-ok", "chat", fine))]
     summary = backtest(sorted(looping + fine, key=lambda e: e["ts"]), tmp_path, labels=labels)
 
-    fourth_repeat, after = looping[6], looping[7:]
+    ninth_repeat, after = looping[11], looping[12:]
     assert summary["alerts_by_kind"] == {"loop": 1}
     assert summary["spend_usd_by_workflow"] == pytest.approx({"chat": 15 * 0.002, "coder": sum(range(1, 16)) / 1000})
     hit, miss = summary["score"]["incidents"]
-    assert (hit["id"], hit["alert_id"], hit["detected_at"]) == ("r-loop", "loop:coder:r-loop", fourth_repeat["ts"])
-    assert hit["ttd_s"] == fourth_repeat["ts"] - looping[3]["ts"] == 30.0
+    assert (hit["id"], hit["alert_id"], hit["detected_at"]) == ("r-loop", "loop:coder:r-loop", ninth_repeat["ts"])
+    assert hit["ttd_s"] == ninth_repeat["ts"] - looping[3]["ts"] == 80.0
     assert hit["saved_usd"] == pytest.approx(sum(c["cost_usd"] for c in after)) and hit["saved_usd"] > 0
-    assert hit["saved_tokens"] == sum(c["input_tokens"] + c["output_tokens"] for c in after) == 92_400
+    assert hit["saved_tokens"] == sum(c["input_tokens"] + c["output_tokens"] for c in after) == 42_150
     assert (miss["id"], miss["detected_at"], miss["saved_usd"], miss["saved_tokens"]) == ("r-ok", None, 0.0, 0)
     loop = summary["score"]["per_kind"]["loop"]
     assert (loop["incidents"], loop["detected"], loop["recall"], loop["false_alarms"], loop["precision"]) == \
         (2, 1, 0.5, 0, 1.0)
-    assert loop["median_ttd_s"] == 30.0 and loop["saved_usd"] == round(sum(c["cost_usd"] for c in after), 2)
+    assert loop["median_ttd_s"] == 80.0 and loop["saved_usd"] == round(sum(c["cost_usd"] for c in after), 2)
 
 
 def test_alerts_carry_event_time_not_wall_time(scenario, tmp_path):

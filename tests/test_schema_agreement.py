@@ -32,7 +32,7 @@ INT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write
               "reasoning_tokens", "step")
 FLOAT_FIELDS = ("cost_usd", "latency_ms", "value_usd")
 STR_FIELDS = ("event_id", "workflow", "model", "provider", "team", "service", "agent_id", "run_id", "status",
-              "fingerprint", "outcome")
+              "fingerprint", "observation", "outcome")
 
 edge_ints = st.sampled_from([-1, 0, 1, 10_000_000, 10_000_001, limits.MAX_TOKENS, limits.MAX_TOKENS + 1, 2**62])
 numbers = st.one_of(edge_ints, edge_ints.map(float), st.floats(-1, 2e8, allow_nan=False), st.sampled_from([

@@ -19,7 +19,7 @@ from schemas.structs import Event, from_model, to_wire
 USAGE = {"type": "usage", "event_id": "e-1", "ts": 1_800_000_000.5, "workflow": "support", "model": "gpt-4o",
          "input_tokens": 1200, "output_tokens": 80, "provider": "openai", "team": "cx", "agent_id": "a",
          "run_id": "r", "step": 3, "cache_read_tokens": 200, "cache_write_tokens": 0, "reasoning_tokens": 10,
-         "cost_usd": 0.01, "status": "ok", "latency_ms": 812.5, "fingerprint": "search", "service": "api",
+         "cost_usd": 0.01, "status": "ok", "latency_ms": 812.5, "fingerprint": "search", "observation": "3f9a", "service": "api",
          "labels": {"region": "eu"}}
 OUTCOME = {"type": "outcome", "event_id": "o-1", "ts": 1_800_000_000, "workflow": "support", "outcome": "resolved",
            "value_usd": 3.5, "run_id": "r"}

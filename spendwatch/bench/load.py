@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from detectors.loops import REPEAT_OK
+
 MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-5"),
           ("google", "gemini-2.5-flash")]
 
@@ -66,7 +68,7 @@ async def publish(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
 
 
 def loop_run(run: str, now: float) -> list[dict[str, Any]]:
-    """Four identical actions in a row: the loop detector's evident case."""
+    """REPEAT_OK identical successful actions in a row: the loop detector's evident case."""
     return [{"type": "usage", "event_id": f"{run}-{s}", "ts": now, "workflow": "bench-loops", "model": "gpt-4o",
              "run_id": run, "agent_id": "looper", "step": s, "input_tokens": 4000 + 500 * s, "output_tokens": 200,
-             "fingerprint": "pytest -x"} for s in range(1, 5)]
+             "fingerprint": "pytest -x"} for s in range(1, REPEAT_OK + 1)]
