@@ -309,6 +309,17 @@ class LoopDetector:
                 del self.workflows[workflow]
         return alerts
 
+    def in_flight(self, workflow: str, n: int = 20) -> list[dict[str, Any]]:
+        """The `n` costliest runs of `workflow` that have not ended (what the dashboard lists)."""
+        wf = self.workflows.get(workflow)
+        if wf is None:
+            return []
+        live = sorted(((run.micros, rid, run) for rid, run in wf.runs.items() if run.ended is None),
+                      key=lambda t: (-t[0], t[1]))[:n]
+        return [{"run_id": rid, "agent_id": run.agent, "start": run.start, "last": run.last, "steps": run.step,
+                 "calls": run.calls, "tokens": run.tokens, "usd": round(micros_to_usd(run.micros), 6),
+                 "flagged": run.flag is not None} for _, rid, run in live]
+
     def dump(self, workflow: str) -> dict[str, Any] | None:
         wf = self.workflows.get(workflow)
         if wf is None:

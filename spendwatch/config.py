@@ -52,6 +52,7 @@ class TopicsConfig(_Strict):
     deadletter: str = "spendwatch.deadletter"
     rollups: str = "spendwatch.rollups"
     control: str = "spendwatch.control"
+    snapshots: str = "spendwatch.snapshots"
     partitions: int = Field(default=4, ge=1, le=1024)
 
 
@@ -225,6 +226,8 @@ class Settings(_Strict):
     strict_contract: bool = False
     """Dead-letter events with fields this version does not know. Off: such fields (a newer
     publisher's) are ignored and counted by name in the worker's log, and the event's spend counts."""
+    snapshot_every_s: float = Field(default=5.0, ge=0.5, le=3600)
+    """How often a worker publishes the snapshots of the workflows it changed (what the dashboard shows)."""
     evict_idle_s: float = Field(default=3600.0, ge=4, le=30 * 86400)
     """A workflow without events for this long (wall time) leaves the worker's memory; its state
     stays in the tables and is reloaded when it returns. Bounds memory when names are caller input."""

@@ -135,6 +135,7 @@ def worker_options(settings: Settings) -> WorkerOptions:
         batch_within_s=settings.batch_within_s,
         tick_every_s=settings.tick_every_s,
         evict_idle_s=settings.evict_idle_s,
+        snapshot_every_s=settings.snapshot_every_s,
         commit_interval_s=settings.commit_interval_s,
         session_timeout_s=settings.session_timeout_s,
         check_changelog_offsets=settings.check_changelog_offsets,

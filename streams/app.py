@@ -31,7 +31,7 @@ from streams.notifier import Notifier
 from streams.publisher import AlertPublisher
 from streams.routing import RoutingConfig
 from streams.sinks import Sink
-from streams.stages import DeadLetters, IngestStage, RollupStage, Stats
+from streams.stages import DeadLetters, IngestStage, RollupStage, SnapshotStage, Stats
 from streams.topology import Topics, Topology
 from streams.transport import FlowControl, Transport, drained
 
@@ -58,6 +58,7 @@ class WorkerOptions:
     batch_within_s: float
     tick_every_s: float
     evict_idle_s: float
+    snapshot_every_s: float
     commit_interval_s: float
     session_timeout_s: float
     check_changelog_offsets: bool
@@ -134,6 +135,7 @@ def build_app(opts: WorkerOptions, broker: str, sinks: Sequence[Sink], *, app_id
     dead = DeadLetters(topo, stats)
     ingest = IngestStage(topo, monitor, ingestor, publisher, clock, stats, drain)
     rollup = RollupStage(topo, monitor, publisher, dead, drain)
+    snapshots = SnapshotStage(topo, monitor, ingest.changed)
     # The console shows every alert at once; remote sinks get Alertmanager-style grouped digests.
     ledger = topo.ledger_view()
     console = Notifier([x for x in sinks if x.name == "console"], ledger)
@@ -141,13 +143,13 @@ def build_app(opts: WorkerOptions, broker: str, sinks: Sequence[Sink], *, app_id
     # between the two is replaced by one that looks the message up instead of posting again.
     remote = Notifier([x for x in sinks if x.name != "console"], ledger, persist=lambda: app.producer.flush())
     digests = DigestScheduler(remote, opts.routing, topo.route_store(), clock)
-    _bind(app, opts, topo, ingest, rollup, publisher, console, digests, dead, clock)
+    _bind(app, opts, topo, ingest, rollup, snapshots, publisher, console, digests, dead, clock)
     return Worker(app, monitor, stats, topo.usage, broker, t.control)
 
 
 def _bind(app: faust.App, opts: WorkerOptions, topo: Topology, ingest: IngestStage, rollup: RollupStage,
-          publisher: AlertPublisher, console: Notifier, digests: DigestScheduler, dead: DeadLetters,
-          clock: EventClock) -> None:
+          snapshots: SnapshotStage, publisher: AlertPublisher, console: Notifier, digests: DigestScheduler,
+          dead: DeadLetters, clock: EventClock) -> None:
     """Faust's agents, timers and signals, each handing its work to a stage."""
     t = opts.topics
 
@@ -194,6 +196,15 @@ def _bind(app: faust.App, opts: WorkerOptions, topo: Topology, ingest: IngestSta
     @app.task
     async def declare_control_topic() -> None:
         await topo.control.maybe_declare()
+        await topo.snapshots.maybe_declare()
+
+    @app.timer(opts.snapshot_every_s)
+    async def publish_snapshots() -> None:
+        """What changed, for the dashboard; a failure costs a late snapshot, never spend."""
+        try:
+            await snapshots.publish()
+        except Exception:
+            log.exception("publishing workflow snapshots failed; retried at the next interval")
 
     @app.timer(opts.tick_every_s)
     async def tick() -> None:
@@ -205,10 +216,12 @@ def _bind(app: faust.App, opts: WorkerOptions, topo: Topology, ingest: IngestSta
 
     @app.timer(min(60.0, opts.evict_idle_s / 4))
     async def evict() -> None:
+        await snapshots.publish()  # an evicted workflow's last snapshot goes out first
         if evicted := ingest.evict(opts.evict_idle_s):
             log.info("%d idle workflows left memory, %d held", evicted, len(ingest.monitor.workflows))
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub wants a `signal` keyword
     async def forget_cached_state(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        await snapshots.publish()  # the last word on the workflows leaving, before they are forgotten
         ingest.forget()
         digests.clear()

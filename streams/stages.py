@@ -90,6 +90,7 @@ class IngestStage:
         self.progress = ProgressFile()
         self.saved_at: dict[str, float] = {}  # workflow -> wall time of its last detector save
         self.seen: dict[str, tuple[float, int]] = {}  # workflow -> (wall time of its last batch, usage partition)
+        self.changed: set[str] = set()  # workflows whose snapshot is not published yet
         self._unknown_logged = (0, -UNKNOWN_LOG_EVERY_S)  # names the last line on unknown fields named, and when
 
     async def handle(self, events: Sequence[Any], partitions: int) -> None:
@@ -116,6 +117,7 @@ class IngestStage:
             workflow_table.save(topo.workflows, st)
             self.clock.advance(st.watermark)
             self.seen[wf] = (wall, rec.partition)
+            self.changed.add(wf)
             if wall - self.saved_at.get(wf, 0.0) >= DETECTOR_SAVE_EVERY:  # models are saved per interval
                 topo.detectors[wf.encode()] = self.monitor.dump_detectors(wf)
                 self.saved_at[wf] = wall
@@ -165,6 +167,26 @@ class IngestStage:
             det.workflows.clear()
         self.saved_at.clear()
         self.seen.clear()
+
+
+class SnapshotStage:
+    """Publishes the snapshot of every workflow changed since the last call (`detectors.engine.snapshot`)
+    to the compacted snapshots topic: the dashboard's read model. Snapshots are derived state, so
+    they are sent after the fact and not awaited with the batch: a lost one is replaced by the next."""
+
+    def __init__(self, topology: Topology, monitor: Monitor, changed: set[str]):
+        self.topic = topology.snapshots
+        self.monitor = monitor
+        self.changed = changed
+        self.published = 0
+
+    async def publish(self) -> int:
+        names = [wf for wf in self.changed if wf in self.monitor.workflows]
+        self.changed.clear()
+        for wf in names:
+            await self.topic.send(key=wf.encode(), value=orjson.dumps(self.monitor.snapshot(wf)))
+        self.published += len(names)
+        return len(names)
 
 
 class RollupStage:

@@ -34,6 +34,7 @@ class Topics:
     deadletter: str
     rollups: str
     control: str
+    snapshots: str
     partitions: int
 
 
@@ -77,6 +78,9 @@ class Topology:
         self.deadletter, self.rollups = topic(topics.deadletter), topic(topics.rollups)
         self.control = app.topic(topics.control, key_type=bytes, value_type=bytes, partitions=1,
                                  config={"cleanup.policy": "compact"})
+        # the latest snapshot per workflow is the dashboard's whole view of it (detectors.engine.snapshot)
+        self.snapshots = app.topic(topics.snapshots, key_type=bytes, value_type=bytes, partitions=n,
+                                   config={"cleanup.policy": "compact"})
         self.workflows, self.teams, self.detectors = table("workflows"), table("teams"), table("detectors")
         self.ledger, self.routes = table("alert-ledger"), table("alert-routes")
         self._stand_ins: dict[tuple[str, int], _StandIn] = {}

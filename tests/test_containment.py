@@ -98,11 +98,11 @@ def test_a_rolled_back_slice_takes_its_outcomes_back_too() -> None:
     outcome = {"type": "outcome", "workflow": "bad-wf", "outcome": "resolved", "value_usd": 2.5}
     m.process([validate_event(usage(0, "bad-wf")), validate_event({**outcome, "event_id": "o0", "ts": T0})])
     before = orjson.loads(orjson.dumps(m.workflows["bad-wf"].dump()))
-    assert before["outcomes"][DAY] == [1, 2_500_000]
+    assert before["outcomes"][DAY] == {"resolved": [1, 2_500_000]}
     out = m.process([validate_event({**outcome, "event_id": "o1", "ts": T0 + 1}),
                      validate_event(usage(2, "bad-wf", run_id="boom"))])
     assert [p.workflow for p in out.poisoned] == ["bad-wf"]
-    assert m.workflows["bad-wf"].outcomes[DAY] == [1, 2_500_000]
+    assert m.workflows["bad-wf"].outcomes[DAY] == {"resolved": [1, 2_500_000]}
     assert orjson.loads(orjson.dumps(m.workflows["bad-wf"].dump())) == before
 
 
@@ -172,10 +172,25 @@ def test_stored_state_of_an_unknown_format_is_refused_not_misread() -> None:
     fx = ing.handle([Record(b"future", orjson.dumps(usage(0, "future")), 0, 1),
                      Record(b"ok-wf", orjson.dumps(usage(0)), 0, 2)])
     reason = orjson.loads(fx.deadletters[0])["reason"]
-    assert "StateError: workflow state has format v99; this spendwatch reads v0..v1" in reason
+    assert "StateError: workflow state has format v99; this spendwatch reads v0..v2" in reason
     assert fx.accepted == 1
     with pytest.raises(StateError):
         WorkflowState.load({"name": "x", "v": "1"})
+
+
+def test_a_v1_workflow_state_keeps_its_totals_and_outcomes_under_v2() -> None:
+    """v1 stored outcomes without their names and six-wide counter vectors; both load, nothing lost."""
+    m = monitor()
+    m.process([validate_event(usage(0, "old-wf"))])
+    doc = orjson.loads(orjson.dumps(m.workflows["old-wf"].dump()))
+    vec = doc["spend"]["p"][DAY]
+    doc |= {"v": 1, "outcomes": {DAY: [3, 7_000_000]}}
+    doc["spend"]["p"] = {k: v[:6] for k, v in doc["spend"]["p"].items()}
+    st = WorkflowState.load(doc)
+    assert st.outcomes[DAY] == {"(unnamed)": [3, 7_000_000]}
+    assert st.spend.periods[DAY] == vec[:6] + [0, 0]
+    st.add_outcome((DAY, DAY[:7]), "resolved", 1)
+    assert st.outcomes[DAY] == {"(unnamed)": [3, 7_000_000], "resolved": [1, 1]}
 
 
 def test_old_pickled_detector_state_is_refused_and_models_start_afresh() -> None:

@@ -1,18 +1,29 @@
 """Spend counters: a fixed vector of integers, and event-time rolling windows of them.
 
-A counter vector is a plain list `[cost_micros, input, output, cached, calls, errors]`:
-cheap to add, exact, and JSON-friendly for the table changelog.
+A counter vector is a plain list `[cost_micros, input, output, cached, calls, errors,
+cache_write, reasoning]`: cheap to add, exact, and JSON-friendly for the table changelog. Vectors
+stored before the last two existed are shorter: `widened` pads them.
 """
 
 from __future__ import annotations
 
-COST, INPUT, OUTPUT, CACHED, CALLS, ERRORS = range(6)
-FIELDS = ("cost_micros", "input_tokens", "output_tokens", "cached_tokens", "calls", "errors")
+COST, INPUT, OUTPUT, CACHED, CALLS, ERRORS, CACHE_WRITE, REASONING = range(8)
+FIELDS = ("cost_micros", "input_tokens", "output_tokens", "cached_tokens", "calls", "errors",
+          "cache_write_tokens", "reasoning_tokens")
 WIDTH = len(FIELDS)
 
 
 def zero() -> list[int]:
     return [0] * WIDTH
+
+
+def widened(vec: list[int]) -> list[int]:
+    """`vec` at today's width (a stored vector may predate the cache-write and reasoning counts: 0).
+
+    >>> widened([5, 100, 20, 0, 1, 0])
+    [5, 100, 20, 0, 1, 0, 0, 0]
+    """
+    return vec + [0] * (WIDTH - len(vec)) if len(vec) < WIDTH else vec
 
 
 def add_into(acc: list[int], vec: list[int]) -> None:
@@ -23,6 +34,8 @@ def add_into(acc: list[int], vec: list[int]) -> None:
     acc[3] += vec[3]
     acc[4] += vec[4]
     acc[5] += vec[5]
+    acc[6] += vec[6]
+    acc[7] += vec[7]
 
 
 class RollingWindow:

@@ -16,11 +16,13 @@ from detectors.correlation import Inhibitor
 from detectors.detector import Detector
 from detectors.engine.budgets import Budget, BudgetConfig, budget_alert, crossed_thresholds
 from detectors.engine.burn import BudgetNow, check_burn, has_episode
-from detectors.engine.counters import CACHED, CALLS, COST, ERRORS, INPUT, OUTPUT
+from detectors.engine.counters import CACHE_WRITE, CACHED, CALLS, COST, ERRORS, INPUT, OUTPUT, REASONING
 from detectors.engine.periods import PeriodClock
 from detectors.engine.rollup import TeamState
+from detectors.engine.snapshot import workflow_snapshot
 from detectors.engine.versions import StateError
 from detectors.engine.workflow import WorkflowState
+from detectors.loops import LoopDetector
 from detectors.pricing.money import micros_to_usd, usd_to_micros
 from detectors.pricing.prices import PriceBook, unpriced_alert
 from detectors.registry import build as build_detectors
@@ -208,7 +210,7 @@ class Monitor:
             accepted += 1
             keys = clock_keys(ts)
             if ev.type == "outcome":
-                st.add_outcome(keys, usd_to_micros(ev.value_usd) if ev.value_usd else 0)
+                st.add_outcome(keys, ev.outcome, usd_to_micros(ev.value_usd) if ev.value_usd else 0)
                 for observe in observers:
                     observe(ev, 0)
                 continue
@@ -223,7 +225,7 @@ class Monitor:
             vec = grouped.get(group)
             if vec is None:
                 grouped[group] = [micros, ev.input_tokens, ev.output_tokens, ev.cache_read_tokens,
-                                  1, 0 if ev.status == "ok" else 1]
+                                  1, 0 if ev.status == "ok" else 1, ev.cache_write_tokens, ev.reasoning_tokens]
             else:
                 vec[COST] += micros
                 vec[INPUT] += ev.input_tokens
@@ -231,6 +233,8 @@ class Monitor:
                 vec[CACHED] += ev.cache_read_tokens
                 vec[CALLS] += 1
                 vec[ERRORS] += ev.status != "ok"
+                vec[CACHE_WRITE] += ev.cache_write_tokens
+                vec[REASONING] += ev.reasoning_tokens
             micros_sum += micros
             for observe in observers:
                 observe(ev, micros)
@@ -370,6 +374,12 @@ class Monitor:
             except Exception as exc:  # noqa: BLE001
                 self._failed("rollup", name, exc)
         return alerts
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        """What the dashboard sees of workflow `name` (`detectors.engine.snapshot`)."""
+        loops = next((d for d in self.detectors if isinstance(d, LoopDetector)), None)
+        runs = loops.in_flight(name) if loops is not None else []
+        return workflow_snapshot(self.workflow(name), self.clock, self.budgets, runs)
 
     def _keep_periods(self, now: float) -> set[str]:
         """Current and previous day and month: late events of yesterday still land in yesterday."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from detectors.engine.counters import COST, RollingWindow, add_into, zero
+from detectors.engine.counters import COST, RollingWindow, add_into, widened, zero
 
 WINDOWS: dict[str, tuple[float, int]] = {"1m": (60.0, 12), "1h": (3600.0, 12), "24h": (86400.0, 24)}
 """Rolling windows of a workflow: name -> (span seconds, buckets)."""
@@ -92,7 +92,7 @@ class EntitySpend:
         spend = cls()
         spend.windows = {name: RollingWindow.load(*_geometry(name), doc["w"].get(name, {}))
                          for name in {**WINDOWS, **doc["w"]}}
-        spend.periods = doc["p"]
+        spend.periods = {k: widened(v) for k, v in doc["p"].items()}
         return spend
 
 

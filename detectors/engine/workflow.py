@@ -23,19 +23,28 @@ SEAL_IDS = 256
 """Fresh event ids that make a bucket: the most a state value carries."""
 MAX_IDS = 20_000
 """Event ids kept per workflow (memory bound); a busier workflow dedups over less than the window."""
+MAX_OUTCOMES = 100
+"""Outcome names tracked per workflow and period; the rest are summed as `OTHER` (names are caller input)."""
 MAX_ENTITIES = 1_000
 """Teams, models or agents tracked by name per workflow; the rest are summed as `OTHER`. Names are
 caller input: without a bound, an agent id per call would grow a state past what Kafka can carry."""
 OTHER = "(other)"
-V = 1
-"""Format of `dump()`. v0: before versions, and before sealed id buckets (no `buckets`, `next_bucket`)."""
+V = 2
+"""Format of `dump()`. v0: before versions, and before sealed id buckets (no `buckets`, `next_bucket`);
+v1: outcomes per period without their names."""
+UNNAMED = "(unnamed)"
+"""The outcome name of counts stored before names were kept (v1)."""
 
 
 def _from_v0(doc: dict[str, Any]) -> dict[str, Any]:
     return {"buckets": [], "next_bucket": 0, **doc}
 
 
-MIGRATIONS = {0: _from_v0}
+def _from_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    return {**doc, "outcomes": {k: {UNNAMED: v} for k, v in doc["outcomes"].items()}}
+
+
+MIGRATIONS = {0: _from_v0, 1: _from_v1}
 
 
 class Checkpoint(NamedTuple):
@@ -60,7 +69,7 @@ class WorkflowState:
         self.expired: list[int] = []  # buckets emptied by pruning, to delete at the next checkpoint
         self.spend = EntitySpend()
         self.by: dict[str, dict[str, EntityCost]] = {d: {} for d in DIMENSIONS}
-        self.outcomes: dict[str, list[int]] = {}  # period key -> [count, value_micros]
+        self.outcomes: dict[str, dict[str, list[int]]] = {}  # period key -> outcome -> [count, value_micros]
         self.fired: set[str] = set()
         self.unpriced = 0
         self.pruned_at = 0.0
@@ -81,9 +90,14 @@ class WorkflowState:
                         entity = entities[name] = EntityCost()
                 entity.add(ts, keys, micros)
 
-    def add_outcome(self, keys: tuple[str, str], value_micros: int) -> None:
+    def add_outcome(self, keys: tuple[str, str], outcome: str, value_micros: int) -> None:
         for key in keys:
-            cur = self.outcomes.setdefault(key, [0, 0])
+            named = self.outcomes.setdefault(key, {})
+            cur = named.get(outcome)
+            if cur is None:
+                if len(named) >= MAX_OUTCOMES:
+                    outcome = OTHER
+                cur = named.setdefault(outcome, [0, 0])
             cur[0] += 1
             cur[1] += value_micros
 
@@ -175,7 +189,7 @@ class WorkflowState:
             "next_bucket": self.next_bucket,
             "spend": self.spend.dump(),
             "by": {d: {n: e.dump() for n, e in ents.items()} for d, ents in self.by.items()},
-            "outcomes": {k: list(v) for k, v in self.outcomes.items()},
+            "outcomes": {k: {n: list(v) for n, v in named.items()} for k, named in self.outcomes.items()},
             "fired": sorted(self.fired),
             "unpriced": self.unpriced,
         }

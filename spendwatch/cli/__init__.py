@@ -20,6 +20,7 @@ EPILOG = """examples:
   spendwatch demo                         embedded broker + worker + traffic, live console
   spendwatch demo --duration 60           the same, exits after 60 s and prints the alerts raised
   spendwatch worker --broker kafka://kafka:9092 --config spendwatch.toml
+  spendwatch dashboard --broker kafka://kafka:9092   live page, JSON API and /metrics on 127.0.0.1:8080
   spendwatch broker                       a local Kafka-compatible broker for development
   spendwatch emit events.jsonl --broker kafka://127.0.0.1:9092
   spendwatch schema export schemas-out/   JSON Schema files for publishers in other languages
@@ -170,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("dir", type=Path)
     x.set_defaults(func=cmd_schema_export)
 
+    from spendwatch.cli.dashboard import add_dashboard_command
+
+    add_dashboard_command(sub)
     from spendwatch.cli.control import add_control_commands
 
     add_control_commands(sub)
