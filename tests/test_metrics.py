@@ -143,3 +143,20 @@ def test_a_metrics_port_in_use_is_a_clear_error():
         taken.listen()
         with pytest.raises(MetricsPortError, match=r"metrics_port / --metrics-port"):
             MetricsServer(WorkerMetrics(process=False), "127.0.0.1", taken.getsockname()[1])
+
+
+def test_bad_metrics_ports_are_refused_with_the_key_name(tmp_path, capsys):
+    from spendwatch.cli import main
+    from spendwatch.config import ConfigError, load_settings
+
+    config = tmp_path / "spendwatch.toml"
+    config.write_text("[worker]\nmetrics_port = 70000\n")
+    with pytest.raises(ConfigError, match=r"worker\.metrics_port: Input should be less than or equal to 65535"):
+        load_settings(config)
+    with pytest.raises(SystemExit) as exit_:
+        main(["worker", "--metrics-port", "99999"])
+    assert exit_.value.code == 2
+    assert "--metrics-port: '99999' is not a port" in capsys.readouterr().err
+    config.write_text("[worker]\nmetrics_port = 9109\n")
+    assert load_settings(config).worker.metrics_port == 9109
+    assert load_settings(None).worker.metrics_port == 0  # off unless asked for
