@@ -80,6 +80,15 @@ class SinksConfig(_Strict):
     pagerduty_base_url: str = "https://events.pagerduty.com"
 
 
+class WorkerConfig(_Strict):
+    """The worker process itself."""
+
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Serve Prometheus metrics at http://metrics_host:metrics_port/metrics; 0 (the default): off."""
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)
+    """Address the metrics endpoint listens on; 0.0.0.0 in a container that Prometheus scrapes from outside."""
+
+
 Seconds = Annotated[float, Field(gt=0, le=30 * 86400)]
 Interval = Annotated[float, Field(ge=1, le=86400)]
 """Seconds of event time between a detector's interval work (sweeps, checks, scoring) for one workflow."""
@@ -236,6 +245,7 @@ class Settings(_Strict):
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)

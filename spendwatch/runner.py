@@ -139,6 +139,8 @@ def worker_options(settings: Settings) -> WorkerOptions:
         commit_interval_s=settings.commit_interval_s,
         session_timeout_s=settings.session_timeout_s,
         check_changelog_offsets=settings.check_changelog_offsets,
+        metrics_port=settings.worker.metrics_port,
+        metrics_host=settings.worker.metrics_host,
     )
 
 

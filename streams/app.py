@@ -9,6 +9,7 @@ its own, so a slow or failing Slack never delays detection.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -27,6 +28,7 @@ from schemas.signing import Keyring
 from streams.clock import EventClock
 from streams.digests import DigestScheduler
 from streams.ingest import Ingestor, TimeBounds
+from streams.metrics import LAG_EVERY_S, MetricsServer, WorkerMetrics
 from streams.notifier import Notifier
 from streams.publisher import AlertPublisher
 from streams.routing import RoutingConfig
@@ -62,6 +64,9 @@ class WorkerOptions:
     commit_interval_s: float
     session_timeout_s: float
     check_changelog_offsets: bool
+    metrics_port: int = 0
+    """Serve `/metrics` (Prometheus) on this port; 0: no endpoint (the metrics are still kept)."""
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -72,6 +77,8 @@ class Worker:
     usage: faust.TopicT
     broker: str
     control_topic: str
+    metrics: WorkerMetrics
+    metrics_server: MetricsServer | None = None
 
 
 def fatal(agent: str) -> None:
@@ -129,11 +136,15 @@ def build_app(opts: WorkerOptions, broker: str, sinks: Sequence[Sink], *, app_id
     async def send_alert(key: bytes, value: bytes) -> Any:
         return await topo.alerts.send(key=key, value=value)
 
+    metrics = WorkerMetrics()
+    metrics.watch_workflows(lambda: len(monitor.workflows))
+    # bound now: a port in use stops the start with a clear error
+    server = MetricsServer(metrics, opts.metrics_host, opts.metrics_port) if opts.metrics_port else None
     publisher = AlertPublisher(opts.policy, opts.keyring, f"worker:{socket.gethostname()}:{os.getpid()}",
-                               send_control, send_alert, on_alert)
+                               send_control, send_alert, on_alert, metrics=metrics)
     stats = Stats(unknown_fields=ingestor.unknown_fields, alerts=publisher.counts)
-    dead = DeadLetters(topo, stats)
-    ingest = IngestStage(topo, monitor, ingestor, publisher, clock, stats, drain)
+    dead = DeadLetters(topo, stats, metrics)
+    ingest = IngestStage(topo, monitor, ingestor, publisher, clock, stats, drain, metrics=metrics)
     rollup = RollupStage(topo, monitor, publisher, dead, drain)
     snapshots = SnapshotStage(topo, monitor, ingest.changed)
     # The console shows every alert at once; remote sinks get Alertmanager-style grouped digests.
@@ -144,7 +155,38 @@ def build_app(opts: WorkerOptions, broker: str, sinks: Sequence[Sink], *, app_id
     remote = Notifier([x for x in sinks if x.name != "console"], ledger, persist=lambda: app.producer.flush())
     digests = DigestScheduler(remote, opts.routing, topo.route_store(), clock)
     _bind(app, opts, topo, ingest, rollup, snapshots, publisher, console, digests, dead, clock)
-    return Worker(app, monitor, stats, topo.usage, broker, t.control)
+    _bind_metrics(app, t.usage, metrics, server)
+    return Worker(app, monitor, stats, topo.usage, broker, t.control, metrics, server)
+
+
+def _bind_metrics(app: faust.App, usage: str, metrics: WorkerMetrics, server: MetricsServer | None) -> None:
+    """The `/metrics` endpoint, and the consumer lag refreshed on a timer."""
+    if server is not None:
+        @app.task
+        async def serve_metrics() -> None:
+            await server.start()
+            try:
+                await asyncio.Event().wait()  # until Faust cancels its tasks on stop
+            finally:
+                await server.stop()
+
+    @app.timer(LAG_EVERY_S)
+    async def consumer_lag() -> None:
+        """High watermark (of the consumer's last fetch) minus fetch position, per assigned usage partition."""
+        consumer = app.consumer
+        lags = {}
+        try:
+            for tp in consumer.assignment():
+                if tp.topic != usage:
+                    continue
+                high = consumer.highwater(tp)
+                position = await asyncio.wait_for(consumer.position(tp), 5.0)
+                if high is not None and position is not None:
+                    lags[tp.partition] = max(0, high - position)
+        except Exception as err:  # noqa: BLE001 - not started, rebalancing: the next refresh will do
+            log.debug("consumer lag not refreshed: %r", err)
+            return
+        metrics.set_lag(usage, lags)
 
 
 def _bind(app: faust.App, opts: WorkerOptions, topo: Topology, ingest: IngestStage, rollup: RollupStage,

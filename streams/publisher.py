@@ -9,6 +9,7 @@ from detectors.policy import PolicyConfig, apply_decision, decide
 from schemas.alerts import Alert
 from schemas.control import record_of
 from schemas.signing import Keyring, make_command
+from streams.metrics import WorkerMetrics
 
 Send = Callable[[bytes, bytes], Awaitable[Any]]
 """Queue one record (key, value) for a topic; awaiting it gives the delivery's future."""
@@ -46,13 +47,15 @@ class AlertPublisher:
     """
 
     def __init__(self, policy: PolicyConfig, keyring: Keyring | None, issuer: str, send_control: Send,
-                 send_alert: Send, on_alert: Callable[[Alert], None] | None = None):
+                 send_alert: Send, on_alert: Callable[[Alert], None] | None = None,
+                 metrics: WorkerMetrics | None = None):
         self.policy = policy
         self.keyring = keyring
         self.issuer = issuer
         self.send_control = send_control
         self.send_alert = send_alert
         self.on_alert = on_alert
+        self.metrics = metrics
         self.acted = RecentSet(ACTED_KEEP)
         self.counts: dict[str, int] = {}
         """Alerts published, by kind."""
@@ -72,7 +75,11 @@ class AlertPublisher:
                                    workflow=alert.workflow)
                 await self.send_control(*record_of(cmd))
                 self.acted.add(alert.alert_id)
+                if self.metrics:
+                    self.metrics.kill(alert.kill_scope)
             self.counts[alert.kind] = self.counts.get(alert.kind, 0) + 1
+            if self.metrics:
+                self.metrics.alert(alert.kind, alert.severity)
             sent.append(await self.send_alert(alert.workflow.encode(), alert.model_dump_json().encode()))
             if self.on_alert:
                 self.on_alert(alert)

@@ -24,6 +24,7 @@ from streams import workflow_table
 from streams.clock import EventClock
 from streams.ingest import Ingestor, Record, unknown_fields_note
 from streams.ingest import deadletter as deadletter_value
+from streams.metrics import WorkerMetrics
 from streams.progress import ProgressFile
 from streams.publisher import AlertPublisher
 from streams.topology import Topology, in_context_of
@@ -58,15 +59,19 @@ def record_of_event(event: Any) -> Record:
 class DeadLetters:
     """Bad records of internal topics, set aside with the reason, never fatal."""
 
-    def __init__(self, topology: Topology, stats: Stats):
+    def __init__(self, topology: Topology, stats: Stats, metrics: WorkerMetrics | None = None):
         self.topic = topology.deadletter
         self.stats = stats
+        self.metrics = metrics
 
     async def put(self, topic: str, event: Any, reason: str) -> None:
         log.error("%s record at partition %d offset %d dead-lettered: %s",
                   topic, event.message.partition, event.message.offset, reason)
         await self.topic.send(value=deadletter_value(topic, record_of_event(event), reason))
         self.stats.deadletters += 1
+        if self.metrics:
+            self.metrics.count("deadletter", 1)
+            self.metrics.deadletter("internal")
 
 
 class IngestStage:
@@ -78,7 +83,7 @@ class IngestStage:
 
     def __init__(self, topology: Topology, monitor: Monitor, ingestor: Ingestor, publisher: AlertPublisher,
                  clock: EventClock, stats: Stats, drain: Callable[[], Awaitable[None]],
-                 wall: Callable[[], float] = time.monotonic):
+                 wall: Callable[[], float] = time.monotonic, metrics: WorkerMetrics | None = None):
         self.topology = topology
         self.monitor = monitor
         self.ingestor = ingestor
@@ -87,6 +92,7 @@ class IngestStage:
         self.stats = stats
         self.drain = drain
         self.wall = wall
+        self.metrics = metrics
         self.progress = ProgressFile()
         self.saved_at: dict[str, float] = {}  # workflow -> wall time of its last detector save
         self.seen: dict[str, tuple[float, int]] = {}  # workflow -> (wall time of its last batch, usage partition)
@@ -96,6 +102,7 @@ class IngestStage:
     async def handle(self, events: Sequence[Any], partitions: int) -> None:
         """One batch of the usage topic, which has `partitions` partitions now."""
         topo, stats = self.topology, self.stats
+        started = time.perf_counter()
         records = [record_of_event(e) for e in events]
         self.ingestor.partitions = partitions
         fx = self.ingestor.handle(records)
@@ -109,6 +116,8 @@ class IngestStage:
         pending += await self.publisher.publish(fx.alerts)
         if pending:
             await asyncio.gather(*pending)
+        if fx.alerts and self.metrics:
+            self._observe_alert_latency(events, fx.alerts)
         by_offset = {(e.message.partition, e.message.offset): e for e in events}
         wall = self.wall()
         for wf, rec in fx.dirty.items():
@@ -138,6 +147,31 @@ class IngestStage:
         stats.rerouted += len(fx.reroutes)
         self._note_unknown_fields(wall)
         self.progress.add(fx.accepted)  # first counts only: a rebalance redelivers records to the next owner
+        if m := self.metrics:
+            m.count("accepted", fx.accepted)
+            m.count("duplicate", fx.duplicates)
+            m.count("redelivered", fx.redelivered)
+            m.count("rerouted", len(fx.reroutes))
+            m.count("poisoned", sum(len(bad.events) for bad in fx.poisoned))
+            m.deadletter_values(fx.deadletters)
+            m.note_unpriced(self.monitor.prices.unpriced)
+            m.batch(len(records), time.perf_counter() - started)
+
+    def _observe_alert_latency(self, events: Sequence[Any], alerts: list[Any]) -> None:
+        """Event to alert: from the Kafka timestamp (Faust gives seconds) of the newest record of the
+        alert's workflow in this batch (of the whole batch for alerts about no one workflow) to now,
+        when the broker has acked the alert. The record that tipped it may be older: a lower bound."""
+        assert self.metrics is not None
+        newest: dict[bytes | None, float] = {}
+        for e in events:
+            ts = e.message.timestamp
+            if ts is not None and ts > newest.get(e.message.key, 0.0):
+                newest[e.message.key] = ts
+        if not newest:
+            return
+        latest, now = max(newest.values()), time.time()
+        for alert in alerts:
+            self.metrics.event_to_alert.observe(max(0.0, now - newest.get(alert.workflow.encode(), latest)))
 
     def _note_unknown_fields(self, wall: float) -> None:
         unknown = self.stats.unknown_fields

@@ -276,6 +276,23 @@ def test_the_dashboard_refuses_a_public_bind_without_a_token(monkeypatch: pytest
     assert token_for("0.0.0.0") == TOKEN
 
 
+def test_the_token_can_come_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from spendwatch.cli.common import CliError
+    from spendwatch.cli.dashboard import TOKEN_ENV, TOKEN_FILE_ENV, token_for
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN + "\n")
+    monkeypatch.setenv(TOKEN_FILE_ENV, str(secret))
+    assert token_for("0.0.0.0") == TOKEN
+    secret.write_text("")
+    with pytest.raises(CliError, match="is empty"):
+        token_for("0.0.0.0")
+    monkeypatch.setenv(TOKEN_FILE_ENV, str(tmp_path / "missing"))
+    with pytest.raises(CliError, match="cannot read the token"):
+        token_for("10.0.0.1")
+
+
 def test_ten_thousand_workflows_stay_within_bounds() -> None:
     """Not a timing test (`spendwatch bench` style figures are in the README): 10k workflows fit and
     every view answers."""

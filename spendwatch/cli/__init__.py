@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from spendwatch.cli.common import CliError, Command, broker_arg, load_config, positive
+from spendwatch.cli.common import CliError, Command, broker_arg, load_config, port, positive
 
 if TYPE_CHECKING:
     from streams.app import Worker
@@ -35,6 +35,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
                        "would outlive their changelogs. Point --broker at a Kafka that keeps its data, or drop "
                        "--data-dir to keep tables in memory.")
     settings = load_config(args.config)
+    if args.metrics_port is not None or args.metrics_host is not None:  # the flags win over [worker]
+        settings.worker = settings.worker.model_copy(update={
+            k: v for k, v in (("metrics_port", args.metrics_port), ("metrics_host", args.metrics_host))
+            if v is not None})
     from faust.exceptions import ConsistencyError
 
     try:  # tables on disk ahead of their changelogs (runner re-raises it from Faust's crash)
@@ -137,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "partition, so a restart reads only the changelog tail (default: in memory, rebuilt from "
                    "the changelog topics on start); needs --broker")
     w.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    w.add_argument("--metrics-port", type=port, metavar="PORT", help="serve Prometheus metrics at "
+                   "http://HOST:PORT/metrics; 0: off (default: [worker] metrics_port in the config, else off)")
+    w.add_argument("--metrics-host", metavar="HOST", help="address the metrics endpoint listens on (default: "
+                   "[worker] metrics_host, else 127.0.0.1; 0.0.0.0 in a container)")
 
     d = add("demo", "Embedded broker + worker + built-in traffic with a live console; fires a budget alert "
             "within a minute.", cmd_demo)
@@ -196,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # last resort: one clear line instead of a traceback
         from schemas.signing import KeyringError
         from streams.broker import BrokerError
+        from streams.metrics import MetricsPortError
 
-        if isinstance(err, (BrokerError, KeyringError)):
+        if isinstance(err, (BrokerError, KeyringError, MetricsPortError)):
             print(f"spendwatch: error: {err}", file=sys.stderr)
             return 1
         raise

@@ -30,6 +30,13 @@ def broker_arg(value: str) -> str:
     return value if "://" in value else f"kafka://{value}"
 
 
+def port(value: str) -> int:
+    """A TCP port, 0 meaning off."""
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port; use 1-65535, or 0 for off")
+    return int(value)
+
+
 def positive(value: str) -> float:
     try:
         v = float(value)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from spendwatch.cli.common import Subparsers
 
 TOKEN_ENV = "SPENDWATCH_DASHBOARD_TOKEN"
+TOKEN_FILE_ENV = "SPENDWATCH_DASHBOARD_TOKEN_FILE"
+"""A file holding the token instead (Docker and Kubernetes secrets are files)."""
 
 
 def loopback(bind: str) -> bool:
@@ -34,9 +36,18 @@ def loopback(bind: str) -> bool:
 def token_for(bind: str) -> str | None:
     """The bearer token from the environment; required (CliError) when `bind` is not loopback."""
     token = os.environ.get(TOKEN_ENV, "").strip() or None
+    if token is None and (path := os.environ.get(TOKEN_FILE_ENV, "").strip()):
+        try:
+            token = Path(path).read_text().strip() or None
+        except OSError as err:
+            raise CliError(f"{TOKEN_FILE_ENV}={path}: cannot read the token ({err.strerror or err})") from None
+        if token is None:
+            raise CliError(f"{TOKEN_FILE_ENV}={path} is empty; put the token in it "
+                           f"(e.g. `openssl rand -hex 24 > {path}`)")
     if token is None and not loopback(bind):
-        raise CliError(f"--bind {bind} exposes spend data beyond this machine: set {TOKEN_ENV} to a long random "
-                       f"secret (e.g. `export {TOKEN_ENV}=$(openssl rand -hex 24)`); clients then send "
+        raise CliError(f"--bind {bind} exposes spend data beyond this machine: set {TOKEN_ENV} (or {TOKEN_FILE_ENV}, "
+                       "a file holding it) to a long random secret "
+                       f"(e.g. `export {TOKEN_ENV}=$(openssl rand -hex 24)`); clients then send "
                        "'Authorization: Bearer <token>', or open the page once as /?token=<token>")
     if token is not None and len(token) < 16:
         raise CliError(f"{TOKEN_ENV} is too short to guess-proof a dashboard: use at least 16 characters")
