@@ -41,15 +41,19 @@ class Profile:
     prompt: tuple[int, int]  # log-uniform range of input tokens
     completion: tuple[int, int]
     agents: int = 3
+    outcome: tuple[str, float, float | None] | None = None
+    """(name, outcomes per call, value in USD or None): what the workflow's work produces."""
 
 
 PROFILES = (
     Profile("support-bot", "cx", (("anthropic", "claude-sonnet-4-5"), ("openai", "gpt-4o-mini")), 12, (2_000, 30_000),
-            (150, 900)),
-    Profile("code-review", "eng", (("openai", "gpt-4o"),), 4, (8_000, 60_000), (300, 2_000)),
-    Profile("rag-search", "search", (("google", "gemini-2.5-flash"),), 20, (1_000, 12_000), (50, 400)),
+            (150, 900), outcome=("ticket_resolved", 1 / 8, 6.0)),
+    Profile("code-review", "eng", (("openai", "gpt-4o"),), 4, (8_000, 60_000), (300, 2_000),
+            outcome=("review_posted", 1 / 5, None)),
+    Profile("rag-search", "search", (("google", "gemini-2.5-flash"),), 20, (1_000, 12_000), (50, 400),
+            outcome=("answer_accepted", 1 / 3, None)),
     Profile("sales-agent", "growth", (("openai", "gpt-4.1"), ("openai", "gpt-4.1-mini")), 3, (3_000, 20_000),
-            (200, 1_200)),
+            (200, 1_200), outcome=("meeting_booked", 1 / 40, 120.0)),
 )
 
 
@@ -87,6 +91,12 @@ def make_event(rng: random.Random, p: Profile, now: float) -> dict[str, Any]:
     }
 
 
+def make_outcome(rng: random.Random, workflow: str, name: str, value: float | None, now: float) -> dict[str, Any]:
+    ev = {"type": "outcome", "event_id": uuid.UUID(int=rng.getrandbits(128)).hex, "ts": now, "workflow": workflow,
+          "outcome": name}
+    return ev if value is None else {**ev, "value_usd": value}
+
+
 async def produce_traffic(worker: Worker, seed: int = 7, speed: float = 1.0) -> None:
     """Publish live traffic through the worker's own producer until cancelled."""
     rng = random.Random(seed)
@@ -98,6 +108,9 @@ async def produce_traffic(worker: Worker, seed: int = 7, speed: float = 1.0) -> 
         for p in PROFILES:
             n = int(p.rate * tick * speed + rng.random())
             batch = [make_event(rng, p, now) for _ in range(n)]
+            if p.outcome is not None:
+                name, per_call, value = p.outcome
+                batch += [make_outcome(rng, p.workflow, name, value, now) for _ in range(n) if rng.random() < per_call]
             if batch:
                 await topic.send(key=p.workflow.encode(), value=orjson.dumps(batch))
                 sent.extend(batch)

@@ -1,5 +1,6 @@
 """CLI and config: bad input answers with one clear line and a non-zero status, never a traceback."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 
 from spendwatch.cli import main
 from spendwatch.config import ConfigError, load_settings
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,13 +97,44 @@ def test_emit_missing_file():
     assert r.returncode == 2 and "no such file" in r.stderr.decode()
 
 
-def test_the_demo_fires_a_budget_alert_within_its_first_minute():
-    """What `make run` shows a newcomer: broker, worker, traffic and an alert, from one command."""
-    r = subprocess.run([sys.executable, "-m", "spendwatch", "demo", "--duration", "60"], cwd=ROOT, capture_output=True,
-                       timeout=180)
-    out = r.stdout.decode()
-    assert r.returncode == 0, r.stderr.decode()[-2000:]
-    assert "alerts raised:" in out and "budget=" in out, out[-2000:]
+def test_the_demo_fires_a_budget_alert_within_its_first_minute(tmp_path):
+    """What `make run` shows a newcomer: broker, worker, traffic, an alert, and a dashboard URL whose
+    API shows live spend per workflow, cost per outcome, the demo's loop alert and its kill."""
+    import re
+    import urllib.request
+
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "spendwatch", "demo", "--duration", "60", "--port", "0"],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = wait_for(lambda: re.search(r"dashboard: (http://127\.0\.0\.1:\d+/)", log.read_text()), 90,
+                       "the demo to print its dashboard URL", describe=lambda: log.read_text()[-2000:]).group(1)
+
+        def api(path):
+            with urllib.request.urlopen(url + "api/v1/" + path, timeout=5) as r:
+                return json.loads(r.read())
+
+        last = {}
+
+        def seen():
+            last.update(rows=api("workflows")["workflows"], kills=api("kills")["kills"],
+                        alerts=[a["kind"] for a in api("alerts")["alerts"]], outcomes=api("outcomes")["outcomes"])
+            return (len(last["rows"]) >= 4 and all(r["today_usd"] > 0 for r in last["rows"]) and last["outcomes"]
+                    and "loop" in last["alerts"] and any(k["scope"] == "run_id" for k in last["kills"]))
+
+        wait_for(seen, 45, "spend, outcomes, the loop alert and its kill on the dashboard", describe=lambda: last)
+        rows, kills, outcomes = last["rows"], last["kills"], last["outcomes"]
+        assert {"support-bot", "code-review", "rag-search", "sales-agent"} <= {r["workflow"] for r in rows}
+        assert kills[0]["release"].startswith("spendwatch release --run ")
+        assert any(o["usd_per_outcome"] and o["usd_per_outcome"] > 0 for o in outcomes)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert "alerts raised:" in text and "budget=" in text, text[-2000:]
 
 
 def test_help_teaches_with_examples():

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from spendwatch.cli.common import CliError, Command, broker_arg, load_config, port, positive
+from spendwatch.cli.dashboard import add_dashboard_command
 
 if TYPE_CHECKING:
     from streams.app import Worker
@@ -67,8 +68,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 await asyncio.sleep(0.5)
                 live.update(summary_table(worker, started))
 
-    worker = run(settings, args.broker, console=console, tasks=[produce_traffic, inject_incidents, live_summary],
-                 duration=args.duration)
+    async def dashboard(worker: Worker) -> None:
+        from spendwatch.emitter import bootstrap_of
+        from streams.dashboard.feed import FeedTopics
+        from streams.dashboard.server import Dashboard
+
+        t = settings.topics
+        dash = Dashboard(bootstrap_of(worker.broker), FeedTopics(t.snapshots, t.alerts, t.control), port=args.port)
+        try:
+            url = await dash.start()
+        except OSError:  # the port is taken (another dashboard?): any free one will do for a demo
+            dash.port = 0
+            url = await dash.start()
+        console.print(f"[bold]dashboard: {url}[/] (JSON API under {url}api/v1/, Prometheus at {url}metrics)")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await dash.stop()
+
+    worker = run(settings, args.broker, console=console,
+                 tasks=[produce_traffic, inject_incidents, dashboard, live_summary], duration=args.duration)
     counts = worker.stats.alerts
     console.print(f"\nalerts raised: {sum(counts.values())} "
                   + (" ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "(none)"))
@@ -152,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "alerts raised, counted by kind (default: run until Ctrl-C)")
     d.add_argument("--config", type=Path, help="TOML config file (default: demo budgets)")
     d.add_argument("--broker", type=broker_arg, help=broker_help + " (default: embedded)")
+    d.add_argument("--port", type=port, default=8080, help="the dashboard's port on 127.0.0.1 (default: "
+                   "%(default)s, or a free one if it is taken)")
 
     b = add("broker", "Run the embedded Kafka-compatible broker (Tansu) alone and print its address.", cmd_broker)
     b.add_argument("--port", type=int, help="port to listen on (default: a free one)")
@@ -178,8 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Write JSON Schema files (usage, outcome, alert, control) into DIR.")
     x.add_argument("dir", type=Path)
     x.set_defaults(func=cmd_schema_export)
-
-    from spendwatch.cli.dashboard import add_dashboard_command
 
     add_dashboard_command(sub)
     from spendwatch.cli.control import add_control_commands

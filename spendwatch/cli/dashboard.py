@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from spendwatch.cli.common import CliError, broker_arg, load_config
+from spendwatch.cli.common import CliError, broker_arg, load_config, port
 from spendwatch.emitter import bootstrap_of
 
 if TYPE_CHECKING:
@@ -92,17 +92,8 @@ def add_dashboard_command(sub: Subparsers) -> None:
         "workers' snapshots topic (any number of workers) plus the alerts and control topics. Read-only. "
         f"Binds 127.0.0.1 unless --bind says otherwise; any other address needs ${TOKEN_ENV}.")
     d.add_argument("--broker", type=broker_arg, required=True, help="Kafka bootstrap, kafka://HOST:PORT[,HOST:PORT]")
-    d.add_argument("--port", type=port_arg, default=8080, help="TCP port (default: %(default)s; 0: a free one)")
+    d.add_argument("--port", type=port, default=8080, help="TCP port (default: %(default)s; 0: a free one)")
     d.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     d.add_argument("--config", type=Path, help="TOML config file (its [topics] names; default: the defaults)")
     d.set_defaults(func=cmd_dashboard)
 
-
-def port_arg(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
-    return port

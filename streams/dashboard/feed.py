@@ -58,10 +58,11 @@ class Feed:
             await asyncio.sleep(self.rediscover_s)
 
     async def _discover(self, consumer: AIOKafkaConsumer, have: set[TopicPartition]) -> set[TopicPartition]:
-        # no public call refreshes a consumer's metadata for topics it is not assigned yet
-        if not await asyncio.wait_for(consumer._client.force_metadata_update(), 10):
-            raise KafkaError("metadata update failed")
-        tps = {TopicPartition(t, p) for t in self.apply for p in consumer.partitions_for_topic(t) or ()}
+        # All topics' metadata: a request naming a topic that does not exist yet could auto-create it
+        # (uncompacted, default partitions) before the worker declares it; and the consumer's own
+        # metadata follows only the topics it is assigned, so it would never see one appear.
+        cluster = await asyncio.wait_for(consumer._client.fetch_all_metadata(), 10)
+        tps = {TopicPartition(t, p) for t in self.apply for p in cluster.partitions_for_topic(t) or ()}
         if tps != have:
             consumer.assign(sorted(tps))
             new = sorted(tps - have)
