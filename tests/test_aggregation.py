@@ -172,3 +172,34 @@ def test_a_workflow_named_like_a_bucket_key_does_not_collide():
 
     assert workflow_table.state_key("i:0:w") != workflow_table.bucket_key("w", 0)
     assert workflow_table.bucket_key("w:1", 0) != workflow_table.bucket_key("w", 10)
+
+
+def test_budget_and_zombie_alerts_say_what_the_spend_buys_per_outcome():
+    """'$x per ticket_resolved today (n) vs $y yesterday (m)' on the alert, numbers in its evidence."""
+    from detectors.engine.budgets import Budget, BudgetConfig
+    from detectors.engine.monitor import Monitor
+    from schemas.decode import validate_event
+
+    day = 1_764_547_200.0  # 2025-12-01 00:00 UTC
+    m = Monitor(budgets=BudgetConfig(workflows={"support": Budget(daily_usd=1.0)}))
+
+    def usage(i: int, ts: float) -> dict:
+        return {"type": "usage", "event_id": f"u{i}", "ts": ts, "workflow": "support", "model": "gpt-4o",
+                "input_tokens": 1, "output_tokens": 1, "cost_usd": 0.1}
+
+    def done(i: int, ts: float) -> dict:
+        return {"type": "outcome", "event_id": f"o{i}", "ts": ts, "workflow": "support", "outcome": "ticket_resolved"}
+
+    yesterday = [usage(i, day - 3000 + i) for i in range(6)] + [done(i, day - 2000 + i) for i in range(3)]
+    m.process([validate_event(e) for e in yesterday])  # $0.60 for 3 tickets: $0.20 each, under $1
+    today = [usage(100 + i, day + 60 + i) for i in range(6)] + [done(100, day + 30)]
+    alerts = m.process([validate_event(e) for e in sorted(today, key=lambda e: e["ts"])]).alerts
+    budget = [a for a in alerts if a.kind == "budget"]
+    assert budget and all(a.summary.endswith("; $0.6000 per ticket_resolved today (1) vs $0.2000 yesterday (3)")
+                          for a in budget)
+    assert budget[0].evidence["per_outcome"] == {
+        "outcome": "ticket_resolved", "outcomes_today": 1, "outcomes_yesterday": 3,
+        "usd_per_outcome_today": 0.6, "usd_per_outcome_yesterday": 0.2}
+    quiet = Monitor(budgets=BudgetConfig(workflows={"support": Budget(daily_usd=1.0)}))
+    plain = quiet.process([validate_event(usage(i, day + i)) for i in range(6)]).alerts
+    assert plain and all("per_outcome" not in a.evidence and " per " not in a.summary for a in plain)

@@ -17,6 +17,7 @@ from detectors.detector import Detector
 from detectors.engine.budgets import Budget, BudgetConfig, budget_alert, crossed_thresholds
 from detectors.engine.burn import BudgetNow, check_burn, has_episode
 from detectors.engine.counters import CACHE_WRITE, CACHED, CALLS, COST, ERRORS, INPUT, OUTPUT, REASONING
+from detectors.engine.outcomes import cost_per_outcome
 from detectors.engine.periods import PeriodClock
 from detectors.engine.rollup import TeamState
 from detectors.engine.snapshot import workflow_snapshot
@@ -78,6 +79,10 @@ class Output:
     touched: set[str] = field(default_factory=set)
     cost: dict[str, int] = field(default_factory=dict)  # micro-USD accepted per workflow in this batch
     poisoned: list[Poisoned] = field(default_factory=list)
+
+
+PER_OUTCOME_KINDS = frozenset({"budget", "zombie"})
+"""Alerts that say what the workflow's spend buys per outcome (where it reports outcomes)."""
 
 
 class Monitor:
@@ -289,12 +294,25 @@ class Monitor:
         return [*self.detectors, self.inhibitor]
 
     def _fold(self, alerts: list[Alert]) -> list[Alert]:
-        """Alerts through the correlation stage; if it raises, as they are (a duplicate page beats none)."""
+        """Alerts through the correlation stage; if it raises, as they are (a duplicate page beats none).
+        Budget and zombie alerts first get their workflow's cost per outcome."""
+        alerts = [self._with_outcomes(a) if a.kind in PER_OUTCOME_KINDS else a for a in alerts]
         try:
             return self.inhibitor.fold(alerts)
         except Exception as exc:  # noqa: BLE001 - containment is the point
             self._failed("fold", alerts[0].workflow if alerts else "?", exc)
             return alerts
+
+    def _with_outcomes(self, alert: Alert) -> Alert:
+        st = self.workflows.get(alert.workflow)
+        if st is None or alert.status != "firing":
+            return alert
+        today = self.clock.keys(alert.ts)[0]
+        per = cost_per_outcome(st, today, self.clock.keys(self.clock.bounds(today)[0] - 1)[0])
+        if per is None:
+            return alert
+        return alert.model_copy(update={"summary": f"{alert.summary}; {per.pop('text')}",
+                                        "evidence": {**alert.evidence, "per_outcome": per}})
 
     def _failed(self, stage: str, workflow: str, exc: BaseException) -> None:
         self.failures += 1
