@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import defaultdict
 from typing import Any
 
 from detectors.pricing.money import usd_to_micros
-from tests.conftest import start_worker, wait_for
+from tests.conftest import ROOT, start_worker, wait_for
 from tests.kafka_io import publish
 
 WORKFLOWS = [f"wf-{i}" for i in range(12)]
@@ -65,6 +67,14 @@ def test_two_workers_one_dashboard_every_workflow_exact(fresh_broker, spawn, tmp
     by_outcome = {r["workflow"]: r["count"] for r in get(base + "outcomes")["outcomes"]}
     assert {wf: by_outcome.get(wf) for wf in outcomes} == dict(outcomes)
     assert len(WORKFLOWS) == len(truth)
+
+    # showback from the same topic, as finance would pull it
+    r = subprocess.run([sys.executable, "-m", "spendwatch", "report", "--broker", fresh_broker.url, "--by", "workflow",
+                        "--period", "day", "--format", "json"], cwd=ROOT, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    rows = {row["workflow"]: row for row in json.loads(r.stdout) if row["workflow"] in truth}
+    assert {wf: usd_to_micros(row["cost_usd"]) for wf, row in rows.items()} == dict(truth)
+    assert {wf: row["outcomes"] for wf, row in rows.items() if row["outcomes"]} == dict(outcomes)
 
     # a second dashboard started now reads the same view back from the topic
     port2 = free_port()

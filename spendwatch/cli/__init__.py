@@ -22,6 +22,7 @@ EPILOG = """examples:
   spendwatch demo --duration 60           the same, exits after 60 s and prints the alerts raised
   spendwatch worker --broker kafka://kafka:9092 --config spendwatch.toml
   spendwatch dashboard --broker kafka://kafka:9092   live page, JSON API and /metrics on 127.0.0.1:8080
+  spendwatch report --broker kafka://kafka:9092 --by team --period month   showback per team
   spendwatch broker                       a local Kafka-compatible broker for development
   spendwatch emit events.jsonl --broker kafka://127.0.0.1:9092
   spendwatch schema export schemas-out/   JSON Schema files for publishers in other languages
@@ -201,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_schema_export)
 
     add_dashboard_command(sub)
+    from spendwatch.cli.report import add_report_command
+
+    add_report_command(sub)
     from spendwatch.cli.control import add_control_commands
 
     add_control_commands(sub)

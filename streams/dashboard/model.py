@@ -26,7 +26,7 @@ from detectors.pricing.money import micros_to_usd
 from schemas.alerts import Alert
 from schemas.control import ControlCommand, release_command
 from schemas.errors import explain
-from schemas.snapshots import Totals, WorkflowSnapshot
+from schemas.snapshots import BudgetLimits, Totals, WorkflowSnapshot
 
 MINUTES = 1440
 """Per-minute history kept per workflow and team: 24 h."""
@@ -369,6 +369,41 @@ class ReadModel:
         rows = [r for v in views for r in self._outcome_rows(v, period)]
         return sorted(rows, key=lambda r: (-r["cost_usd"], r["workflow"], r["outcome"]))
 
+    def showback(self, by: Literal["workflow", "team"], period: Literal["day", "month"]) -> list[dict[str, Any]]:
+        """Spend of the current `period` per workflow or team, with tokens, calls, errors, outcomes and
+        budget use: the rows of `spendwatch report` (showback and chargeback)."""
+        key = self.day if period == "day" else self.month
+        rows: dict[str, dict[str, Any]] = {}
+        for view in self.workflows.values():
+            s = view.snap
+            if (s.day if period == "day" else s.month) != key:
+                continue
+            t = self._period(s, period)
+            done = sum(n for n, _ in self._outcomes(s, period).values())
+            value = sum(v for _, v in self._outcomes(s, period).values())
+            if by == "workflow":
+                limit = _limit(s.budget, period)
+                rows[s.workflow] = {
+                    "workflow": s.workflow, "team": s.by.team[0].name if s.by.team else None, "period": key,
+                    "cost_usd": usd(t.cost_micros), "calls": t.calls, "errors": t.errors, **_tokens(t),
+                    "outcomes": done, "usd_per_outcome": usd(t.cost_micros / done) if done else None,
+                    "outcome_value_usd": usd(value) if value else None,
+                    "budget_usd": usd(limit) if limit else None,
+                    "budget_used": round(t.cost_micros / limit, 4) if limit else None}
+                continue
+            for team in s.by.team:
+                row = rows.setdefault(team.name, {"team": team.name, "period": key, "cost_usd": 0, "workflows": 0,
+                                                  "budget": team.budget})
+                row["cost_usd"] += team.day_micros if period == "day" else team.month_micros
+                row["workflows"] += 1
+        if by == "team":
+            for row in rows.values():
+                limit = _limit(row.pop("budget"), period)
+                row["budget_used"] = round(row["cost_usd"] / limit, 4) if limit else None
+                row["budget_usd"] = usd(limit) if limit else None
+                row["cost_usd"] = usd(row["cost_usd"])
+        return sorted(rows.values(), key=lambda r: (-r["cost_usd"], r.get("workflow") or r.get("team")))
+
     def movers(self, n: int = 10) -> list[dict[str, Any]]:
         """Workflows whose last hour costs most over their usual hour (the 23 before it)."""
         rows: list[tuple[float, str, int, float]] = []
@@ -399,6 +434,10 @@ def _growth(prev_month: str, prev: int, month: str, cur: int) -> int:
     if month != prev_month:
         return cur if month > prev_month else 0
     return max(cur - prev, 0)
+
+
+def _limit(budget: BudgetLimits | None, period: str) -> int | None:
+    return None if budget is None else budget.day_micros if period == "day" else budget.month_micros
 
 
 def _sum(totals: Iterable[Totals]) -> Totals:
