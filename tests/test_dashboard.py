@@ -79,6 +79,17 @@ def test_the_summary_adds_up_what_the_engine_counted(fed: tuple[ReadModel, Monit
     assert budget["workflow"] == "support" and budget["day_used"] == pytest.approx(support / 5_000_000, abs=1e-4)
 
 
+def test_budget_rows_carry_the_spend_and_the_limits_the_burn_bars_show(fed: tuple[ReadModel, Monitor]) -> None:
+    model, m = fed
+    [row] = model.summary()["budgets"]
+    spent = micros_to_usd(m.workflows["support"].totals(m.clock.keys(T0)[0])[0])
+    assert (row["day_budget_usd"], row["month_budget_usd"]) == (5.0, 100.0)
+    assert row["today_usd"] == pytest.approx(spent, abs=1e-6) and row["month_usd"] == row["today_usd"]
+    assert row["day_used"] == pytest.approx(spent / 5.0, abs=1e-4)
+    assert model.workflow("support")["budget"] == {"day_budget_usd": 5.0, "month_budget_usd": 100.0}  # type: ignore[index]
+    assert model.workflow("batch")["budget"] is None  # type: ignore[index]
+
+
 def test_cost_per_outcome_and_value_per_dollar_per_workflow_and_outcome(fed: tuple[ReadModel, Monitor]) -> None:
     model, m = fed
     [row] = model.outcome_rows("day")

@@ -267,8 +267,9 @@ class ReadModel:
     def _budget_row(self, snap: WorkflowSnapshot) -> dict[str, Any] | None:
         if snap.budget is None:
             return None
-        used = _used(self._period(snap, "day").cost_micros, self._period(snap, "month").cost_micros, snap.budget)
-        return {"workflow": snap.workflow, **used}
+        day, month = self._period(snap, "day").cost_micros, self._period(snap, "month").cost_micros
+        return {"workflow": snap.workflow, **_used(day, month, snap.budget), "today_usd": usd(day),
+                "month_usd": usd(month), **_limits(snap.budget)}
 
     def workflow_rows(self, sort: str = "today", limit: int = 100, offset: int = 0,
                       team: str | None = None) -> dict[str, Any]:
@@ -303,6 +304,7 @@ class ReadModel:
             "series": [[t, usd(m)] for t, m in view.series.points(self.now)],
             "alerts": [self._alert_row(a) for a in reversed(self.alerts.values()) if a.workflow == name][:50],
             "unpriced_calls": s.unpriced_calls,
+            "budget": _limits(s.budget) if s.budget is not None else None,
         }
 
     def team_rows(self) -> list[dict[str, Any]]:
@@ -412,6 +414,15 @@ def _sum(totals: Iterable[Totals]) -> Totals:
 def _tokens(t: Totals) -> dict[str, int]:
     return {"input": t.input_tokens, "output": t.output_tokens, "cache_read": t.cached_tokens,
             "cache_write": t.cache_write_tokens, "reasoning": t.reasoning_tokens}
+
+
+def _limits(budget: Any) -> dict[str, float | None]:
+    """A budget's limits in USD (None where there is none)."""
+    def limit(micros: int | None) -> float | None:
+        return usd(micros) if micros is not None else None
+    if budget is None:
+        return {"day_budget_usd": None, "month_budget_usd": None}
+    return {"day_budget_usd": limit(budget.day_micros), "month_budget_usd": limit(budget.month_micros)}
 
 
 def _used(day_micros: float, month_micros: float, budget: Any) -> dict[str, float | None]:
