@@ -136,6 +136,16 @@ def test_the_minute_series_is_the_growth_between_snapshots() -> None:
     assert points[0][1] == pytest.approx(micros_to_usd(first))
 
 
+def test_a_workflow_first_seen_shows_its_last_hour_at_five_minute_resolution() -> None:
+    m = run_monitor([usage(0, "wf", T0 + 600), usage(1, "wf", T0 + 3600 + 60), usage(2, "wf", T0 + 3600 + 1900)])
+    model = ReadModel()
+    model.apply_snapshot(snap(m, "wf"))  # first sight at 01:31:40: the 00:10 call is an hour old
+    points = model.workflow("wf")["series"]  # type: ignore[index]
+    assert [t for t, _ in points] == [T0, T0 + 3600, T0 + 3600 + 1800]  # 00:00 (hourly), 01:00 and 01:30 (5-min)
+    assert sum(usd for _, usd in points) == pytest.approx(micros_to_usd(m.workflows["wf"].spend.period("2025-12")[0]))
+    assert model.series(60)["total"][-1][0] == T0 + 3600 + 1800
+
+
 def test_a_series_ring_forgets_what_is_older_than_a_day() -> None:
     s = Series()
     s.add(T0, 5)

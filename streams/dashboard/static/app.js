@@ -122,6 +122,7 @@
   /** Dollars as the CLI and Slack show them (detectors.pricing.money.fmt_usd): $0.0042, $12.34, $1,234. */
   function usd(v) {
     if (v == null || !Number.isFinite(v)) return "—";
+    if (v === 0) return "$0.00";
     const sign = v < 0 ? "-" : "";
     const a = Math.abs(v);
     if (a >= 1000) return `${sign}$${USD0.format(a)}`;
@@ -299,11 +300,11 @@
 
   const minuteStart = (ts) => Math.floor(ts / 60) * 60;
 
-  /** Points [[minute start, usd], ...] on a dense grid of `n` minutes from `start`. */
-  function grid(points, start, n) {
+  /** Points [[minute start, usd], ...] summed on a dense grid of `n` bins of `step` seconds from `start`. */
+  function grid(points, start, n, step = 60) {
     const v = new Array(n).fill(0);
     for (const [t, val] of points || []) {
-      const i = Math.round((t - start) / 60);
+      const i = Math.floor((t - start + 1e-6) / step);
       if (i >= 0 && i < n) v[i] += val;
     }
     return v;
@@ -332,6 +333,7 @@
       this.host = host;
       this.height = opts.height || 220;
       this.tickMinutes = opts.tickMinutes || 10;
+      this.step = opts.step || 60; // seconds a bar covers
       this.emptyText = opts.empty || "waiting for data";
       this.colors = new Map();
       this.paths = new Map();
@@ -360,7 +362,7 @@
       return `c${this.colors.get(name) ?? 0}`;
     }
 
-    /** data: {start (epoch s of the first minute), n (minutes), layers: [{name, label, values}]} */
+    /** data: {start (epoch s of the first bar), n (bars of `step` seconds), layers: [{name, label, values}]} */
     set(data, resetColors) {
       if (resetColors) this.colors.clear();
       const names = new Set(data.layers.map((l) => l.name));
@@ -414,7 +416,7 @@
       const axisKids = [s("line", { class: "baseline", x1: g.m.l, x2: g.W - g.m.r, y1: y(0), y2: y(0) })];
       const tz = new Date(d.start * 1000).getTimezoneOffset() * 60;
       for (let i = 0; i < d.n; i += 1) {
-        const t = d.start + i * 60;
+        const t = d.start + i * this.step;
         if (Math.round((t - tz) / 60) % this.tickMinutes !== 0) continue;
         const xx = g.m.l + i * bw + bw / 2;
         axisKids.push(s("line", { x1: xx, x2: xx, y1: y(0), y2: y(0) + 4 }));
@@ -483,9 +485,9 @@
       setAttr(this.band, "width", Math.max(this.bw, 1).toFixed(2));
       setAttr(this.band, "height", g.ph);
       setAttr(this.band, "visibility", "visible");
-      const t = d.start + i * 60;
+      const t = d.start + i * this.step;
       const rows = d.layers.filter((l) => l.values[i] > 0).sort((a, b) => b.values[i] - a.values[i]).slice(0, 8);
-      const kids = [s("text", { class: "tip-title", x: 10, y: 18, text: `${clock(t, false)}  ·  ${usd(this.totals[i])}/min` })];
+      const kids = [s("text", { class: "tip-title", x: 10, y: 18, text: `${clock(t, false)}${this.step > 60 ? `–${clock(t + this.step, false)}` : ""}  ·  ${usd(this.totals[i])}${this.step > 60 ? "" : "/min"}` })];
       rows.forEach((l, k) => {
         const yy = 36 + k * 17;
         kids.push(s("rect", { class: `swatch ${this.colorOf(l.name)}`, x: 10, y: yy - 9, width: 9, height: 9, rx: 2 }));
@@ -527,17 +529,17 @@
     try {
       r = await fetch(path, { signal: ctl.signal, cache: "no-store", headers: { Accept: "application/json" } });
     } catch (err) {
-      throw new ApiError(0, err && err.name === "AbortError" ? "the API did not answer within 8 s" : "cannot reach the dashboard server");
+      throw new ApiError(0, err && err.name === "AbortError" ? "The API did not answer within 8 s" : "Cannot reach the dashboard server");
     } finally {
       clearTimeout(timer);
     }
     if (r.status === 404 && allow404) return null;
-    if (r.status === 401) throw new ApiError(401, "this dashboard needs its token: open it once as /?token=…");
-    if (!r.ok) throw new ApiError(r.status, `the API answered HTTP ${r.status} for ${path.split("?")[0]}`);
+    if (r.status === 401) throw new ApiError(401, "This dashboard needs its token: open it once as /?token=…");
+    if (!r.ok) throw new ApiError(r.status, `The API answered HTTP ${r.status} for ${path.split("?")[0]}`);
     try {
       return await r.json();
     } catch (err) {
-      throw new ApiError(r.status, `the API sent a malformed answer for ${path.split("?")[0]}`);
+      throw new ApiError(r.status, `The API sent a malformed answer for ${path.split("?")[0]}`);
     }
   }
 
@@ -1035,10 +1037,11 @@
     toggleClass($("w-alerts").parentElement, "hot", w.open_alerts > 0);
     setText($("w-alerts-sub"), w.open_alerts ? "firing in the last 24 h" : "all quiet");
 
-    if (!wfChart) wfChart = new Chart($("w-chart"), { height: 210, tickMinutes: 180, label: "spend per minute, last 24 hours" });
-    const n = 1440;
-    const start = minuteStart(now || w.last_event_ts) - (n - 1) * 60;
-    wfChart.set({ start, n, layers: [{ name, label: name, values: grid(w.series, start, n) }] });
+    // 24 h of minutes drawn as 288 five-minute bars (a minute is under a pixel wide at this size)
+    if (!wfChart) wfChart = new Chart($("w-chart"), { height: 250, tickMinutes: 180, step: 300, label: "spend per 5 minutes, last 24 hours" });
+    const n = 288;
+    const start = Math.floor((now || w.last_event_ts) / 300) * 300 - (n - 1) * 300;
+    wfChart.set({ start, n, layers: [{ name, label: name, values: grid(w.series, start, n, 300) }] });
 
     const tokenRows = [
       ["Input (whole prompt)", "input_tokens"], ["· cache reads", "cached_tokens"], ["· cache writes", "cache_write_tokens"],
@@ -1141,13 +1144,13 @@
       state.lastOk = Date.now();
       document.body.dataset.loaded = "1"; // for tests and scripts: the first data has been drawn
     } catch (err) {
-      state.failing = err instanceof ApiError ? err : new ApiError(-1, `the page failed to draw the data (${err && err.message})`);
+      state.failing = err instanceof ApiError ? err : new ApiError(-1, `The page failed to draw the data (${err && err.message})`);
       if (!(err instanceof ApiError)) console.error(err); // eslint-disable-line no-console
     } finally {
       running = false;
       setFreshness();
       document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
-      timer = setTimeout(tick, POLL_MS);
+      timer = setTimeout(tick, document.hidden ? POLL_MS * 5 : POLL_MS); // a background tab polls slower
     }
   }
 
