@@ -79,6 +79,17 @@ def test_the_summary_adds_up_what_the_engine_counted(fed: tuple[ReadModel, Monit
     assert budget["workflow"] == "support" and budget["day_used"] == pytest.approx(support / 5_000_000, abs=1e-4)
 
 
+def test_budget_rows_carry_the_spend_and_the_limits_the_burn_bars_show(fed: tuple[ReadModel, Monitor]) -> None:
+    model, m = fed
+    [row] = model.summary()["budgets"]
+    spent = micros_to_usd(m.workflows["support"].totals(m.clock.keys(T0)[0])[0])
+    assert (row["day_budget_usd"], row["month_budget_usd"]) == (5.0, 100.0)
+    assert row["today_usd"] == pytest.approx(spent, abs=1e-6) and row["month_usd"] == row["today_usd"]
+    assert row["day_used"] == pytest.approx(spent / 5.0, abs=1e-4)
+    assert model.workflow("support")["budget"] == {"day_budget_usd": 5.0, "month_budget_usd": 100.0}  # type: ignore[index]
+    assert model.workflow("batch")["budget"] is None  # type: ignore[index]
+
+
 def test_cost_per_outcome_and_value_per_dollar_per_workflow_and_outcome(fed: tuple[ReadModel, Monitor]) -> None:
     model, m = fed
     [row] = model.outcome_rows("day")
@@ -123,6 +134,16 @@ def test_the_minute_series_is_the_growth_between_snapshots() -> None:
     assert [t for t, _ in points] == [T0, T0 + 180]  # the hour bucket seeded at first sight, then minute 3
     assert sum(usd for _, usd in points) == pytest.approx(micros_to_usd(m.workflows["wf"].spend.period("2025-12")[0]))
     assert points[0][1] == pytest.approx(micros_to_usd(first))
+
+
+def test_a_workflow_first_seen_shows_its_last_hour_at_five_minute_resolution() -> None:
+    m = run_monitor([usage(0, "wf", T0 + 600), usage(1, "wf", T0 + 3600 + 60), usage(2, "wf", T0 + 3600 + 1900)])
+    model = ReadModel()
+    model.apply_snapshot(snap(m, "wf"))  # first sight at 01:31:40: the 00:10 call is an hour old
+    points = model.workflow("wf")["series"]  # type: ignore[index]
+    assert [t for t, _ in points] == [T0, T0 + 3600, T0 + 3600 + 1800]  # 00:00 (hourly), 01:00 and 01:30 (5-min)
+    assert sum(usd for _, usd in points) == pytest.approx(micros_to_usd(m.workflows["wf"].spend.period("2025-12")[0]))
+    assert model.series(60)["total"][-1][0] == T0 + 3600 + 1800
 
 
 def test_a_series_ring_forgets_what_is_older_than_a_day() -> None:

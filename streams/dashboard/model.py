@@ -4,8 +4,9 @@ Kafka-free and clock-injected: `streams.dashboard.feed` hands it the records of 
 (snapshots, alerts, control) and the HTTP layer asks it for views (plain dicts, money in USD).
 The latest snapshot of each workflow is the truth about it (`detectors.engine.snapshot`); the
 per-minute spend history is built here from the growth of successive snapshots, seeded with
-the hourly buckets a workflow's first snapshot carries, so a restarted dashboard still shows
-the last 24 h (at hour resolution before it started, at minute resolution since).
+the buckets a workflow's first snapshot carries, so a restarted dashboard still shows the last
+24 h (before it started: the last hour at 5-minute resolution, earlier hours at hour resolution;
+at minute resolution since).
 
 Memory: one snapshot and one 1,440-minute ring (11.5 kB) per workflow; 10k workflows take
 about 200 MB. Bad records are counted and skipped, never fatal.
@@ -136,8 +137,8 @@ class ReadModel:
             self._newest, self.day, self.month = snap.ts, snap.day, snap.month
         if view is None:
             view = self.workflows[snap.workflow] = WorkflowView(snap)
-            for start, micros in snap.hourly:  # history before this dashboard saw the workflow
-                self._grew(snap, view.series, start, int(micros))
+            for start, micros in _history(snap):  # what happened before this dashboard saw the workflow
+                self._grew(snap, view.series, start, micros)
             self._grew_teams(None, snap)
             return True
         prev, view.snap = view.snap, snap
@@ -267,8 +268,9 @@ class ReadModel:
     def _budget_row(self, snap: WorkflowSnapshot) -> dict[str, Any] | None:
         if snap.budget is None:
             return None
-        used = _used(self._period(snap, "day").cost_micros, self._period(snap, "month").cost_micros, snap.budget)
-        return {"workflow": snap.workflow, **used}
+        day, month = self._period(snap, "day").cost_micros, self._period(snap, "month").cost_micros
+        return {"workflow": snap.workflow, **_used(day, month, snap.budget), "today_usd": usd(day),
+                "month_usd": usd(month), **_limits(snap.budget)}
 
     def workflow_rows(self, sort: str = "today", limit: int = 100, offset: int = 0,
                       team: str | None = None) -> dict[str, Any]:
@@ -303,6 +305,7 @@ class ReadModel:
             "series": [[t, usd(m)] for t, m in view.series.points(self.now)],
             "alerts": [self._alert_row(a) for a in reversed(self.alerts.values()) if a.workflow == name][:50],
             "unpriced_calls": s.unpriced_calls,
+            "budget": _limits(s.budget) if s.budget is not None else None,
         }
 
     def team_rows(self) -> list[dict[str, Any]]:
@@ -429,6 +432,19 @@ class ReadModel:
                 "teams": {name: [[t, usd(m)] for t, m in s.points(self.now, minutes)] for name, s in teams}}
 
 
+def _history(snap: WorkflowSnapshot) -> list[tuple[float, int]]:
+    """A first snapshot's spend history as (bucket start, micro-USD): the 1 h window's 5-minute buckets,
+    and the 24 h window's hourly buckets less what those 5-minute buckets already hold of them (so a
+    workflow first seen at 10:31 shows its 10:25 spend at 10:25, not at 10:00)."""
+    recent = [(float(start), int(micros)) for start, micros in snap.recent]
+    out = []
+    for start, micros in snap.hourly:
+        inside = sum(m for s, m in recent if start <= s < start + 3600)
+        if int(micros) > inside:
+            out.append((float(start), int(micros) - inside))
+    return sorted(out + recent)
+
+
 def _growth(prev_month: str, prev: int, month: str, cur: int) -> int:
     """Spend added between two cumulative month totals (a new month starts from zero)."""
     if month != prev_month:
@@ -451,6 +467,15 @@ def _sum(totals: Iterable[Totals]) -> Totals:
 def _tokens(t: Totals) -> dict[str, int]:
     return {"input": t.input_tokens, "output": t.output_tokens, "cache_read": t.cached_tokens,
             "cache_write": t.cache_write_tokens, "reasoning": t.reasoning_tokens}
+
+
+def _limits(budget: Any) -> dict[str, float | None]:
+    """A budget's limits in USD (None where there is none)."""
+    def limit(micros: int | None) -> float | None:
+        return usd(micros) if micros is not None else None
+    if budget is None:
+        return {"day_budget_usd": None, "month_budget_usd": None}
+    return {"day_budget_usd": limit(budget.day_micros), "month_budget_usd": limit(budget.month_micros)}
 
 
 def _used(day_micros: float, month_micros: float, budget: Any) -> dict[str, float | None]:
