@@ -326,3 +326,15 @@ def test_ten_thousand_workflows_stay_within_bounds() -> None:
     assert model.summary()["workflows"] == 10_000 and model.summary()["calls_today"] == 10_000
     assert len(model.workflow_rows(limit=1000)["workflows"]) == 1000
     assert len(model.team_rows()) == 40
+
+
+async def test_an_answer_is_reused_for_a_second_then_recomputed(fed: tuple[ReadModel, Monitor]) -> None:
+    """Many open pages cost one computation per route and second (10k workflows: ~0.2 s each)."""
+    model, m = fed
+    async with TestClient(TestServer(make_app(model, cache_s=3600))) as c:
+        before = await (await c.get("/api/v1/summary")).json()
+        run_monitor([usage(1000, "support", T0 + 7200)], m)
+        model.apply_snapshot(snap(m, "support"))
+        assert await (await c.get("/api/v1/summary")).json() == before  # cached
+    async with TestClient(TestServer(make_app(model, cache_s=0))) as c:
+        assert (await (await c.get("/api/v1/summary")).json())["calls_today"] == before["calls_today"] + 1

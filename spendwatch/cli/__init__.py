@@ -116,6 +116,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from spendwatch.bench.report import print_bench
     from spendwatch.bench.run import run_bench
 
+    if args.dashboard:
+        from spendwatch.bench.dashboard import print_dashboard_bench, run_dashboard_bench
+
+        result = run_dashboard_bench(args.dashboard)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print_dashboard_bench(result)
+        return 0
     if args.kill:
         from spendwatch.bench.kill import run_kill_bench
 
@@ -192,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     bn.add_argument("--kill", action="store_true", help="measure kill latency instead: looping agent runtime "
                     "→ detection → signed kill → SpendKilled in the SDK guard")
+    bn.add_argument("--dashboard", type=int, metavar="WORKFLOWS", help="measure the dashboard instead: catch-up "
+                    "time, API latency, memory and page load with this many workflows (e.g. 10000)")
     bn.add_argument("--trials", type=int, default=20, help="looping runs for --kill (default: %(default)s)")
 
     s = add("schema", "Wire-contract tools.", None)

@@ -75,8 +75,14 @@ KNOWN = {
 }
 
 
-def make_app(model: ReadModel, token: str | None = None, ready: Callable[[], bool] = lambda: True) -> web.Application:
-    """The aiohttp application over `model`; `token` (if any) is required on every route but /healthz."""
+def make_app(model: ReadModel, token: str | None = None, ready: Callable[[], bool] = lambda: True,
+             cache_s: float = 1.0) -> web.Application:
+    """The aiohttp application over `model`; `token` (if any) is required on every route but /healthz.
+
+    An API answer is reused for `cache_s` seconds: with 10k workflows a summary costs ~0.2 s of CPU,
+    and every open page asks every 2 s, so the cost stays one computation per second however many
+    people watch."""
+    cache: dict[str, tuple[float, bytes]] = {}
 
     @web.middleware
     async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -97,7 +103,19 @@ def make_app(model: ReadModel, token: str | None = None, ready: Callable[[], boo
         if known is not None and (extra := sorted(set(request.query) - known)):
             raise BadQuery(f"unknown query parameter {', '.join(extra)}; this route takes "
                            f"{', '.join(sorted(known)) or 'none'}")
-        response = await handler(request)
+        api = request.path.startswith("/api/")
+        now = asyncio.get_running_loop().time()
+        hit = cache.get(request.path_qs) if api else None
+        if hit is not None and now - hit[0] < cache_s:
+            response: web.StreamResponse = web.Response(body=hit[1], content_type="application/json",
+                                                        headers={"Cache-Control": "no-store"})
+        else:
+            response = await handler(request)
+            body = response.body if isinstance(response, web.Response) else None
+            if api and isinstance(body, bytes) and response.status == 200 and cache_s > 0:
+                if len(cache) >= 1000:
+                    cache.clear()
+                cache[request.path_qs] = (now, body)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Content-Security-Policy", "default-src 'self'; img-src 'self' data:")
         return response
