@@ -110,6 +110,50 @@ def test_denser_spikes_no_higher_than_usual_score_by_their_mean() -> None:
     assert max(feed(m, dense)) > 0.5  # but 1 spike in 5 rows, not 1 in 50, is a new 32-row mean
 
 
+def daily(days: int, rng: random.Random, rises: bool = True) -> list[float]:
+    """5-minute rows of a day that rises from 20 to 80 for rows 100-199 of its 288."""
+    return [(80.0 if rises and 100 <= i % 288 < 200 else 20.0) + rng.gauss(0, 1) for i in range(288 * days)]
+
+
+def feed_at(model: NoveltyScorer, values: list[float], start: int = 0) -> list[float]:
+    out = []
+    for i, v in enumerate(values, start):
+        x = {"ts": T0 + 300.0 * i, "value": v}
+        out.append(model.score_one(x))
+        model.learn_one(x)
+    return out
+
+
+def test_a_day_that_does_not_rise_scores_by_the_time_of_day_profile() -> None:
+    rng = random.Random(7)
+    m = NoveltyScorer()
+    usual = feed_at(m, daily(6, rng))
+    assert max(usual[4 * 288:]) < 0.45  # days 5-6: the rise is known
+    flat = feed_at(m, daily(1, rng, rises=False), 6 * 288)
+    assert max(flat) > 0.5 and flat.index(max(flat)) in range(100, 110)  # every value is common, not at 9:00
+    flat_again = feed_at(NoveltyScorer(days=0), daily(6, random.Random(7)) + daily(1, random.Random(0), False))
+    assert max(flat_again[6 * 288:]) < 0.3  # without the profile it goes unseen
+
+
+def test_bins_widen_with_the_noise_so_a_noisier_series_does_not_page_on_every_tail() -> None:
+    def pages(widen: float) -> int:
+        rng = random.Random(8)
+        values = [50 + rng.gauss(0, 0.2) for _ in range(600)] + [50 + rng.gauss(0, 2) for _ in range(3000)]
+        return sum(s > 0.5 for s in feed(NoveltyScorer(widen=widen), values)[1600:])
+    assert pages(0.5) <= 2 < 10 <= pages(0.0)
+
+
+def test_dump_and_load_continue_exactly_with_the_profile() -> None:
+    rng = random.Random(9)
+    values = daily(5, rng)
+    a, b = NoveltyScorer(), NoveltyScorer()
+    feed_at(a, values[:1000])
+    b.load(orjson.loads(orjson.dumps(a.dump())))
+    assert a._profile and a._season.buffer
+    assert feed_at(a, values[1000:], 1000) == feed_at(b, values[1000:], 1000)
+    assert len(a._profile) == 288 and max(len(k) for k in a._profile.values()) == 4  # days + 1, however long
+
+
 def test_a_format_1_doc_loads_and_the_mean_warms_up_again() -> None:
     rng = random.Random(5)
     values = [rng.gauss(10, 1) for _ in range(900)]
