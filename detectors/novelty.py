@@ -8,10 +8,12 @@ scores ≈ 0.52, one in the series' most common bins well under 0.3. Bins are a 
 the spread of the warm-up (its 1st–99th percentile over `bins`), so a new level or a bigger burst
 lands in a new bin; a daily pattern's levels are all seen after one day, so a nightly batch stops
 scoring once its level is known. Neighbouring bins count `smooth` as much (a value next to a common
-one is not rare). Beyond `MAX_BINS_OUT` warm-up ranges either side the bins grow geometrically
-(each `GROWTH` times further out than the last), so a burst ten times the biggest one seen is still
-new where fixed-width bins would have clamped it into the same far bin (a series that was all zeros
-in its warm-up, or that moved to a level far beyond it, could otherwise never look new again).
+one is not rare). Beyond `MAX_BINS_OUT` (one) warm-up range either side the bins grow
+geometrically (each twice as far out as the last): fine grain where the series lives, a log scale
+far from it, so a burst ten times the biggest one seen is still new, where fixed-width bins clamped
+far out would put it in the same bin (a series that was all zeros in its warm-up, or that moved to a
+level far beyond it, could then never look new again), while the next nightly blip a little higher
+than the last one is not.
 
 A second histogram does the same for the mean of the last `span` rows: a burst of spikes each no
 higher than the usual ones, or a level that moved within the seen range but stays there, is a new
@@ -35,18 +37,21 @@ State is bounded however long a series runs: each histogram holds at most `max_b
 the window `span` − 1 values, the profile 288 slots × (`days` + 1) means.
 
 Measured on NAB (`spendwatch replay nab ../shared/data/nab_dev --out DIR`: 35 real and artificial
-series, NAB's rules): 76.0 standard, 71.7 reward_low_FP, 79.3 reward_low_FN (standard per category:
-artificialWithAnomaly 91.7, realAWSCloudwatch 74.9, realTraffic 72.1; 43 of 50 windows, 41
+series, NAB's rules): 76.6 standard, 73.1 reward_low_FP, 79.7 reward_low_FN (standard per category:
+artificialWithAnomaly 91.7, realAWSCloudwatch 75.9, realTraffic 72.0; 43 of 50 windows, 33
 false-positive rows), against 0.0 for the Holt–Winters `SeriesScorer`, 37.1 for a windowed Gaussian,
 74.8 for ARTime, 75.4 for Numenta HTM and 77.0 for contextOSE on the same files. Each step, on the
 same corpus (standard / low_FP / low_FN): the value histogram alone 67.5 / 63.3 / 71.0; geometric
-bins past the linear reach 69.3 / 65.1 / 72.9; the short-window mean beside it 72.9 / 67.3 / 76.6
-(spans of 16, 24 and 48 rows give 72.7–72.9); the rest's `BEAT` 73.2 / 67.9 / 76.8; the time-of-day
-departure 74.8 / 69.2 / 78.5 (74.6–74.9 with 5-, 10- or 15-minute slots, 2 or 3 days; 72.1 with
-one bin per tenth of the warm-up range instead of one per range, 73.1 with 15-minute slots and no
-neighbours); widening the value's bins 76.0 / 71.7 / 79.3 (`widen` 0.35: 75.3, 0.25: no change,
-0.7: 73.1, 1.0: 74.0; with the mean's bins widened too 75.7; with the changes clipped at 3 or 10
-times their mean, 75.0–75.2).
+bins past the linear reach (then eight warm-up ranges) 69.3 / 65.1 / 72.9; the short-window mean
+beside it 72.9 / 67.3 / 76.6 (spans of 16, 24 and 48 rows give 72.7–72.9); the rest's `BEAT` 73.2 /
+67.9 / 76.8; the time-of-day departure 74.8 / 69.2 / 78.5 (74.6–74.9 with 5-, 10- or 15-minute
+slots, 2 or 3 days; 72.1 with one bin per tenth of the warm-up range instead of one per range, 73.1
+with 15-minute slots and no neighbours); widening the value's bins 76.0 / 71.7 / 79.3 (`widen` 0.35:
+75.3, 0.4: 75.4, 0.6: 74.4, 0.7: 73.1, 0.25: no change; with the mean's bins widened too 75.7; with
+the changes clipped at 3 or 10 times their mean, 75.0–75.2); fixed-width bins reaching one warm-up
+range out instead of eight 76.6 / 73.1 / 79.7 (two or four: 76.1; twelve: 75.9; half a range: 68.3,
+the geometric bins then start inside the series' own range; with growth 1.25, 1.5 or 2.5 instead of
+2: 76.3, 76.7, 75.0).
 Tried and dropped, each lower on the same corpus (standard): Numenta's anomaly likelihood on top
 (50.6), a distance-graded score for unseen bins (61.9), an asinh value transform (55.2), sequence
 contexts of coarse levels in the manner of contextOSE (56.4), an hour-of-day histogram beside the
@@ -96,7 +101,7 @@ class _Histogram:
     """Counts of one feature's values in bins: fixed-width ones set from the warm-up's spread, then
     geometric ones far out. Plain state, scored and learned by `NoveltyScorer`."""
 
-    MAX_BINS_OUT = 8
+    MAX_BINS_OUT = 1
     GROWTH = 2.0
     MAX_GROWTHS = 64
 
@@ -206,7 +211,7 @@ class NoveltyScorer(base.AnomalyDetector):
 
     MAX_BINS_OUT = _Histogram.MAX_BINS_OUT
     """Fixed-width bins reach this many warm-up ranges either side; geometric ones follow, so a
-    runaway series holds at most (2·8 + 1)·bins + 2·65 counts per histogram, however far it goes."""
+    runaway series holds at most 3·bins + 2·65 counts per histogram, however far it goes."""
 
     BEAT = 0.005
     """How much a score in the rest must beat the highest since to show."""
