@@ -169,6 +169,11 @@ def test_a_format_1_doc_loads_and_the_mean_warms_up_again() -> None:
     c = NoveltyScorer()
     c.load(orjson.loads(orjson.dumps(a.dump())))  # an infinite value in the window survives JSON
     assert c.dump() == a.dump()
+    d = NoveltyScorer()
+    feed(d, [1.0, math.inf, 1.7e308, -1.7e308, 2.0])  # in the warm-up, and changes beyond the float range
+    e = NoveltyScorer()
+    e.load(orjson.loads(orjson.dumps(d.dump())))
+    assert e.dump() == d.dump()
 
 
 @pytest.mark.parametrize("doc", [{}, {"buffer": None, "lo": 0.0, "width": 0.0, "total": 1.0, "counts": [],
