@@ -338,3 +338,11 @@ async def test_an_answer_is_reused_for_a_second_then_recomputed(fed: tuple[ReadM
         assert await (await c.get("/api/v1/summary")).json() == before  # cached
     async with TestClient(TestServer(make_app(model, cache_s=0))) as c:
         assert (await (await c.get("/api/v1/summary")).json())["calls_today"] == before["calls_today"] + 1
+
+
+async def test_a_client_that_floods_gets_429_with_retry_after() -> None:
+    async with TestClient(TestServer(make_app(ReadModel(), rate_per_s=5.0))) as c:
+        codes = [(await c.get("/healthz")).status for _ in range(40)]
+        assert codes[:15].count(200) == 15 and 429 in codes  # a burst of three seconds' worth, then refused
+        r = await c.get("/api/v1/summary")
+        assert r.status == 429 and r.headers["Retry-After"] == "1" and "slow down" in (await r.json())["error"]

@@ -75,18 +75,49 @@ KNOWN = {
 }
 
 
+class RateLimit:
+    """A token bucket per client address, on an injected clock (`allow(key, now)`).
+
+    >>> r = RateLimit(1.0, burst=2.0)
+    >>> [r.allow("a", 0.0), r.allow("a", 0.0), r.allow("a", 0.0), r.allow("b", 0.0), r.allow("a", 1.0)]
+    [True, True, False, True, True]
+    """
+
+    MAX_CLIENTS = 10_000
+
+    def __init__(self, rate_per_s: float, burst: float):
+        self.rate, self.burst = rate_per_s, burst
+        self.buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
+
+    def allow(self, key: str, now: float) -> bool:
+        tokens, at = self.buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if len(self.buckets) >= self.MAX_CLIENTS and key not in self.buckets:
+            self.buckets.clear()  # a flood of addresses: start over rather than grow
+        if tokens < 1.0:
+            self.buckets[key] = (tokens, now)
+            return False
+        self.buckets[key] = (tokens - 1.0, now)
+        return True
+
+
 def make_app(model: ReadModel, token: str | None = None, ready: Callable[[], bool] = lambda: True,
-             cache_s: float = 1.0) -> web.Application:
+             cache_s: float = 1.0, rate_per_s: float = 20.0) -> web.Application:
     """The aiohttp application over `model`; `token` (if any) is required on every route but /healthz.
 
     An API answer is reused for `cache_s` seconds: with 10k workflows a summary costs ~0.2 s of CPU,
     and every open page asks every 2 s, so the cost stays one computation per second however many
-    people watch."""
+    people watch. Each client address may make `rate_per_s` requests a second (bursts of three
+    seconds' worth); beyond, 429 with Retry-After (an open page makes about 3 a second)."""
     cache: dict[str, tuple[float, bytes]] = {}
+    limiter = RateLimit(rate_per_s, burst=max(rate_per_s * 3, 1.0))
 
     @web.middleware
     async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                     ) -> web.StreamResponse:
+        if not limiter.allow(request.remote or "?", asyncio.get_running_loop().time()):
+            raise web.HTTPTooManyRequests(text='{"error": "too many requests from this address; slow down"}',
+                                          content_type="application/json", headers={"Retry-After": "1"})
         if token is not None and request.path not in OPEN_PATHS:
             given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
             given = given or request.cookies.get(COOKIE, "")
