@@ -6,6 +6,7 @@ its own to the dead-letter topic (56 % of the spend in a trial mixing old and ne
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +43,10 @@ def test_a_publisher_that_adds_a_field_is_counted_and_the_field_named(fresh_brok
     assert not read_all(broker.bootstrap, "spendwatch.deadletter")
     assert worker.poll() is None
     log = (tmp_path / "worker.log").read_text(errors="replace")
-    assert "region (200)" in log and "strict_contract" in log, log[-2000:]
+    # The line is written when a name is first seen (then hourly), so its count is what the first
+    # batch that carried the field held: which batch that is depends on timing, not on the product.
+    seen = re.search(r"do not know, ignored \(their spend counts\): region \((\d+)\)", log)
+    assert seen and 1 <= int(seen.group(1)) <= 200 and "strict_contract" in log, log[-2000:]
 
 
 def _ingest(strict: bool, events: list[dict[str, Any]]) -> tuple[Ingestor, Any]:
