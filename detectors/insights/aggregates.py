@@ -79,7 +79,7 @@ def new_model_day() -> list[Any]:
 class WorkflowAggregates:
     """One workflow's insight state."""
 
-    __slots__ = ("days", "runs", "waste", "providers", "first", "swept", "dropped", "cached")
+    __slots__ = ("days", "runs", "waste", "providers", "first", "swept", "dropped", "per_run", "cached")
 
     def __init__(self) -> None:
         self.days: dict[int, dict[str, list[Any]]] = {}
@@ -92,6 +92,8 @@ class WorkflowAggregates:
         """Event time of the first call still inside the kept days (the span the per-day rates divide by)."""
         self.swept = 0.0
         self.dropped = 0
+        self.per_run = False
+        """The workflow sends outcomes per run (with a `run_id`): only then is a run without one waste."""
         self.cached: tuple[float, list[dict[str, Any]]] | None = None
         """(event time, insights) last computed: the snapshot reuses them for `refresh` seconds."""
 
@@ -119,6 +121,7 @@ class WorkflowAggregates:
             "runs": self.runs,
             "waste": {str(d): models for d, models in self.waste.items()},
             "providers": self.providers, "first": self.first, "swept": self.swept, "dropped": self.dropped,
+            "per_run": self.per_run,
         }
 
     @classmethod
@@ -143,4 +146,5 @@ class WorkflowAggregates:
                                   for m, w in state.obj(models).items()}
         wf.providers = {state.text(m): state.opt_text(p) for m, p in state.obj(d["providers"]).items()}
         wf.first, wf.swept, wf.dropped = state.num(d["first"]), state.num(d["swept"]), state.count(d["dropped"])
+        wf.per_run = state.flag(d["per_run"])
         return wf

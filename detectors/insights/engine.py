@@ -89,7 +89,9 @@ class InsightParams:
     max_prompt_tokens: int
     max_output_tokens: int
     min_success: float
+    min_share: float
     cache_min_prompt_tokens: int
+    low_cache_share: float
     min_growth: float
 
 
@@ -103,7 +105,9 @@ class InsightsEngine:
     opportunities are not reported. `min_calls`: calls a model needs in the window. A call looks
     routine with at most `max_prompt_tokens` prompt and `max_output_tokens` output tokens, no
     reasoning tokens and status ok, on a model whose calls succeed at least `min_success` of the
-    time. Caching is judged for models whose median prompt has `cache_min_prompt_tokens` or more;
+    time; reported when at least `min_share` of the model's calls look so. Caching is judged for
+    models whose median prompt has `cache_min_prompt_tokens` or more and whose cache-read share is
+    below `low_cache_share`;
     context bloat is prompt tokens per call up by `min_growth` or more week over week. `refresh`:
     seconds of event time the computed insights are reused (snapshots ask often). `idle`: a run
     silent this long is over (default: the loop detector's). `interval`: seconds between sweeps.
@@ -113,15 +117,15 @@ class InsightsEngine:
 
     def __init__(self, tiers: Mapping[str, str] | None = None, hit_rate: float = 0.30, window_days: int = 7,
                  min_usd_per_day: float = 1.0, min_calls: int = 20, max_prompt_tokens: int = 2048,
-                 max_output_tokens: int = 256, min_success: float = 0.95, cache_min_prompt_tokens: int = 4096,
-                 min_growth: float = 0.25, refresh: float = 60.0, idle: float | None = None,
-                 interval: float = 60.0):
+                 max_output_tokens: int = 256, min_success: float = 0.95, min_share: float = 0.05,
+                 cache_min_prompt_tokens: int = 4096, low_cache_share: float = 0.10, min_growth: float = 0.25,
+                 refresh: float = 60.0, idle: float | None = None, interval: float = 60.0):
         if not 1 <= window_days <= 7:
             raise ValueError("window_days must be 1 to 7 (two windows fit in the 14 days kept)")
         self.tiers = dict(tiers or {})
         self.params = InsightParams(TierMap([*self.tiers.items(), *DEFAULT_TIERS.items()]), hit_rate, window_days,
                                     min_usd_per_day, min_calls, max_prompt_tokens, max_output_tokens, min_success,
-                                    cache_min_prompt_tokens, min_growth)
+                                    min_share, cache_min_prompt_tokens, low_cache_share, min_growth)
         self.refresh, self.idle, self.interval = refresh, idle, interval
         self.workflows: dict[str, WorkflowAggregates] = {}
 
@@ -141,8 +145,10 @@ class InsightsEngine:
         for ev, micros in zip(events, costs):
             rid = ev.run_id
             if ev.type == "outcome":
-                if rid is not None and (run := runs.get(rid)) is not None:
-                    run[FLAGS] |= ENDED
+                if rid is not None:
+                    wf.per_run = True
+                    if (run := runs.get(rid)) is not None:
+                        run[FLAGS] |= ENDED
                 continue
             ts = ev.ts
             if ts >= day_end or ts < day_start:
@@ -227,17 +233,19 @@ class InsightsEngine:
         wf.swept = now
         idle = self.idle if self.idle is not None else IDLE
         for rid in [rid for rid, run in wf.runs.items() if now - run[LAST] > idle]:
-            self._judge(wf, wf.runs.pop(rid))
+            self._judge(wf, wf.runs.pop(rid), wf.per_run)
         wf.prune(now)
         if wf.fresh():
             del self.workflows[workflow]
 
     @staticmethod
-    def _judge(wf: WorkflowAggregates, run: list[Any]) -> None:
+    def _judge(wf: WorkflowAggregates, run: list[Any], per_run: bool) -> None:
+        """A run that is over: waste if it looped, was a zombie's, or (in a workflow that reports
+        outcomes per run) ended without one."""
         flags = run[FLAGS]
         if flags & LOOP:
             reason, tokens, micros = W_LOOP, run[TOKENS] + run[POST_TOKENS], run[RUN_MICROS] + run[POST_MICROS]
-        elif not flags & ENDED:
+        elif not flags & ENDED and (per_run or flags & ZOMBIE):
             reason, tokens, micros = (W_ZOMBIE if flags & ZOMBIE else W_NO_OUTCOME), run[TOKENS], run[RUN_MICROS]
         elif flags & ZOMBIE:  # spent on after its outcome: only that part is waste
             reason, tokens, micros = W_ZOMBIE, run[POST_TOKENS], run[POST_MICROS]

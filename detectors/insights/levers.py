@@ -122,7 +122,8 @@ def right_sizing(workflow: str, models: dict[str, list[Any]], win: Window, provi
         if target is None or v[R_CALLS] < p.min_calls or not v[CALLS]:
             continue
         success = 1.0 - v[ERRORS] / v[CALLS]
-        if success < p.min_success:
+        share = v[R_CALLS] / v[CALLS]
+        if success < p.min_success or share < p.min_share:
             continue
         rate = rate_of(prices, target, providers.get(model))
         if rate is None:
@@ -131,7 +132,6 @@ def right_sizing(workflow: str, models: dict[str, list[Any]], win: Window, provi
         saved = (v[R_MICROS] - there) / win.span_days
         if saved / 1e6 < p.min_usd_per_day:
             continue
-        share = v[R_CALLS] / v[CALLS]
         evidence = {
             "target_model": target, "calls": v[CALLS], "routine_calls": v[R_CALLS], "routine_share": round(share, 4),
             "routine_shape": {"max_prompt_tokens": p.max_prompt_tokens, "max_output_tokens": p.max_output_tokens,
@@ -170,6 +170,8 @@ def caching(workflow: str, models: dict[str, list[Any]], win: Window, providers:
         if p_read >= p_in:
             continue  # no cache discount to gain
         share = v[CACHE_READ] / prompt
+        if share >= p.low_cache_share:
+            continue
         gap = max(0.0, p.hit_rate - share)
         saved = gap * prompt * (p_in - p_read) / PICO_PER_MICRO / win.span_days
         if saved / 1e6 < p.min_usd_per_day:
