@@ -294,3 +294,13 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, monkeypatch, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("spendwatch: error:") and "\n" not in err
+
+
+def test_the_backtest_report_has_an_insights_section(tmp_path: Path):
+    from replay.backtest import backtest
+
+    events = [e for e in traffic() if e["ts"] >= T0 + 13 * DAY and e["workflow"] == "resend"]
+    summary = backtest(events, tmp_path)
+    assert [(i["workflow"], i["kind"]) for i in summary["insights"]] == [("resend", "caching")]
+    page = (tmp_path / "report.html").read_text()
+    assert "Savings insights: 1" in page and "resend" in page
