@@ -94,6 +94,8 @@ def backtest(events: Iterable[dict[str, Any] | Event], out_dir: Path, monitor: M
         "spend_usd_by_workflow": {wf: round(micros_to_usd(sum(s.values())), 6) for wf, s in sorted(res.spend.items())},
         "unpriced_models": dict(monitor.prices.unpriced),
         "elapsed_s": round(elapsed, 3), "events_per_s": round(res.events / elapsed) if elapsed else None,
+        "insights": sorted((i for wf in sorted(monitor.workflows) for i in monitor.insights(wf, fresh=True)),
+                           key=lambda i: -i["usd_per_day"]),
     }
     if labels is not None:
         summary["score"] = score(fired, labels, res.watched)

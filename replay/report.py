@@ -107,6 +107,13 @@ def write_report(out_dir: Path, summary: dict[str, Any], res: Replayed, tick: fl
                   '<img src="ttd.png" alt="time to detect">', "<h2>Incidents</h2>",
                   _table(score["incidents"][:300], ["type", "subject", "id", "start", "end", "detected_at", "ttd_s",
                                                     "saved_usd", "alert_id"])]
+    insights = summary.get("insights") or []
+    parts += [f"<h2>Savings insights: {len(insights)}</h2>",
+              "<p>Dollars per day and per 30-day month at catalog prices, over the last week of the traffic's event "
+              "time (README: Insights). Right-sizing names candidates, not a quality verdict.</p>",
+              _table([{**i, "usd_per_day": f"${i['usd_per_day']:,.2f}", "usd_per_month": f"${i['usd_per_month']:,.0f}"}
+                      for i in insights[:100]], ["usd_per_day", "usd_per_month", "kind", "workflow", "model",
+                                                  "summary"])]
     parts += ["<h2>Alerts</h2>",
               _table([a.model_dump() for a in res.alerts[:300]], ["ts", "kind", "severity", "status", "workflow",
                                                                   "agent_id", "run_id", "summary"])]

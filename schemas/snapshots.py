@@ -8,7 +8,7 @@ bad record is skipped and counted, never fatal.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -77,6 +77,21 @@ class Run(_Strict):
     flagged: bool = False
 
 
+InsightKind = Literal["right_sizing", "caching", "context_bloat", "token_waste"]
+
+
+class Insight(_Strict):
+    """A savings opportunity of the workflow (`detectors/insights/`): dollars at stake and why."""
+
+    kind: InsightKind
+    workflow: Name
+    model: str | None = None
+    usd_per_day: float = Field(ge=0)
+    usd_per_month: float = Field(ge=0)
+    evidence: dict[str, Any] = {}
+    summary: str = ""
+
+
 OutcomeCounts = dict[Name, Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]]
 """Outcome name -> [count, value_micros]."""
 
@@ -98,3 +113,4 @@ class WorkflowSnapshot(_Strict):
     budget: BudgetLimits | None = None
     runs: list[Run] = []
     unpriced_calls: Count = 0
+    insights: list[Insight] = Field(default=[], description="savings opportunities, biggest first")

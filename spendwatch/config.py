@@ -14,6 +14,7 @@ from detectors.detector import Detector
 from detectors.engine.budgets import BudgetConfig
 from detectors.engine.monitor import Monitor
 from detectors.engine.periods import PeriodClock
+from detectors.insights import InsightsEngine
 from detectors.loops import FEATURES as RUN_FEATURES
 from detectors.policy import PolicyConfig
 from detectors.pricing.prices import PriceBook, Rate
@@ -214,6 +215,57 @@ class DetectorsConfig(_Strict):
         return {kind: getattr(self, kind).kwargs() for kind in registry.DETECTORS}
 
 
+class RoutineShape(_Strict):
+    """What a call that a cheaper model could serve looks like (right-sizing)."""
+
+    max_prompt_tokens: int = Field(default=2048, ge=1)
+    max_output_tokens: int = Field(default=256, ge=1)
+    min_success: float = Field(default=0.95, ge=0, le=1)
+    """Share of the model's calls in the workflow that succeed (status ok)."""
+    min_share: float = Field(default=0.05, ge=0, le=1)
+    """Share of the model's calls that must look routine for the insight to be reported."""
+
+
+class InsightsConfig(_Strict):
+    """`detectors.insights.InsightsEngine`: savings levers per workflow (README "Insights")."""
+
+    hit_rate: float = Field(default=0.30, gt=0, le=1)
+    """Cache-read share of prompt tokens assumed reachable by caching."""
+    window_days: int = Field(default=7, ge=1, le=7)
+    """Days an insight looks at; trends compare them with the same many days before."""
+    min_usd_per_day: float = Field(default=1.0, ge=0)
+    """Smaller opportunities are not reported."""
+    min_calls: int = Field(default=20, ge=1)
+    """Calls a model needs in the window to be judged."""
+    cache_min_prompt_tokens: int = Field(default=4096, ge=1)
+    """Caching is judged for models whose median prompt is at least this long..."""
+    low_cache_share: float = Field(default=0.10, ge=0, le=1)
+    """...and whose cache-read share of prompt tokens is below this."""
+    min_growth: float = Field(default=0.25, gt=0)
+    """Context bloat: prompt tokens per call up by at least this share week over week."""
+    routine: RoutineShape = Field(default_factory=RoutineShape)
+    tiers: dict[Annotated[str, Field(min_length=1, max_length=200)], Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=dict)
+    """Frontier model (name or `*` pattern) → cheaper model, tried before the built-in map
+    (`detectors/insights/tiers.py`); "" turns a built-in entry off."""
+
+    @field_validator("tiers")
+    @classmethod
+    def _patterns(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, target in v.items():
+            if key.count("*") > 1 or target.count("*") > 1 or (target.count("*") and not key.count("*")):
+                raise ValueError(f"{key!r} = {target!r}: one * at most, and a * in the target needs one in the model")
+        return v
+
+    def build(self) -> InsightsEngine:
+        return InsightsEngine(tiers=self.tiers, hit_rate=self.hit_rate, window_days=self.window_days,
+                              min_usd_per_day=self.min_usd_per_day, min_calls=self.min_calls,
+                              max_prompt_tokens=self.routine.max_prompt_tokens,
+                              max_output_tokens=self.routine.max_output_tokens, min_success=self.routine.min_success,
+                              min_share=self.routine.min_share, cache_min_prompt_tokens=self.cache_min_prompt_tokens,
+                              low_cache_share=self.low_cache_share, min_growth=self.min_growth)
+
+
 class Settings(_Strict):
     timezone: str = "UTC"
     dedup_window_s: float = Field(default=3600.0, ge=60, le=7 * 86400)
@@ -249,6 +301,7 @@ class Settings(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
+    insights: InsightsConfig = Field(default_factory=InsightsConfig)
     control_keys_file: Path | None = None
     """`kid:secret` lines for signing kill commands (default: $SPENDWATCH_CONTROL_KEYS)."""
 
@@ -270,7 +323,7 @@ class Settings(_Strict):
         """The engine this config runs: budgets, prices, timezone, dedup window and a fresh set of
         detectors (each call builds its own), over `stores` when a worker gives it tables."""
         return Monitor(self.budgets, self.price_book(), self.timezone, self.dedup_window_s,
-                       detectors=self.build_detectors(), **stores)
+                       detectors=self.build_detectors(), insights=self.insights.build(), **stores)
 
     def price_book(self) -> PriceBook:
         overrides = {name: o.rate(f"override:{name}") for name, o in self.pricing.overrides.items()}

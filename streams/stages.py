@@ -199,6 +199,7 @@ class IngestStage:
         self.monitor.teams.clear()
         for det in self.monitor.detectors:
             det.workflows.clear()
+        self.monitor.insight_engine.workflows.clear()
         self.saved_at.clear()
         self.seen.clear()
 

@@ -23,6 +23,7 @@ from detectors.engine.rollup import TeamState
 from detectors.engine.snapshot import workflow_snapshot
 from detectors.engine.versions import StateError
 from detectors.engine.workflow import WorkflowState
+from detectors.insights import InsightsEngine
 from detectors.loops import LoopDetector
 from detectors.pricing.money import micros_to_usd, usd_to_micros
 from detectors.pricing.prices import PriceBook, unpriced_alert
@@ -110,6 +111,7 @@ class Monitor:
         load_team: Callable[[str], TeamState | None] | None = None,
         detectors: Sequence[Detector] | None = None,
         load_detectors: Callable[[str], bytes | None] | None = None,
+        insights: InsightsEngine | None = None,
     ):
         self.budgets = budgets or BudgetConfig()
         self._burn_windows = self.budgets.burn_rate.windows()
@@ -125,6 +127,9 @@ class Monitor:
         self.detectors = list(detectors) if detectors is not None else build_detectors()
         self.inhibitor = Inhibitor(next((d.fold_share for d in self.detectors if isinstance(d, SpikeDetector)),
                                         FOLD_SHARE))
+        self.insight_engine = insights or InsightsEngine()
+        if self.insight_engine.idle is None:  # a run is over when the loop detector says so
+            self.insight_engine.idle = next((d.idle for d in self.detectors if isinstance(d, LoopDetector)), None)
         self._load_detectors = load_detectors
         self.failures = 0  # contained failures since start
         self.last_failures: deque[Failure] = deque(maxlen=100)
@@ -199,6 +204,8 @@ class Monitor:
         grouped: dict[tuple, list[int]] = {}
         unpriced: dict[tuple[str | None, str, str], list[int]] = {}  # (provider, model, day) -> [calls, micros]
         teams: set[str] = set()
+        applied: list[Event] = []  # with their costs, for the insights engine
+        costs: list[int] = []
         accepted = micros_sum = 0
         for ev in events:
             ts = ev.ts
@@ -216,6 +223,8 @@ class Monitor:
             keys = clock_keys(ts)
             if ev.type == "outcome":
                 st.add_outcome(keys, ev.outcome, usd_to_micros(ev.value_usd) if ev.value_usd else 0)
+                applied.append(ev)
+                costs.append(0)
                 for observe in observers:
                     observe(ev, 0)
                 continue
@@ -241,6 +250,8 @@ class Monitor:
                 vec[CACHE_WRITE] += ev.cache_write_tokens
                 vec[REASONING] += ev.reasoning_tokens
             micros_sum += micros
+            applied.append(ev)
+            costs.append(micros)
             for observe in observers:
                 observe(ev, micros)
             if ev.team is not None:
@@ -250,13 +261,16 @@ class Monitor:
         alerts = [a for det in self.detectors for a in det.flagged(st.watermark)]
         for (ts, keys, team, model, agent), vec in grouped.items():
             st.add_usage(ts, keys, vec, team, model, agent)
+        self.insight_engine.observe(name, applied, costs)
         alerts.extend(self._check_workflow_budget(st))
         for (provider, model, day), (calls, micros) in unpriced.items():
             if (mark := f"{day}:unpriced:{provider}/{model}") not in st.fired:
                 st.fired.add(mark)
                 alerts.append(unpriced_alert(name, model, provider, day, calls, micros, self.prices.fallback,
                                              st.watermark))
-        out.alerts.extend(self._fold(alerts))
+        folded = self._fold(alerts)
+        self.insight_engine.alerted(folded)
+        out.alerts.extend(folded)
         out.snapshots.extend(self._snapshot(st, team) for team in teams if team in st.by["team"])  # not folded
         if st.watermark - st.pruned_at >= PRUNE_EVERY:
             st.prune(self.dedup_window, self._keep_periods(st.watermark))
@@ -289,9 +303,9 @@ class Monitor:
         for part in self._stateful():
             part.workflows.pop(name, None)
 
-    def _stateful(self) -> list[Detector | Inhibitor]:
+    def _stateful(self) -> list[Detector | Inhibitor | InsightsEngine]:
         """Everything that keeps per-workflow state beside the totals, saved in the detectors blob."""
-        return [*self.detectors, self.inhibitor]
+        return [*self.detectors, self.inhibitor, self.insight_engine]
 
     def _fold(self, alerts: list[Alert]) -> list[Alert]:
         """Alerts through the correlation stage; if it raises, as they are (a duplicate page beats none).
@@ -341,7 +355,29 @@ class Monitor:
                 except Exception as exc:  # noqa: BLE001
                     self._failed("tick:burn_rate", name, exc)
         self.inhibitor.tick(now)
-        return self._fold(alerts)
+        for name in list(self.insight_engine.workflows):
+            try:
+                self.insight_engine.tick(name, now)
+            except Exception as exc:  # noqa: BLE001
+                self.insight_engine.workflows.pop(name, None)
+                self._failed("tick:insights", name, exc)
+        folded = self._fold(alerts)
+        self.insight_engine.alerted(folded)
+        return folded
+
+    def insights(self, workflow: str, fresh: bool = False) -> list[dict[str, Any]]:
+        """Savings opportunities of `workflow` at its event time, biggest first: dicts with `kind`
+        (right_sizing, caching, context_bloat, token_waste), `workflow`, `model`, `usd_per_day`,
+        `usd_per_month`, `evidence` and a one-line `summary` (`detectors/insights/`). Reused for the
+        engine's `refresh` seconds of event time unless `fresh`; [] if computing them fails."""
+        st = self.workflows.get(workflow)
+        if st is None:
+            return []
+        try:
+            return self.insight_engine.insights(workflow, st.watermark, self.prices, fresh)
+        except Exception as exc:  # noqa: BLE001 - a report must not take the snapshot down with it
+            self._failed("insights", workflow, exc)
+            return []
 
     def dump_detectors(self, workflow: str) -> bytes:
         """One workflow's detector state (models, runs, agents), for the detectors table: plain JSON
@@ -397,7 +433,7 @@ class Monitor:
         """What the dashboard sees of workflow `name` (`detectors.engine.snapshot`)."""
         loops = next((d for d in self.detectors if isinstance(d, LoopDetector)), None)
         runs = loops.in_flight(name) if loops is not None else []
-        return workflow_snapshot(self.workflow(name), self.clock, self.budgets, runs)
+        return workflow_snapshot(self.workflow(name), self.clock, self.budgets, runs, self.insights(name))
 
     def _keep_periods(self, now: float) -> set[str]:
         """Current and previous day and month: late events of yesterday still land in yesterday."""

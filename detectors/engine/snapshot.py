@@ -3,7 +3,7 @@
 Workers own partitions, so no one worker sees every workflow. Each publishes, for the
 workflows it changed, a self-contained snapshot (totals of the current day and month by
 token type, spend in the rolling windows and their buckets, the biggest teams, models and
-agents, outcomes by name, budgets, runs in flight) to a compacted topic keyed by workflow.
+agents, outcomes by name, budgets, runs in flight, savings insights) to a compacted topic keyed by workflow.
 The latest snapshot per workflow is then the whole truth about it: a dashboard reading the
 topic gets a consistent global view however many workers there are, and a restarted worker
 or dashboard loses nothing. The wire form is `schemas.snapshots.WorkflowSnapshot`.
@@ -32,7 +32,8 @@ def totals(vec: list[int]) -> dict[str, int]:
 
 
 def workflow_snapshot(st: WorkflowState, clock: PeriodClock, budgets: BudgetConfig,
-                      runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                      runs: list[dict[str, Any]] | None = None,
+                      insights: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The snapshot of `st` at its watermark (a plain dict, `WorkflowSnapshot`'s fields).
 
     >>> st = WorkflowState("triage")
@@ -81,4 +82,5 @@ def workflow_snapshot(st: WorkflowState, clock: PeriodClock, budgets: BudgetConf
                                                "month_micros": budget.micros("month")},
         "runs": runs or [],
         "unpriced_calls": st.unpriced,
+        "insights": insights or [],
     }

@@ -23,6 +23,7 @@ EPILOG = """examples:
   spendwatch worker --broker kafka://kafka:9092 --config spendwatch.toml
   spendwatch dashboard --broker kafka://kafka:9092   live page, JSON API and /metrics on 127.0.0.1:8080
   spendwatch report --broker kafka://kafka:9092 --by team --period month   showback per team
+  spendwatch insights traffic.jsonl.gz    savings opportunities in dollars (or --broker for a running system)
   spendwatch broker                       a local Kafka-compatible broker for development
   spendwatch emit events.jsonl --broker kafka://127.0.0.1:9092
   spendwatch schema export schemas-out/   JSON Schema files for publishers in other languages
@@ -216,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     from spendwatch.cli.report import add_report_command
 
     add_report_command(sub)
+    from spendwatch.cli.insights import add_insights_command
+
+    add_insights_command(sub)
     from spendwatch.cli.control import add_control_commands
 
     add_control_commands(sub)

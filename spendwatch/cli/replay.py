@@ -89,7 +89,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from detectors.engine.monitor import Monitor
     from replay.backtest import backtest
     from replay.labels import load_labels
     from spendwatch.config import load_settings
@@ -99,8 +98,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         labels = load_labels(args.labels) if args.labels else None
         events, stats = _traffic(args)
-        monitor = Monitor(settings.budgets, settings.price_book(), settings.timezone, settings.dedup_window_s,
-                          detectors=settings.build_detectors())
+        monitor = settings.build_monitor()
         with counting(console, "backtesting") as progress:
             summary = backtest(events, args.out, monitor, labels, progress=progress, tick=args.tick)
     except _user_errors() as err:

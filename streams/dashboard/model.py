@@ -407,6 +407,17 @@ class ReadModel:
                 row["cost_usd"] = usd(row["cost_usd"])
         return sorted(rows.values(), key=lambda r: (-r["cost_usd"], r.get("workflow") or r.get("team")))
 
+    def insights(self, workflow: str | None = None, kind: str | None = None, limit: int | None = None
+                 ) -> list[dict[str, Any]]:
+        """Savings opportunities from each workflow's latest snapshot, biggest dollars first."""
+        if workflow is None:
+            views: Iterable[WorkflowView] = self.workflows.values()
+        else:
+            views = [self.workflows[workflow]] if workflow in self.workflows else []
+        rows = [i.model_dump() for view in views for i in view.snap.insights if kind is None or i.kind == kind]
+        rows.sort(key=lambda r: (-r["usd_per_day"], r["workflow"], r["kind"]))
+        return rows[:limit] if limit is not None else rows
+
     def movers(self, n: int = 10) -> list[dict[str, Any]]:
         """Workflows whose last hour costs most over their usual hour (the 23 before it)."""
         rows: list[tuple[float, str, int, float]] = []
