@@ -279,3 +279,25 @@ def test_proxy_style_attribution_from_key_team_tags_and_headers():
     assert ev is not None and ev["workflow"] == "search-v2" and (ev["status"], ev["cost_usd"]) == ("cache_hit", 0.0)
     with pytest.raises(ValueError, match="unknown fields"):
         SpendwatchLogger("kafka://127.0.0.1:1", guard=False, mapping={"wokflow": ["=x"]})
+
+
+def test_the_proxy_loads_the_handler_from_its_config_path(monkeypatch):
+    """`callbacks: spendwatch.integrations.litellm.handler`, resolved by the proxy's own loader, configured by
+    the environment alone."""
+    from litellm.proxy.types_utils.utils import get_instance_fn
+
+    import spendwatch.integrations.litellm as module
+
+    monkeypatch.setenv("SPENDWATCH_BROKER", "kafka://127.0.0.1:1")
+    monkeypatch.setenv("SPENDWATCH_USAGE_TOPIC", "usage-x")
+    monkeypatch.setenv("SPENDWATCH_LITELLM_MAPPING", '{"workflow": "tag.app", "labels": {"who": "user_id"}}')
+    monkeypatch.setenv("SPENDWATCH_LITELLM_USE_COST", "true")
+    monkeypatch.delenv("SPENDWATCH_CONTROL_KEYS", raising=False)
+    try:
+        handler = get_instance_fn("spendwatch.integrations.litellm.handler")
+        assert isinstance(handler, SpendwatchLogger) and handler is module.handler
+        assert (handler.broker, handler.topic, handler.use_litellm_cost) == ("kafka://127.0.0.1:1", "usage-x", True)
+        assert handler.mapping["workflow"] == ("tag.app",) and handler.labels == {"who": "user_id"}
+        assert handler._guard is None  # no keys: usage is reported, kills are not enforced (and it says so)
+    finally:
+        module.__dict__.pop("handler", None)
