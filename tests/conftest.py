@@ -16,6 +16,7 @@ from streams.workflow_table import state_key
 from tests.fakeslack import FakeSlack
 
 ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm's import must not fetch its price map
 
 
 @pytest.fixture(scope="session")

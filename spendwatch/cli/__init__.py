@@ -27,6 +27,7 @@ EPILOG = """examples:
   spendwatch broker                       a local Kafka-compatible broker for development
   spendwatch emit events.jsonl --broker kafka://127.0.0.1:9092
   spendwatch schema export schemas-out/   JSON Schema files for publishers in other languages
+  spendwatch otel-bridge --broker kafka://kafka:9092   OpenTelemetry Collector spans → usage events
 """
 
 
@@ -226,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     from spendwatch.cli.replay import add_replay_commands
 
     add_replay_commands(sub)
+    from spendwatch.cli.otel import add_otel_command
+
+    add_otel_command(sub)
     return p
 
 
