@@ -251,11 +251,11 @@ class OpenAIStreamUsage:
     says `status="no_usage"`) or Responses API events (`response.completed`, `.failed` or `.incomplete`
     carry the whole response). Tool calls streamed as deltas are joined and fingerprinted.
 
-    >>> acc = OpenAIStreamUsage()                                       # doctest: +SKIP
-    >>> for chunk in client.chat.completions.create(..., stream=True,
+    >>> acc = OpenAIStreamUsage()
+    >>> for chunk in client.chat.completions.create(..., stream=True,   # doctest: +SKIP
     ...                                             stream_options={"include_usage": True}):
     ...     acc.add(chunk)
-    >>> emitter.emit(acc.event(workflow="support-bot"))
+    >>> emitter.emit(acc.event(workflow="support-bot"))                 # doctest: +SKIP
     """
 
     def __init__(self) -> None:
