@@ -236,7 +236,8 @@ class _AsyncStream:
 def _prepare(calls: _Calls, family: str, chat: bool, kwargs: dict[str, Any]) -> _Call:
     call = _Call(calls, family, kwargs)
     calls.check(call.fields)
-    if chat and kwargs.get("stream") is True and kwargs.get("stream_options") is None:
+    # absent, None, or the SDKs' falsy NOT_GIVEN / omit sentinels (what the `.stream()` helpers pass)
+    if chat and kwargs.get("stream") is True and not kwargs.get("stream_options"):
         kwargs["stream_options"] = {"include_usage": True}
     return call
 

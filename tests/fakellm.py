@@ -176,11 +176,29 @@ class FakeLLM:
                   sse({"type": "response.in_progress", "sequence_number": 1, "response": started},
                       "response.in_progress")]
         seq = 2
-        for word in r.text.split():
-            frames.append(sse({"type": "response.output_text.delta", "sequence_number": seq, "item_id": "msg_1",
-                               "output_index": 1, "content_index": 0, "delta": word + " ", "logprobs": []},
-                              "response.output_text.delta"))
+
+        def event(kind: str, **data: Any) -> None:
+            nonlocal seq
+            frames.append(sse({"type": kind, "sequence_number": seq, **data}, kind))
             seq += 1
+
+        for index, item in enumerate(output):  # each item announced before its content, as the API does
+            if item["type"] == "message":
+                event("response.output_item.added", output_index=index,
+                      item={**item, "status": "in_progress", "content": []})
+                event("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
+                      part={"type": "output_text", "text": "", "annotations": []})
+                for word in r.text.split():
+                    event("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
+                          delta=word + " ", logprobs=[])
+            elif item["type"] == "function_call":
+                event("response.output_item.added", output_index=index, item={**item, "arguments": ""})
+                for part in _cut(item["arguments"]):
+                    event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                          delta=part)
+            else:
+                event("response.output_item.added", output_index=index, item=item)
+            event("response.output_item.done", output_index=index, item=item)
         kind = "response.failed" if r.failed else "response.completed"
         frames.append(sse({"type": kind, "sequence_number": seq, "response": final}, kind))
         return await self._stream(request, frames)

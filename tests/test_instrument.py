@@ -189,3 +189,25 @@ def test_a_killed_run_is_refused_before_the_call_and_costs_nothing(broker, fake:
 def test_instrument_refuses_what_it_does_not_know():
     with pytest.raises(TypeError, match="knows openai"):
         spendwatch.instrument(object(), workflow="w", emitter=UsageEmitter("kafka://127.0.0.1:9"))
+
+
+def test_the_openai_stream_helpers_are_counted_through_create(broker, fake: FakeLLM):
+    """`chat.completions.stream()` and `responses.stream()` call `create(stream=True)`: counted once each, and
+    the chat helper gets its usage although it passes the SDK's `omit` for `stream_options`."""
+    topic = new_topic(broker)
+    fake.reply(Reply(usage=CHAT_USAGE, tools=[("grep", '{"pattern":"TODO","path":"src"}')]),
+               Reply(usage=RESPONSES_USAGE, text="all done"))
+    client = openai.OpenAI(api_key="sk-test", base_url=f"{fake.url}/v1", max_retries=0)
+    with UsageEmitter(broker.url, topic) as emitter:
+        instrument(client, workflow="helpers", emitter=emitter)
+        with client.chat.completions.stream(model="gpt-4o", messages=MSGS) as stream:
+            for _ in stream:
+                pass
+            assert stream.get_final_completion().usage.prompt_tokens == 1_200
+        with client.responses.stream(model="o3", input="hi") as rstream:
+            for _ in rstream:
+                pass
+            assert rstream.get_final_response().output_text == "all done"
+    chat, resp = delivered(broker, topic)
+    assert tokens(chat) == (1_200, 1_000, 0, 0, 300, 200) and chat["fingerprint"] == GREP_FP
+    assert tokens(resp) == (5_000, 4_096, 0, 0, 900, 700)
