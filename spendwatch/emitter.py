@@ -13,15 +13,25 @@ on, bound at `start()` or at the first `emit()` from inside a running loop,
 so an emitter constructed outside any loop (at import time, in another
 `asyncio.run`) works; one still running on a loop in another thread refuses
 to start on a second loop (`RuntimeError`) rather than losing events.
+
+Synchronous programs (scripts, Flask/Django workers, thread pools) call
+`start_thread()` (or use the emitter as a `with` block): the emitter then sends
+from a daemon thread running an event loop of its own, `emit()` may be called
+from any thread, and `close()` — or the interpreter's exit — flushes what is
+buffered. The asyncio path is unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import threading
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -36,6 +46,7 @@ Item = tuple[bytes, bytes]
 REFUSED_RECORD = (MessageSizeTooLargeError, CorruptRecordException)
 """Broker errors about one record that a retry cannot fix: the record is dropped (`invalid`), not retried."""
 LOG_EVERY_S = 60.0
+T = TypeVar("T")
 
 
 def bootstrap_of(broker: str) -> str:
@@ -50,10 +61,41 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+class LoopThread:
+    """An event loop running in a daemon thread: how synchronous programs run the SDK's asyncio parts
+    (the emitter's producer, the kill switch's follower)."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run `coro` on the thread's loop and wait for its result (at most `timeout` s)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
 class UsageEmitter:
     """
     >>> async def handler(emitter):                                 # doctest: +SKIP
     ...     emitter.emit(usage_from_openai(resp, workflow="support-bot"))
+
+    From synchronous code, a background thread sends:
+
+    >>> with UsageEmitter("kafka://127.0.0.1:9092").start_thread() as emitter:   # doctest: +SKIP
+    ...     emitter.emit(usage_from_openai(client.chat.completions.create(...), workflow="support-bot"))
 
     Counters: `sent`; `dropped` (buffer full); `invalid` (not a JSON-encodable dict,
     larger than one record may be, or refused by the broker as a record).
@@ -82,6 +124,7 @@ class UsageEmitter:
         self._started = False
         self._inflight = 0
         self._logged_at: dict[str, float] = {}
+        self._thread: LoopThread | None = None
 
     async def start(self) -> None:
         """Start sending from the running loop (emit() also does this on its first call inside a loop)."""
@@ -114,9 +157,58 @@ class UsageEmitter:
                               err, self.invalid)
             return False
         self.buffer.append((key, value))
-        if len(self.buffer) >= self.max_batch and loop is self._loop and self._wake is not None:
-            self._wake.set()
+        if len(self.buffer) >= self.max_batch and self._wake is not None:
+            if loop is self._loop:
+                self._wake.set()
+            elif len(self.buffer) == self.max_batch and self._thread is not None:
+                try:  # a full batch waits for the sender thread's next linger otherwise
+                    self._thread.loop.call_soon_threadsafe(self._wake.set)
+                except RuntimeError:
+                    pass  # its loop is closing
         return True
+
+    def start_thread(self) -> UsageEmitter:
+        """Send from a background thread with an event loop of its own, for synchronous programs:
+        `emit()` may then be called from any thread (and from any event loop), and `close()` or the
+        interpreter's exit flushes what is buffered. Returns the emitter; idempotent. `RuntimeError`
+        if the emitter already runs on an event loop of another thread."""
+        if self._thread is None:
+            thread = LoopThread("spendwatch-emitter")
+            try:
+                thread.call(self.start(), 10.0)
+            except BaseException:
+                thread.close()
+                raise
+            self._thread = thread
+            atexit.register(self.close)
+        return self
+
+    def flush_sync(self, timeout: float = 30.0) -> None:
+        """`flush()` for synchronous code, after `start_thread()`: block until everything buffered is sent
+        (or `timeout`)."""
+        if self._thread is None:
+            raise RuntimeError("flush_sync() needs start_thread(); in asyncio code, await flush()")
+        self._thread.call(self.flush(timeout), timeout + 5.0)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush (up to `timeout` s) and stop the background thread of `start_thread()`; idempotent."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        atexit.unregister(self.close)
+        try:
+            thread.call(self.stop(timeout), timeout + 5.0)
+        except Exception as err:  # the program is ending or the loop is wedged: say what is lost
+            log.warning("spendwatch emitter: close() did not finish (%r); %d events not confirmed", err,
+                        self.pending)
+        finally:
+            thread.close()
+
+    def __enter__(self) -> UsageEmitter:
+        return self.start_thread()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
     async def put(self, event: dict[str, Any]) -> bool:
         """`emit`, but waits for room instead of dropping: back-pressure for batch publishers
@@ -146,8 +238,8 @@ class UsageEmitter:
         if self._started and self._producer is not None:
             await self._producer.flush()
 
-    async def stop(self) -> None:
-        await self.flush(timeout=10.0)
+    async def stop(self, timeout: float = 10.0) -> None:
+        await self.flush(timeout=timeout)
         if self._loop is asyncio.get_running_loop():  # else they belong to a loop that is gone
             if self._task:
                 self._task.cancel()

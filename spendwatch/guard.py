@@ -11,8 +11,11 @@ compacted topic must never stop the follower, or every guard would be blind.
 
 >>> switch = KillSwitch("kafka://127.0.0.1:9092", keyring=Keyring.load())   # doctest: +SKIP
 >>> await switch.start()                                                     # doctest: +SKIP
->>> @switch.protect(workflow="support-bot")                                 # doctest: +SKIP
-... async def ask(prompt): return await client.responses.create(...)
+>>> @switch.protect(workflow="support-bot", run_id=arg("run_id"))            # doctest: +SKIP
+... async def ask(prompt, run_id): return await client.responses.create(...)
+
+Synchronous programs start it with `switch.start_thread()`: it then follows the
+topic from a daemon thread of its own, and `check()` works from any thread.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.control import ControlCommand
 from schemas.signing import CommandRejected, Keyring, Verifier, parse_command
-from spendwatch.emitter import bootstrap_of
+from spendwatch.emitter import LoopThread, bootstrap_of
 
 log = logging.getLogger("spendwatch.guard")
 
@@ -111,6 +114,47 @@ class KillSet:
         return [c for c in list(self.latest.values()) if c.action == "kill" and c.expires_at > now]
 
 
+class arg:  # noqa: N801 -- used like a function: protect(run_id=arg("run_id"))
+    """A kill-switch target taken from the guarded call's own arguments: `arg("run_id")` is the
+    argument named `run_id` (passed by position or keyword, or its default), `arg("task.run_id")`
+    the `run_id` attribute (or key) of the argument `task`. None (or a missing attribute) checks
+    nothing for that scope."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.name, *self.attrs = path.split(".")
+
+    def __repr__(self) -> str:
+        return f"arg({self.path!r})"
+
+    def resolver(self, sig: inspect.Signature, fn_name: str) -> Callable[..., str | None]:
+        """A function of the call's (*args, **kwargs) that returns the target; TypeError now if `fn`
+        has no such argument."""
+        params = sig.parameters
+        var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        if self.name not in params and not var_kw:
+            raise TypeError(f"protect(): {fn_name}() has no argument {self.name!r} for {self!r}")
+
+        def resolve(*args: Any, **kwargs: Any) -> str | None:
+            bound = sig.bind_partial(*args, **kwargs)
+            bound.apply_defaults()
+            if self.name in params and params[self.name].kind is not inspect.Parameter.VAR_KEYWORD:
+                value = bound.arguments.get(self.name)
+            else:
+                value = kwargs.get(self.name)
+            for attr in self.attrs:
+                if value is None:
+                    break
+                value = value.get(attr) if isinstance(value, dict) else getattr(value, attr, None)
+            return None if value is None else str(value)
+        return resolve
+
+
+Target = str | arg | Callable[..., "str | None"] | None
+"""What `protect()` checks per scope: a fixed name, `arg("name")` of the call, or a function of the
+call's arguments (`lambda *a, **kw: kw["run_id"]`); None checks nothing."""
+
+
 class _Guard:
     """`with switch.guard(run_id=...)` / `async with ...`: check once on entry."""
 
@@ -132,26 +176,53 @@ class _Guard:
 
 
 class _Protect:
-    """`@switch.protect(run_id=...)`: a sync or async function, checked on each call."""
+    """`@switch.protect(run_id=...)`: a sync or async function, checked on each call, with targets fixed
+    or taken from the call's arguments."""
 
-    def __init__(self, switch: KillSwitch, targets: dict[str, str | None]):
+    def __init__(self, switch: KillSwitch, targets: dict[str, Target]):
+        unknown = set(targets) - {"workflow", "agent_id", "run_id"}
+        if unknown:
+            raise TypeError(f"protect() targets are workflow, agent_id and run_id, not {sorted(unknown)}")
         self.switch, self.targets = switch, targets
+
+    def _targets_of(self, fn: Callable[..., Any]) -> Callable[..., dict[str, str | None]]:
+        fixed = {k: v for k, v in self.targets.items() if v is None or isinstance(v, str)}
+        dynamic: dict[str, Callable[..., str | None]] = {}
+        for scope, target in self.targets.items():
+            if isinstance(target, arg):
+                dynamic[scope] = target.resolver(inspect.signature(fn), getattr(fn, "__name__", "function"))
+            elif target is not None and not isinstance(target, str):
+                if not callable(target):
+                    raise TypeError(f"protect({scope}=...) takes a name, arg(...) or a function, "
+                                    f"not {type(target).__name__}")
+                dynamic[scope] = target
+        if not dynamic:
+            return lambda *args, **kwargs: fixed
+
+        def targets(*args: Any, **kwargs: Any) -> dict[str, str | None]:
+            out = dict(fixed)
+            for scope, get in dynamic.items():
+                value = get(*args, **kwargs)
+                out[scope] = None if value is None else str(value)
+            return out
+        return targets
 
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]: ...
     @overload
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        targets = self._targets_of(fn)
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                self.switch.check(**self.targets)
+                self.switch.check(**targets(*args, **kwargs))
                 return await fn(*args, **kwargs)
             return run_async
 
         @functools.wraps(fn)
         def run(*args: P.args, **kwargs: P.kwargs) -> Any:
-            self.switch.check(**self.targets)
+            self.switch.check(**targets(*args, **kwargs))
             return fn(*args, **kwargs)
         return run
 
@@ -177,6 +248,7 @@ class KillSwitch:
         self._warned_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._ready_event = asyncio.Event()
+        self._thread: LoopThread | None = None
 
     @property
     def rejected(self) -> Counter[str]:
@@ -201,6 +273,26 @@ class KillSwitch:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def start_thread(self, wait: float = 5.0) -> bool:
+        """`start()` for synchronous programs: follow the control topic from a daemon thread with an
+        event loop of its own; wait up to `wait` s to catch up. Returns `ready`; idempotent."""
+        if self._thread is None:
+            self._thread = LoopThread("spendwatch-killswitch")
+            self._thread.call(self.start(wait=0), 10.0)
+        deadline = time.monotonic() + wait
+        while not self.ready and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.ready
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread of `start_thread()`; idempotent."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            try:
+                thread.call(self.stop(), timeout)
+            finally:
+                thread.close()
+
     def check(self, workflow: str | None = None, agent_id: str | None = None, run_id: str | None = None) -> None:
         """Raise `SpendKilled` if any given target is killed (or, fail-closed, if the guard is blind)."""
         if not self.healthy:
@@ -219,8 +311,10 @@ class KillSwitch:
         """A sync and async context manager that checks `targets` on entry."""
         return _Guard(self, targets)
 
-    def protect(self, **targets: str | None) -> _Protect:
-        """Decorate a (sync or async) function that spends: each call is checked first."""
+    def protect(self, **targets: Target) -> _Protect:
+        """Decorate a (sync or async) function that spends: each call is checked first. A target is a
+        fixed name, `arg("run_id")` / `arg("task.run_id")` of the call, or a function of the call's
+        arguments (`run_id=lambda *a, **kw: kw["run_id"]`)."""
         return _Protect(self, targets)
 
     def _blind(self) -> None:

@@ -21,7 +21,7 @@ from schemas.alerts import Alert
 from schemas.signing import CommandRejected, Keyring, KeyringError, Verifier, make_command
 from spendwatch.cli import main
 from spendwatch.control import publish_command, read_active
-from spendwatch.guard import KillSwitch, SpendKilled
+from spendwatch.guard import KillSwitch, SpendKilled, arg
 from tests.kafka_io import create_topic, publish
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,6 +172,46 @@ async def test_kill_stops_calls_within_seconds_and_release_resumes_them(broker):
         assert (await eventually(lambda: killed(switch, workflow="wf-x", run_id="any"))).scope == "workflow"
     finally:
         await switch.stop()
+
+
+def test_protect_takes_its_targets_from_each_calls_arguments(broker):
+    """One decorated function serves every run: the run, agent or workflow to check comes from the call
+    (by name, positional or keyword, a default, an attribute of an argument, or a function of the call),
+    in a synchronous program whose guard follows the topic from a thread of its own."""
+    topic = new_topic()
+    asyncio.run(publish_command(broker.url, topic, kill("r-bad")))
+    asyncio.run(publish_command(broker.url, topic, kill("agent-bad", scope="agent_id")))
+    switch = KillSwitch(broker.url, topic, keyring=KEYS, poll_s=0.2)
+    assert switch.start_thread(wait=15) and switch.start_thread(wait=0)  # idempotent
+    try:
+        assert {c.target for c in switch.active()} == {"r-bad", "agent-bad"}
+
+        @switch.protect(workflow="support-bot", run_id=arg("run_id"), agent_id=arg("task.agent"))
+        def step(prompt: str, task: dict[str, str], run_id: str = "r-default") -> str:
+            return f"{prompt} for {run_id}"
+
+        @switch.protect(run_id=lambda *a, **kw: kw["run_id"])
+        async def step_async(prompt: str, *, run_id: str) -> str:
+            return prompt
+
+        assert step("hi", {"agent": "a1"}, "r-good") == "hi for r-good"
+        assert step("hi", {"agent": "a1"}) == "hi for r-default"
+        assert step("hi", {}, run_id="r-good") == "hi for r-good"  # no agent: that scope is not checked
+        for call in (lambda: step("hi", {"agent": "a1"}, "r-bad"), lambda: step("hi", task={"agent": "a1"},
+                                                                                    run_id="r-bad"),
+                     lambda: step("hi", {"agent": "agent-bad"}, "r-good")):
+            with pytest.raises(SpendKilled, match="looping on search"):
+                call()
+        assert asyncio.run(step_async("hi", run_id="r-good")) == "hi"
+        with pytest.raises(SpendKilled):
+            asyncio.run(step_async("hi", run_id="r-bad"))
+        with pytest.raises(TypeError, match="no argument 'run'"):
+            switch.protect(run_id=arg("run"))(lambda run_id: None)
+        with pytest.raises(TypeError, match="targets are workflow, agent_id and run_id"):
+            switch.protect(run=arg("run_id"))  # type: ignore[arg-type]
+    finally:
+        switch.close()
+        switch.close()
 
 
 async def test_kill_expires_with_its_ttl(broker):

@@ -141,6 +141,73 @@ def test_emitter_refuses_a_second_loop_while_its_own_still_runs(broker):
     assert delivered(broker, topic) == ["from-the-other-loop"]
 
 
+def test_a_synchronous_program_sends_from_a_background_thread(broker):
+    """No asyncio anywhere in the caller: start_thread() (here as a `with` block) sends from a thread of its
+    own, emit() works from many threads at once, flush_sync() waits for delivery and close() ends it."""
+    topic = f"emit-sync-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic, 2)
+    with UsageEmitter(broker.url, topic, max_batch=100) as emitter:
+        assert emitter.start_thread() is emitter  # idempotent
+
+        def worker(n: int) -> None:
+            for i in range(500):
+                assert emitter.emit(usage(f"t{n}-{i}", workflow=f"w{i % 3}"))
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        emitter.flush_sync(30)
+        assert emitter.sent == 2_000 and emitter.pending == 0
+        assert emitter.emit(usage("last"))
+    assert emitter._thread is None and emitter.pending == 0  # close() flushed the last one
+    emitter.close()  # idempotent
+    with pytest.raises(RuntimeError, match="start_thread"):
+        emitter.flush_sync()
+    ids = delivered(broker, topic)
+    assert sorted(ids) == sorted([f"t{n}-{i}" for n in range(4) for i in range(500)] + ["last"])
+
+
+def test_the_background_thread_refuses_an_emitter_running_on_another_loop(broker):
+    emitter = UsageEmitter(broker.url, "emit-test")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(emitter.start(), loop).result(10)
+        with pytest.raises(RuntimeError, match="another thread"):
+            emitter.start_thread()
+        assert emitter._thread is None
+        asyncio.run_coroutine_threadsafe(emitter.stop(), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_an_unclosed_emitter_is_flushed_when_the_program_exits(broker, tmp_path):
+    """A script that never calls close(): the interpreter's exit flushes what is buffered."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    topic = f"emit-exit-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic, 1)
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from spendwatch import UsageEmitter\n"
+        f"emitter = UsageEmitter({broker.url!r}, {topic!r}, linger=5.0).start_thread()\n"  # nothing sent by itself
+        "for i in range(100):\n"
+        "    emitter.emit({'type': 'usage', 'event_id': f'x{i}', 'ts': 1768435200, 'workflow': 'w',"
+        " 'model': 'm', 'input_tokens': 1, 'output_tokens': 1})\n")
+    subprocess.run([sys.executable, str(script)], cwd=ROOT, check=True, timeout=60,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert sorted(delivered(broker, topic)) == sorted(f"x{i}" for i in range(100))
+
+
 def test_openai_usage_counts_cache_inside_prompt():
     resp = {"model": "gpt-4o", "usage": {"prompt_tokens": 1200, "completion_tokens": 300,
                                          "prompt_tokens_details": {"cached_tokens": 1000},
