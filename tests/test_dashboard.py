@@ -346,3 +346,30 @@ async def test_a_client_that_floods_gets_429_with_retry_after() -> None:
         assert codes[:15].count(200) == 15 and 429 in codes  # a burst of three seconds' worth, then refused
         r = await c.get("/api/v1/summary")
         assert r.status == 429 and r.headers["Retry-After"] == "1" and "slow down" in (await r.json())["error"]
+
+
+async def test_insights_route_page_data_and_gauges() -> None:
+    """A tagger sending one-line calls to gpt-4o all day: a right-sizing opportunity in its snapshot,
+    served by /api/v1/insights (filtered, ranked) and exported as gauges."""
+    m = Monitor()
+    day = [{"type": "usage", "event_id": f"t{i}", "ts": T0 + 60 * i, "workflow": "tagger", "model": "gpt-4o",
+            "input_tokens": 300, "output_tokens": 5} for i in range(1440)]
+    run_monitor(day, m)
+    model = ReadModel()
+    model.apply_snapshot(snap(m, "tagger"))
+    expected = m.insights("tagger")
+    assert [i["kind"] for i in expected] == ["right_sizing"]
+    async with TestClient(TestServer(make_app(model))) as c:
+        body = await (await c.get("/api/v1/insights")).json()
+        [row] = body["insights"]
+        assert (row["workflow"], row["kind"], row["model"]) == ("tagger", "right_sizing", "gpt-4o")
+        assert row["usd_per_day"] == pytest.approx(expected[0]["usd_per_day"])
+        assert (await (await c.get("/api/v1/insights?kind=caching")).json())["insights"] == []
+        r = await c.get("/api/v1/insights?kind=cheap")
+        assert r.status == 400 and "kind must be one of right_sizing" in (await r.json())["error"]
+        families = {f.name: f for f in text_string_to_metric_families(await (await c.get("/metrics")).text())}
+    [saving] = families["spendwatch_savings_usd_per_day"].samples
+    assert saving.labels == {"workflow": "tagger", "kind": "right_sizing"}
+    assert saving.value == pytest.approx(expected[0]["usd_per_day"])
+    [share] = families["spendwatch_cache_read_share"].samples
+    assert share.labels == {"workflow": "tagger"} and share.value == 0.0

@@ -26,7 +26,8 @@ TOKEN_TYPES = {"input": "input_tokens", "output": "output_tokens", "cache_read":
                "cache_write": "cache_write_tokens", "reasoning": "reasoning_tokens"}
 METRICS = ("spendwatch_cost_usd", "spendwatch_team_cost_usd", "spendwatch_model_cost_usd", "spendwatch_tokens",
            "spendwatch_calls", "spendwatch_errors", "spendwatch_outcomes", "spendwatch_budget_used_ratio",
-           "spendwatch_alerts", "spendwatch_active_kills", "spendwatch_dashboard_records")
+           "spendwatch_alerts", "spendwatch_active_kills", "spendwatch_dashboard_records",
+           "spendwatch_cache_read_share", "spendwatch_token_waste_ratio", "spendwatch_savings_usd_per_day")
 """The families this collector exports (counters without their `_total` suffix, as the client names them)."""
 
 
@@ -62,6 +63,9 @@ class ModelCollector(Collector):
         errors: dict[str, float] = {}
         outcomes: dict[tuple[str, str], float] = {}
         used: list[tuple[str, str, float]] = []
+        cache_share: dict[str, float] = {}
+        waste: dict[str, float] = {}
+        savings: dict[tuple[str, str], float] = {}
         for view in m.workflows.values():
             s = view.snap
             if s.month != month:
@@ -75,6 +79,12 @@ class ModelCollector(Collector):
             for kind, attr in TOKEN_TYPES.items():
                 tokens[(s.workflow, kind)] = getattr(totals, attr)
             calls[s.workflow], errors[s.workflow] = totals.calls, totals.errors
+            if totals.input_tokens:
+                cache_share[s.workflow] = totals.cached_tokens / totals.input_tokens
+            for i in s.insights:
+                savings[(s.workflow, i.kind)] = savings.get((s.workflow, i.kind), 0.0) + i.usd_per_day
+                if i.kind == "token_waste" and isinstance(i.evidence.get("waste_ratio"), int | float):
+                    waste[s.workflow] = float(i.evidence["waste_ratio"])
             for name, (count, _) in s.outcomes.get("month", {}).items():
                 outcomes[(s.workflow, name)] = count
             if s.budget is not None:
@@ -103,6 +113,13 @@ class ModelCollector(Collector):
         for wf, period, r in used[:MAX_VALUES]:
             ratio.add_metric([wf, period], r)
         yield ratio
+        yield _gauge("spendwatch_cache_read_share", "Share of this month's prompt tokens read from the provider's "
+                     "cache", ["workflow"], {(wf,): v for wf, v in cache_share.items() if wf in keep})
+        yield _gauge("spendwatch_token_waste_ratio", "Share of tokens in runs that ended without an outcome, looped "
+                     "or kept spending as zombies (workflows with a token-waste insight)", ["workflow"],
+                     {(wf,): v for wf, v in waste.items() if wf in keep})
+        yield _gauge("spendwatch_savings_usd_per_day", "Dollars a day at stake in the savings insights",
+                     ["workflow", "kind"], _fold(savings, keep))
         by_kind: dict[tuple[str, ...], float] = {}
         for a in m.alerts.values():
             by_kind[(a.kind, a.severity)] = by_kind.get((a.kind, a.severity), 0) + 1
@@ -122,6 +139,13 @@ class ModelCollector(Collector):
 
 def _counter(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...], float]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, doc, labels=labels)
+    for key, v in values.items():
+        family.add_metric(list(key), v)
+    return family
+
+
+def _gauge(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...], float]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=labels)
     for key, v in values.items():
         family.add_metric(list(key), v)
     return family

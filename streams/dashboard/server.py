@@ -26,6 +26,7 @@ from streams.dashboard.model import SORTS, ReadModel
 COOKIE = "spendwatch_token"
 STATIC = resources.files("streams.dashboard") / "static"
 MAX_LIMIT = 1000
+INSIGHT_KINDS = ("right_sizing", "caching", "context_bloat", "token_waste")
 OPEN_PATHS = {"/healthz"}
 MODEL_KEY = web.AppKey("model", ReadModel)
 READY_KEY = web.AppKey("ready", object)
@@ -72,6 +73,7 @@ KNOWN = {
     "/api/v1/summary": set(), "/api/v1/series": {"minutes"}, "/api/v1/teams": set(), "/api/v1/kills": set(),
     "/api/v1/workflows": {"sort", "limit", "offset", "team"}, "/api/v1/alerts": {"status", "kind", "workflow", "limit"},
     "/api/v1/outcomes": {"period", "workflow"}, "/api/v1/movers": {"limit"},
+    "/api/v1/insights": {"workflow", "kind", "limit"},
 }
 
 
@@ -189,6 +191,13 @@ def make_app(model: ReadModel, token: str | None = None, ready: Callable[[], boo
         return json({"outcomes": model.outcome_rows(choice(request, "period", ("day", "month"), "day"),
                                                     workflow=text(request, "workflow"))})
 
+    async def insights(request: web.Request) -> web.Response:
+        kind = request.query.get("kind")
+        if kind is not None and kind not in INSIGHT_KINDS:
+            raise BadQuery(f"kind must be one of {', '.join(INSIGHT_KINDS)}, not {kind!r}")
+        return json({"insights": model.insights(workflow=text(request, "workflow"), kind=kind,
+                                                limit=integer(request, "limit", 100, 1, MAX_LIMIT))})
+
     async def movers(request: web.Request) -> web.Response:
         return json({"movers": model.movers(integer(request, "limit", 10, 1, 100))})
 
@@ -208,7 +217,8 @@ def make_app(model: ReadModel, token: str | None = None, ready: Callable[[], boo
     app.router.add_get("/workflow/{name}", page)
     app.router.add_get("/static/{file}", asset)
     for path, handler in (("summary", summary), ("series", series), ("workflows", workflows), ("teams", teams),
-                          ("alerts", alerts), ("kills", kills), ("outcomes", outcomes), ("movers", movers)):
+                          ("alerts", alerts), ("kills", kills), ("outcomes", outcomes), ("movers", movers),
+                          ("insights", insights)):
         app.router.add_get(f"/api/v1/{path}", handler)
     app.router.add_get("/api/v1/workflows/{name}", workflow)
     app.router.add_get("/healthz", healthz)

@@ -911,8 +911,26 @@
     }, $("outcomes-empty"));
   }
 
+  const LEVERS = { right_sizing: "right-size model", caching: "prompt caching", context_bloat: "context bloat",
+    token_waste: "token waste" };
+
+  function renderInsights(rows) {
+    syncRows($("insights-body"), rows, (r) => `${r.workflow}\u0000${r.kind}\u0000${r.model || ""}`, [
+      { render: (td, r) => linkInto(td, r.workflow) },
+      { render: (td, r) => setText(td, LEVERS[r.kind] || r.kind) },
+      { cls: "muted", render: (td, r) => setText(td, r.model || "—") },
+      { cls: "r strong", render: (td, r) => moneyCell(td, r.usd_per_day) },
+      { cls: "r", render: (td, r) => moneyCell(td, r.usd_per_month) },
+      { render: (td, r) => setText(td, r.summary) },
+    ], (tr, r) => {
+      setAttr(tr, "data-testid", "insight-row");
+      setAttr(tr, "data-workflow", r.workflow);
+      setAttr(tr, "data-kind", r.kind);
+    }, $("insights-empty"));
+  }
+
   async function refreshOverview() {
-    const [health, summary, series, workflows, teams, outcomes, alerts, kills] = await Promise.all([
+    const [health, summary, series, workflows, teams, outcomes, alerts, kills, insights] = await Promise.all([
       api("/healthz"),
       api("/api/v1/summary"),
       api("/api/v1/series?minutes=60"),
@@ -921,6 +939,7 @@
       api("/api/v1/outcomes?period=day"),
       api("/api/v1/alerts?status=open&limit=200"),
       api("/api/v1/kills"),
+      api("/api/v1/insights?limit=20"),
     ]);
     state.dataNow = summary.now;
     waiting(health, summary);
@@ -933,6 +952,7 @@
     renderMovers(summary.movers || []);
     renderTeams(teams.teams, summary.now);
     renderOutcomes(outcomes.outcomes);
+    renderInsights(insights.insights);
   }
 
   async function refreshWorkflowsOnly() {
