@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.control import Scope
 
-Kind = Literal["budget", "burn_rate", "spike", "loop", "zombie", "unpriced"]
+Kind = Literal["budget", "burn_rate", "spike", "loop", "zombie", "unpriced", "insights"]
 """The kinds the engine emits: the exported schema promises no kind that never fires."""
 Severity = Literal["info", "warning", "critical"]
 Action = Literal["none", "shadow", "warn", "kill"]

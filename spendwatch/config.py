@@ -15,6 +15,7 @@ from detectors.engine.budgets import BudgetConfig
 from detectors.engine.monitor import Monitor
 from detectors.engine.periods import PeriodClock
 from detectors.insights import InsightsEngine
+from detectors.insights.digest import WEEKDAYS
 from detectors.loops import FEATURES as RUN_FEATURES
 from detectors.policy import PolicyConfig
 from detectors.pricing.prices import PriceBook, Rate
@@ -226,6 +227,15 @@ class RoutineShape(_Strict):
     """Share of the model's calls that must look routine for the insight to be reported."""
 
 
+class DigestConfig(_Strict):
+    """`[insights.digest]`: the weekly savings digest (Slack and the other remote sinks, via routing)."""
+
+    enabled: bool = False
+    day: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] = "monday"
+    hour: int = Field(default=9, ge=0, le=23)
+    """Local hour (the config's `timezone`) on `day` from which it is sent, once."""
+
+
 class InsightsConfig(_Strict):
     """`detectors.insights.InsightsEngine`: savings levers per workflow (README "Insights")."""
 
@@ -244,6 +254,7 @@ class InsightsConfig(_Strict):
     min_growth: float = Field(default=0.25, gt=0)
     """Context bloat: prompt tokens per call up by at least this share week over week."""
     routine: RoutineShape = Field(default_factory=RoutineShape)
+    digest: DigestConfig = Field(default_factory=DigestConfig)
     tiers: dict[Annotated[str, Field(min_length=1, max_length=200)], Annotated[str, Field(max_length=200)]] = Field(
         default_factory=dict)
     """Frontier model (name or `*` pattern) → cheaper model, tried before the built-in map
@@ -263,7 +274,9 @@ class InsightsConfig(_Strict):
                               max_prompt_tokens=self.routine.max_prompt_tokens,
                               max_output_tokens=self.routine.max_output_tokens, min_success=self.routine.min_success,
                               min_share=self.routine.min_share, cache_min_prompt_tokens=self.cache_min_prompt_tokens,
-                              low_cache_share=self.low_cache_share, min_growth=self.min_growth)
+                              low_cache_share=self.low_cache_share, min_growth=self.min_growth,
+                              digest=(WEEKDAYS.index(self.digest.day), self.digest.hour) if self.digest.enabled
+                              else None)
 
 
 class Settings(_Strict):

@@ -28,6 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from schemas.alerts import Alert
 
 GROUPABLE = ("workflow", "team", "kind", "severity", "agent_id", "run_id", "action")
+REPORTS = frozenset({"insights"})
+"""Kinds that report rather than alarm (the weekly savings digest): told once, never repeated, and
+forgotten without a "resolved" message when `resolve_timeout` passes."""
 
 
 class RoutingConfig(BaseModel):
@@ -168,7 +171,8 @@ class Router:
         elif now < group.last_sent + cfg.group_interval_s:
             return None
         else:
-            repeat = bool(firing) and now >= group.last_sent + cfg.repeat_interval_s
+            repeat = (bool(firing) and now >= group.last_sent + cfg.repeat_interval_s
+                      and not all(a.kind in REPORTS for a in firing))
             if not (new or resolved or updated or repeat):
                 return None
             updated = [] if repeat else updated  # a reminder is posted anyway, with the alerts as they are now
@@ -182,6 +186,9 @@ class Router:
         for key, group in list(self.groups.items()):
             for alert_id, alert in list(group.alerts.items()):
                 if alert.status == "firing" and now - group.seen[alert_id] >= self.config.resolve_timeout_s:
+                    if alert.kind in REPORTS:
+                        self._forget(group, alert_id)
+                        continue
                     group.alerts[alert_id] = alert = alert.model_copy(update={"status": "resolved"})
                 if alert.status == "resolved" and alert_id not in group.notified:
                     self._forget(group, alert_id)

@@ -304,3 +304,63 @@ def test_the_backtest_report_has_an_insights_section(tmp_path: Path):
     assert [(i["workflow"], i["kind"]) for i in summary["insights"]] == [("resend", "caching")]
     page = (tmp_path / "report.html").read_text()
     assert "Savings insights: 1" in page and "resend" in page
+
+
+# -- the weekly digest (issue 16, item 4) ---------------------------------------------------------
+
+
+def test_the_weekly_digest_fires_once_on_its_day_for_workflows_with_opportunities() -> None:
+    from detectors.engine.monitor import Monitor
+    from detectors.insights import InsightsEngine
+    from schemas.alerts import ANY_WORKFLOW
+    from schemas.decode import validate_event
+
+    sunday = 1_764_460_800.0  # 2025-11-30 00:00 UTC, a Sunday
+    m = Monitor(insights=InsightsEngine(digest=(0, 9)))  # Mondays from 09:00 UTC
+    tagger = [{"type": "usage", "event_id": f"t{i}", "ts": sunday + 60 * i, "workflow": "tagger", "model": "gpt-4o",
+               "input_tokens": 300, "output_tokens": 5} for i in range(1440 + 9 * 60)]
+    clean = [{"type": "usage", "event_id": f"c{i}", "ts": sunday + 600 * i, "workflow": "clean",
+              "model": "gpt-4o-mini", "input_tokens": 900, "output_tokens": 400} for i in range(200)]
+    m.process([validate_event(e) for e in sorted(tagger + clean, key=lambda e: e["ts"])])
+    assert [a.kind for a in m.tick(sunday + 86_400 + 8 * 3600)] == []  # Monday 08:00: not yet
+    digest = [a for a in m.tick(sunday + 86_400 + 9 * 3600) if a.kind == "insights"]
+    assert [(a.alert_id, a.workflow, a.severity) for a in digest] == [
+        ("insights:tagger:2025-12-01", ANY_WORKFLOW, "info")]
+    [opportunity] = digest[0].evidence["opportunities"]
+    expected = m.insights("tagger", fresh=True)[0]
+    assert opportunity["kind"] == "right_sizing" and opportunity["usd_per_day"] == expected["usd_per_day"]
+    assert digest[0].summary.startswith(f"tagger: ${expected['usd_per_day']:,.2f}/day in savings opportunities")
+    assert [a for a in m.tick(sunday + 86_400 + 10 * 3600) if a.kind == "insights"] == []  # once a week
+
+
+def test_the_router_tells_a_digest_once_and_forgets_it_without_a_resolved_message() -> None:
+    from schemas.alerts import Alert
+    from streams.routing import Router, RoutingConfig
+
+    r = Router(RoutingConfig(group_wait_s=30, repeat_interval_s=3600, resolve_timeout_s=86_400))
+    for wf, usd in (("a", 5.0), ("b", 50.0)):
+        r.add(Alert(alert_id=f"insights:{wf}:2025-12-01", kind="insights", severity="info", workflow="*", ts=0.0,
+                    summary=f"{wf}: ${usd}/day", evidence={"workflow": wf, "usd_per_day": usd}), now=0.0)
+    [n] = r.due(30.0)
+    assert len(n.new) == 2
+    r.sent(n)
+    assert r.due(3600 * 5) == []  # no reminder: a report is not an alarm
+    assert r.due(86_400 + 60) == [] and r.groups == {}  # and no "resolved" edit a day later
+
+    from streams.sinks.slack import digest_blocks
+
+    texts = [b["text"]["text"] for b in digest_blocks(n) if b["type"] == "section" and "text" in b]
+    assert texts[0].endswith("b: $50.0/day") and texts[2].endswith("a: $5.0/day")  # biggest first
+
+
+def test_a_digest_day_that_is_not_a_weekday_is_refused(tmp_path) -> None:
+    import pytest
+
+    from spendwatch.config import ConfigError, load_settings
+
+    path = tmp_path / "spendwatch.toml"
+    path.write_text('[insights.digest]\nenabled = true\nday = "someday"\n')
+    with pytest.raises(ConfigError, match="insights.digest.day"):
+        load_settings(path)
+    path.write_text('[insights.digest]\nenabled = true\nday = "friday"\nhour = 17\n')
+    assert load_settings(path).build_monitor().insight_engine.digest == (4, 17)

@@ -24,6 +24,7 @@ from detectors.engine.snapshot import workflow_snapshot
 from detectors.engine.versions import StateError
 from detectors.engine.workflow import WorkflowState
 from detectors.insights import InsightsEngine
+from detectors.insights.digest import digest_alert, due
 from detectors.loops import LoopDetector
 from detectors.pricing.money import micros_to_usd, usd_to_micros
 from detectors.pricing.prices import PriceBook, unpriced_alert
@@ -361,9 +362,27 @@ class Monitor:
             except Exception as exc:  # noqa: BLE001
                 self.insight_engine.workflows.pop(name, None)
                 self._failed("tick:insights", name, exc)
+        if self.insight_engine.digest is not None:
+            alerts.extend(self._digests(now, *self.insight_engine.digest))
         folded = self._fold(alerts)
         self.insight_engine.alerted(folded)
         return folded
+
+    def _digests(self, now: float, weekday: int, hour: int) -> list[Alert]:
+        """The weekly savings digest of every workflow held, once on its day (marked in `fired`)."""
+        day = due(self.clock, now, weekday, hour)
+        if day is None:
+            return []
+        alerts = []
+        yesterday = self.clock.keys(self.clock.bounds(day)[0] - 1)[0]
+        for name, st in self.workflows.items():
+            if (mark := f"{day}:insights-digest") in st.fired:
+                continue
+            st.fired.add(mark)
+            if found := self.insights(name, fresh=True):
+                per_outcome = cost_per_outcome(st, day, yesterday)
+                alerts.append(digest_alert(name, day, found, per_outcome, now))
+        return alerts
 
     def insights(self, workflow: str, fresh: bool = False) -> list[dict[str, Any]]:
         """Savings opportunities of `workflow` at its event time, biggest first: dicts with `kind`

@@ -111,6 +111,7 @@ class InsightsEngine:
     context bloat is prompt tokens per call up by `min_growth` or more week over week. `refresh`:
     seconds of event time the computed insights are reused (snapshots ask often). `idle`: a run
     silent this long is over (default: the loop detector's). `interval`: seconds between sweeps.
+    `digest`: (weekday, hour) of the weekly digest alerts the Monitor sends; None (default): none.
     """
 
     kind = "insights"
@@ -119,7 +120,8 @@ class InsightsEngine:
                  min_usd_per_day: float = 1.0, min_calls: int = 20, max_prompt_tokens: int = 2048,
                  max_output_tokens: int = 256, min_success: float = 0.95, min_share: float = 0.05,
                  cache_min_prompt_tokens: int = 4096, low_cache_share: float = 0.10, min_growth: float = 0.25,
-                 refresh: float = 60.0, idle: float | None = None, interval: float = 60.0):
+                 refresh: float = 60.0, idle: float | None = None, interval: float = 60.0,
+                 digest: tuple[int, int] | None = None):
         if not 1 <= window_days <= 7:
             raise ValueError("window_days must be 1 to 7 (two windows fit in the 14 days kept)")
         self.tiers = dict(tiers or {})
@@ -127,6 +129,8 @@ class InsightsEngine:
                                     min_usd_per_day, min_calls, max_prompt_tokens, max_output_tokens, min_success,
                                     min_share, cache_min_prompt_tokens, low_cache_share, min_growth)
         self.refresh, self.idle, self.interval = refresh, idle, interval
+        self.digest = digest
+        """(weekday 0 = Monday, local hour) of the weekly digest (`detectors/insights/digest.py`); None: off."""
         self.workflows: dict[str, WorkflowAggregates] = {}
 
     def observe(self, workflow: str, events: Sequence[Event], costs: Sequence[int]) -> None:

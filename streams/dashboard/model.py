@@ -332,7 +332,8 @@ class ReadModel:
         return sorted(rows, key=lambda r: (-r["today_usd"], r["team"]))
 
     def _open(self) -> list[Alert]:
-        return [a for a in self.alerts.values() if a.status == "firing" and a.ts > self.now - OPEN_FOR_S]
+        return [a for a in self.alerts.values()
+                if a.status == "firing" and a.ts > self.now - OPEN_FOR_S and a.kind != "insights"]
 
     def _alert_row(self, a: Alert) -> dict[str, Any]:
         return {**a.model_dump(exclude={"evidence"}), "open": a.status == "firing" and a.ts > self.now - OPEN_FOR_S,

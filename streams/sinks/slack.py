@@ -71,10 +71,16 @@ DIGEST_DETAIL = 8
 """Alerts a digest shows in full: at most 5 blocks each, and Slack takes 50 blocks per message."""
 
 
+INSIGHTS_SHOWN = 5
+"""Workflows the weekly savings digest shows (their opportunities, biggest dollars first)."""
+
+
 def digest_blocks(n: Notification) -> list[dict[str, Any]]:
     """A group's digest: new alerts first, then those still firing, then resolved ones, each in full."""
     new = {a.alert_id for a in n.new}
     alerts = n.new + [a for a in n.firing if a.alert_id not in new] + n.resolved
+    if alerts and all(a.kind == "insights" for a in alerts):  # the weekly digest: the biggest dollars first
+        alerts = sorted(alerts, key=lambda a: -float(a.evidence.get("usd_per_day") or 0))[:INSIGHTS_SHOWN]
     out = [_header(digest_title(n))]
     for alert in alerts[:DIGEST_DETAIL]:
         out += _alert_blocks(alert, new=alert.alert_id in new)

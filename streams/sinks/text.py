@@ -15,6 +15,7 @@ KIND_TITLE = {
     "loop": "Runaway agent loop",
     "zombie": "Zombie agent",
     "unpriced": "Unpriced model",
+    "insights": "Weekly savings digest",
 }
 
 
