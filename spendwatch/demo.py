@@ -50,8 +50,10 @@ PROFILES = (
             (150, 900), outcome=("ticket_resolved", 1 / 8, 6.0)),
     Profile("code-review", "eng", (("openai", "gpt-4o"),), 4, (8_000, 60_000), (300, 2_000),
             outcome=("review_posted", 1 / 5, None)),
-    Profile("rag-search", "search", (("google", "gemini-2.5-flash"),), 20, (1_000, 12_000), (50, 400),
-            outcome=("answer_accepted", 1 / 3, None)),
+    Profile("rag-search", "search", (("google", "gemini-2.5-flash"),), 20, (3_000, 20_000), (50, 400),
+            outcome=("answer_accepted", 1 / 3, None)),  # big retrieved contexts, never cached: a caching lever
+    Profile("ticket-tagger", "cx", (("openai", "gpt-4o"),), 6, (200, 1_200), (2, 30),
+            outcome=("ticket_tagged", 1.0, None)),  # one-line labels from a frontier model: a right-sizing lever
     Profile("sales-agent", "growth", (("openai", "gpt-4.1"), ("openai", "gpt-4.1-mini")), 3, (3_000, 20_000),
             (200, 1_200), outcome=("meeting_booked", 1 / 40, 120.0)),
 )
