@@ -45,7 +45,7 @@ def test_a_publisher_that_adds_a_field_is_counted_and_the_field_named(fresh_brok
     log = (tmp_path / "worker.log").read_text(errors="replace")
     # The line is written when a name is first seen (then hourly), so its count is what the first
     # batch that carried the field held: which batch that is depends on timing, not on the product.
-    seen = re.search(r"do not know, ignored \(their spend counts\): region \((\d+)\)", log)
+    seen = re.search(r"does not know, ignored \(their spend counts\): region \((\d+)\)", log)
     assert seen and 1 <= int(seen.group(1)) <= 200 and "strict_contract" in log, log[-2000:]
 
 
