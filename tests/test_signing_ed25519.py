@@ -285,3 +285,30 @@ def test_the_key_files_are_found_in_a_path(tmp_path: Path):
     path = tmp_path / "k.key"
     path.write_text(json.dumps({"keys": [private]}))
     assert Keyring.load(path).signing_key_id == "k"
+
+
+# --- the worker signs with the private key -----------------------------------------------------------
+
+async def test_the_worker_policy_signs_kills_a_public_key_guard_obeys_and_names_the_team_for_team_keys():
+    from tests.test_stages import KILL_RUNS, loop_alert, publisher
+
+    for scope, team in (({"workflows": ["support"]}, None), ({"teams": ["payments"]}, "payments")):
+        signer, public = pair(**scope)
+        pub, topics = publisher(KILL_RUNS, signer)
+        alert = loop_alert().model_copy(update={"team": "payments"})
+        await pub.publish([alert])
+        sent = ControlCommand.model_validate_json(topics.sent[0][2])
+        assert sent.team == team  # only a team-restricted key puts the team in the command
+        kills = KillSet(Verifier(public, team="payments"))
+        kills.apply(topics.sent[0][2], sent.issued_at)
+        assert kills.find([("run_id", "r-1")], sent.issued_at, workflow="support") is not None
+
+
+def test_a_worker_with_public_keys_only_does_not_start(tmp_path):
+    from spendwatch.runner import signing_keyring
+
+    _, public = new_ed25519("k")
+    path = tmp_path / "k.pub"
+    path.write_text(json.dumps({"keys": [public]}))
+    with pytest.raises(KeyringError, match="public keys only; the worker signs kills"):
+        signing_keyring(path)
