@@ -18,8 +18,11 @@ CLI_FLAGS: dict[str, str] = {"run_id": "--run", "agent_id": "--agent", "workflow
 class ControlCommand(BaseModel):
     """A signed instruction to stop (or resume) spending for one target.
 
-    `signature` is an HMAC-SHA256 over the canonical JSON of every other field,
-    under the key named by `key_id`.
+    `signature` is an HMAC-SHA256 (64 hex digits) or an Ed25519 signature (128 hex digits) over the
+    canonical JSON of every other field, under the key named by `key_id` (the key decides the algorithm).
+    `workflow` and `team` say whose spend a run or agent command stops: a guard checks them against the
+    scope of a restricted key (`team`, when None, is left out of the signed body, so commands signed
+    before it existed still verify).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -34,6 +37,7 @@ class ControlCommand(BaseModel):
     issued_by: str
     alert_id: str | None = None
     workflow: str | None = None
+    team: str | None = None
     key_id: str = ""
     signature: str = ""
 

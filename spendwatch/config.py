@@ -316,7 +316,8 @@ class Settings(_Strict):
     detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
     insights: InsightsConfig = Field(default_factory=InsightsConfig)
     control_keys_file: Path | None = None
-    """`kid:secret` lines for signing kill commands (default: $SPENDWATCH_CONTROL_KEYS)."""
+    """Keys for signing kill commands: `kid:secret` lines, or the private key file of `spendwatch keys generate`
+    (default: $SPENDWATCH_CONTROL_KEYS_FILE, else $SPENDWATCH_CONTROL_KEYS)."""
 
     def kills(self) -> bool:
         return any(rule.action == "kill" for rule in self.policy.rules)

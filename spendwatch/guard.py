@@ -6,7 +6,9 @@ command per `scope:target`, and `check()` answers from memory in O(1), so the
 guarded call never waits on Kafka. Unsigned, forged, unknown-key, expired and
 replayed commands are ignored, logged and counted in `rejected`, and so is
 every record that is not a command at all (invalid JSON, wrong types, a
-non-hex signature, a tombstone, an oversize value): one bad record on a
+non-hex signature, a tombstone, an oversize value), and so are commands
+outside their key's scope and HMAC commands when the guard holds Ed25519
+public keys (unless `allow_hmac=True`): one bad record on a
 compacted topic must never stop the follower, or every guard would be blind.
 
 >>> switch = KillSwitch("kafka://127.0.0.1:9092", keyring=Keyring.load())   # doctest: +SKIP
@@ -68,16 +70,21 @@ class KillSet:
     def __init__(self, verifier: Verifier):
         self.verifier = verifier
         self.latest: dict[Key, ControlCommand] = {}
+        self.confined: dict[Key, str] = {}
+        """Run/agent commands of workflow-restricted keys: they stop only calls of this workflow."""
+        self.order: dict[Key, float] = {}
+        """When each held command counts as issued: its `issued_at`, but never later than when this guard
+        took it, so a command stamped by a fast clock cannot hold off the next one for the skew it had."""
         self.rejected: Counter[str] = Counter()
         self._logged_at: dict[str, float] = {}
 
     def apply(self, raw: bytes | None, now: float) -> None:
         """Obey the record if it is a genuine, current command; otherwise count why not. Never raises."""
         try:
-            cmd = parse_command(raw)
-            self.verifier.verify(cmd, now)
-            held = self.latest.get((cmd.scope, cmd.target))
-            if held and held.issued_at > cmd.issued_at:
+            cmd = parse_command(raw)  # size first: an oversize record is refused before any parsing or crypto
+            confined = self.verifier.verify(cmd, now)
+            key = (cmd.scope, cmd.target)
+            if key in self.latest and self.order[key] > cmd.issued_at:
                 raise CommandRejected("superseded")
         except CommandRejected as err:
             self._reject(err.reason)
@@ -86,7 +93,12 @@ class KillSet:
             log.exception("spendwatch kill switch: unexpected error on a control record; ignored")
             self._reject("internal error")
             return
-        self.latest[(cmd.scope, cmd.target)] = cmd
+        self.latest[key] = cmd
+        self.order[key] = min(cmd.issued_at, now)
+        if confined is None:
+            self.confined.pop(key, None)
+        else:
+            self.confined[key] = confined
 
     def _reject(self, reason: str) -> None:
         """Count, and log each reason at most once a minute: a flood of garbage must not flood the log."""
@@ -99,15 +111,20 @@ class KillSet:
                     "spendwatch kill switch ignored a control command: %s (%d so far)", reason,
                     self.rejected[reason])
 
-    def find(self, keys: list[Key], now: float) -> ControlCommand | None:
-        """The kill in force for any of `keys`; expired kills are dropped as they are met."""
+    def find(self, keys: list[Key], now: float, workflow: str | None = None) -> ControlCommand | None:
+        """The kill in force for any of `keys` (in a call of `workflow`); expired kills are dropped as
+        they are met."""
         for key in keys:
             cmd = self.latest.get(key)
             if cmd is None or cmd.action != "kill":
                 continue
+            if key in self.confined and self.confined[key] != workflow:
+                continue  # its key may stop only that workflow's runs and agents
             if cmd.expires_at > now:
                 return cmd
             self.latest.pop(key, None)
+            self.order.pop(key, None)
+            self.confined.pop(key, None)
         return None
 
     def active(self, now: float) -> list[ControlCommand]:
@@ -233,15 +250,19 @@ class KillSwitch:
     While the control plane is unreachable or not caught up (`healthy` is
     False), `check()` fails open by default (known kills still apply; a warning
     is logged once a minute) or, with `fail_closed=True`, refuses every call.
+
+    `keyring` holds the keys that verify commands: public Ed25519 keys (then HMAC commands are refused
+    unless `allow_hmac=True`) or HMAC secrets. `team` is this runtime's team, for keys restricted to teams.
     """
 
     def __init__(self, broker: str, topic: str = "spendwatch.control", *, keyring: Keyring,
                  fail_closed: bool = False, stale_after: float = 30.0, poll_s: float = 1.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, allow_hmac: bool | None = None,
+                 team: str | None = None):
         self.broker, self.topic = broker, topic
         self.fail_closed, self.stale_after, self.poll_s = fail_closed, stale_after, poll_s
         self.clock = clock
-        self.kills = KillSet(Verifier(keyring))
+        self.kills = KillSet(Verifier(keyring, allow_hmac=allow_hmac, team=team))
         self.ready = False
         """True once the guard has read the control topic up to its end offsets."""
         self._synced_at = float("-inf")  # monotonic time the guard was last caught up
@@ -299,7 +320,7 @@ class KillSwitch:
             self._blind()
         keys = [(scope, target) for scope, target in
                 (("workflow", workflow), ("agent_id", agent_id), ("run_id", run_id)) if target is not None]
-        cmd = self.kills.find(keys, self.clock())
+        cmd = self.kills.find(keys, self.clock(), workflow)
         if cmd:
             raise SpendKilled.by(cmd)
 

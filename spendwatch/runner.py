@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaClient
 from faust.exceptions import ConsistencyError
 from rich.console import Console
 
-from schemas.signing import Keyring
+from schemas.signing import Keyring, KeyringError
 from spendwatch.config import Settings, TopicsConfig
 from spendwatch.emitter import bootstrap_of
 from streams.app import Worker, WorkerOptions, build_app
@@ -119,6 +119,15 @@ def check_partitions(worker: Worker, broker: str, topics_config: TopicsConfig) -
             "must be deleted (or the usage topic given their count) before the worker can start")
 
 
+def signing_keyring(path: Path | None) -> Keyring:
+    """The worker's control keys, which must be able to sign (an HMAC secret or an Ed25519 private key)."""
+    keyring = Keyring.load(path)
+    if keyring.signing_key_id is None:
+        raise KeyringError(f"{path or 'the control keys'}: public keys only; the worker signs kills and needs "
+                           "the private key file of `spendwatch keys generate`")
+    return keyring
+
+
 def worker_options(settings: Settings) -> WorkerOptions:
     """The config as the worker's narrow, already-built pieces (control keys are read here, so a
     missing key file stops the start with its error)."""
@@ -128,7 +137,7 @@ def worker_options(settings: Settings) -> WorkerOptions:
         monitor=settings.build_monitor,
         policy=settings.policy,
         routing=settings.routing,
-        keyring=Keyring.load(settings.control_keys_file) if settings.kills() else None,
+        keyring=signing_keyring(settings.control_keys_file) if settings.kills() else None,
         time_bounds=TimeBounds(settings.max_ahead_s, settings.max_behind_s),
         strict_contract=settings.strict_contract,
         batch_max=settings.batch_max,

@@ -60,6 +60,12 @@ class AlertPublisher:
         self.counts: dict[str, int] = {}
         """Alerts published, by kind."""
 
+    def _team_of(self, alert: Alert) -> str | None:
+        """The alert's team when the signing key is restricted to teams (guards need it); else left out,
+        so guards of versions before the field still accept the command."""
+        assert self.keyring is not None and self.keyring.signing_key_id is not None
+        return alert.team if self.keyring.entries[self.keyring.signing_key_id].teams is not None else None
+
     async def publish(self, alerts: list[Alert]) -> list[Any]:
         """The alerts' delivery futures, for callers that must know the alerts are in Kafka
         before they record them as fired."""
@@ -72,7 +78,7 @@ class AlertPublisher:
                     raise RuntimeError("a kill rule fired but the worker has no control keys")
                 cmd = make_command("kill", alert.kill_scope, decision.target, alert.summary, decision.ttl_s,
                                    self.issuer, keyring=self.keyring, alert_id=alert.alert_id,
-                                   workflow=alert.workflow)
+                                   workflow=alert.workflow, team=self._team_of(alert))
                 await self.send_control(*record_of(cmd))
                 self.acted.add(alert.alert_id)
                 if self.metrics:

@@ -24,12 +24,16 @@ DEFAULT_TOPIC = "spendwatch.control"
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 """The scopes in `CLI_FLAGS` order: run, agent, workflow."""
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-KEYS_HELP = "file of kid:secret lines, the first signs (default: $SPENDWATCH_CONTROL_KEYS=kid:secret,...)"
+KEYS_HELP = ("key file: a private key file of `spendwatch keys generate`, or kid:secret lines; the first key "
+             "signs (default: $SPENDWATCH_CONTROL_KEYS_FILE, else $SPENDWATCH_CONTROL_KEYS=kid:secret,...)")
 EXAMPLES = {
     "kill": "example:\n  spendwatch kill --run r-42 --reason 'looping on the same tool call' --ttl 2h "
             "--broker kafka://kafka:9092",
     "release": "example:\n  spendwatch release --run r-42 --broker kafka://kafka:9092",
     "status": "example:\n  spendwatch status --broker kafka://kafka:9092",
+    "keys": "example:\n  spendwatch keys generate --out keys/ --kid ops-2026 --workflows support-bot,rag-search\n"
+            "  # keys/ops-2026.key (0600) signs: worker policy, spendwatch kill/release --keys-file\n"
+            "  # keys/ops-2026.pub verifies: guards, SPENDWATCH_CONTROL_KEYS_FILE=keys/ops-2026.pub",
 }
 
 
@@ -78,12 +82,23 @@ def _keyring(path: Path | None) -> Keyring:
 def _publish(args: argparse.Namespace, action: Literal["kill", "release"], reason: str,
              ttl_s: float) -> ControlCommand:
     """Sign and publish a command for the one target flag given."""
-    from schemas.signing import make_command
+    from schemas.signing import CommandRejected, authorize, make_command
     from spendwatch.control import cli_issuer, publish_command
 
     scope = next(s for s in SCOPES if getattr(args, s) is not None)
-    cmd = make_command(action, scope, getattr(args, scope), reason, ttl_s, cli_issuer(),
-                       keyring=_keyring(args.keys_file), alert_id=getattr(args, "alert", None))
+    keyring = _keyring(args.keys_file)
+    try:
+        cmd = make_command(action, scope, getattr(args, scope), reason, ttl_s, cli_issuer(), keyring=keyring,
+                           alert_id=getattr(args, "alert", None), workflow=args.of_workflow, team=args.team)
+        authorize(keyring.entries[cmd.key_id], cmd, cmd.team)  # guards would refuse it: say so now
+    except KeyringError as err:
+        raise CliError(str(err)) from None
+    except CommandRejected:
+        entry = keyring.entries[cmd.key_id]
+        allowed = [f"{what} {', '.join(sorted(names))}" for what, names in
+                   (("workflows", entry.workflows), ("teams", entry.teams)) if names]
+        raise CliError(f"key {entry.kid} may only stop {' or '.join(allowed)}: name the run's or agent's "
+                       "workflow with --of-workflow (or its team with --team)") from None
     _run(publish_command(args.broker, args.topic, cmd), args.broker)
     return cmd
 
@@ -141,6 +156,53 @@ def _targets(sp: argparse.ArgumentParser) -> None:
     for scope, flag in CLI_FLAGS.items():
         group.add_argument(flag, dest=scope, metavar="ID" if scope != "workflow" else "NAME",
                            help=f"the {scope.replace('_id', '')} to {sp.prog.split()[-1]}")
+    sp.add_argument("--of-workflow", metavar="NAME",
+                    help="the workflow of the run or agent (signed; keys restricted to workflows need it)")
+    sp.add_argument("--team", metavar="NAME",
+                    help="the team whose runtimes the command is for (signed; keys restricted to teams need it)")
+
+
+def _names(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more names, separated by commas")
+    return names
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    """Write KID.key (private, 0600) and KID.pub (public) into DIR; never overwrite."""
+    import json
+    import os
+    import secrets
+
+    from schemas.signing import new_ed25519
+
+    kid = args.kid or f"ed25519-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(3)}"
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", kid):
+        raise CliError(f"--kid {kid!r}: use letters, digits, '.', '_' and '-' (it names the files)")
+    out: Path = args.out
+    private_path, public_path = out / f"{kid}.key", out / f"{kid}.pub"
+    for path in (private_path, public_path):
+        if path.exists():
+            raise CliError(f"{path} exists: refusing to overwrite a key (choose another --kid or --out)")
+    private, public = new_ed25519(kid, args.workflows, args.teams)
+    try:
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for path, entry, mode in ((private_path, private, 0o600), (public_path, public, 0o644)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # O_EXCL: never overwrite
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(f.fileno(), mode)  # whatever the umask
+                f.write(json.dumps({"keys": [entry]}, indent=2) + "\n")
+    except OSError as err:
+        raise CliError(f"cannot write the key pair into {out}: {err.strerror} ({err.filename})") from None
+    scope = " and ".join(f"{what} {', '.join(names)}" for what, names in
+                         (("workflows", args.workflows), ("teams", args.teams)) if names) or "anything"
+    print(f"key {kid} (ed25519) may stop {scope}\n"
+          f"  {private_path}  private: signers (worker policy control_keys_file, spendwatch kill --keys-file); "
+          "keep secret\n"
+          f"  {public_path}  public: guards (SPENDWATCH_CONTROL_KEYS_FILE or Keyring.load(path)); merge the "
+          "\"keys\" lists of several files to rotate")
+    return 0
 
 
 def add_control_commands(sub: Subparsers) -> None:
@@ -165,6 +227,21 @@ def add_control_commands(sub: Subparsers) -> None:
     _targets(r)
     r.add_argument("--reason", default="released from the command line", help="why (default: %(default)s)")
     _common(r)
+
+    keys = sub.add_parser("keys", help="Ed25519 key pairs for signing kill commands",
+                          description="Ed25519 key pairs for signing kill commands", epilog=EXAMPLES["keys"],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    keys.set_defaults(func=None)
+    ksub = keys.add_subparsers(dest="keys_command", metavar="{generate}", required=True)
+    g = ksub.add_parser("generate", help="write KID.key (private, mode 0600) and KID.pub (public) into DIR",
+                        description="Write an Ed25519 key pair: KID.key (private, mode 0600) for signers and "
+                                    "KID.pub for guards. Existing files are never overwritten.",
+                        epilog=EXAMPLES["keys"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.set_defaults(func=cmd_keys_generate)
+    g.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the two files")
+    g.add_argument("--kid", help="key id (default: ed25519-DATE-RANDOM)")
+    g.add_argument("--workflows", type=_names, metavar="A,B", help="restrict the key to these workflows")
+    g.add_argument("--teams", type=_names, metavar="X,Y", help="restrict the key to these teams")
 
     s = add("status", "Show the kills in force (verified as a guard would) and the alerts of the last hour.",
             cmd_status)
