@@ -77,7 +77,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from streams.dashboard.server import Dashboard
 
         t = settings.topics
-        dash = Dashboard(bootstrap_of(worker.broker), FeedTopics(t.snapshots, t.alerts, t.control), port=args.port)
+        dash = Dashboard(bootstrap_of(worker.broker), FeedTopics(t.snapshots, t.alerts, t.control), port=args.port,
+                         security=worker.kafka)
         try:
             url = await dash.start()
         except OSError:  # the port is taken (another dashboard?): any free one will do for a demo
@@ -246,9 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # last resort: one clear line instead of a traceback
         from schemas.signing import KeyringError
         from streams.broker import BrokerError
+        from streams.kafka_security import KafkaSecurityError
         from streams.metrics import MetricsPortError
 
-        if isinstance(err, (BrokerError, KeyringError, MetricsPortError)):
+        if isinstance(err, (BrokerError, KeyringError, MetricsPortError, KafkaSecurityError)):
             print(f"spendwatch: error: {err}", file=sys.stderr)
             return 1
         raise
