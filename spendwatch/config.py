@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from detectors import models, registry
 from detectors.detector import Detector
@@ -23,6 +23,7 @@ from detectors.pricing.prices import PriceBook, Rate
 from schemas.errors import explain
 from streams.kafka_security import KafkaSecurity, SaslMechanism, SecurityProtocol
 from streams.routing import RoutingConfig
+from streams.secrets import secret
 
 
 class _Strict(BaseModel):
@@ -69,11 +70,11 @@ class SlackConfig(_Strict):
     base_url: str | None = None
     """Slack API base URL; only for proxies and tests (default https://slack.com/api/)."""
 
-    def token(self) -> str | None:
-        return os.environ.get(self.token_env) or None
+    def token(self) -> SecretStr | None:
+        return secret(os.environ.get(self.token_env) or None)
 
-    def webhook_url(self) -> str | None:
-        return os.environ.get(self.webhook_url_env) or None
+    def webhook_url(self) -> SecretStr | None:
+        return secret(os.environ.get(self.webhook_url_env) or None)
 
 
 class SinksConfig(_Strict):
@@ -82,6 +83,12 @@ class SinksConfig(_Strict):
     webhook_url_env: str = "SPENDWATCH_WEBHOOK_URL"
     pagerduty_routing_key_env: str = "PAGERDUTY_ROUTING_KEY"
     pagerduty_base_url: str = "https://events.pagerduty.com"
+
+    def webhook_url(self) -> SecretStr | None:
+        return secret(os.environ.get(self.webhook_url_env) or None)
+
+    def pagerduty_routing_key(self) -> SecretStr | None:
+        return secret(os.environ.get(self.pagerduty_routing_key_env) or None)
 
 
 class KafkaConfig(_Strict):

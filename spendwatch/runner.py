@@ -19,13 +19,14 @@ from aiokafka import AIOKafkaClient
 from faust.exceptions import ConsistencyError
 from rich.console import Console
 
-from schemas.signing import Keyring, KeyringError
+from schemas.signing import KEYS_ENV, Keyring, KeyringError
 from spendwatch.config import Settings, TopicsConfig
 from spendwatch.emitter import bootstrap_of
 from streams.app import Worker, WorkerOptions, build_app
 from streams.broker import BrokerError, EmbeddedBroker
 from streams.ingest import TimeBounds
 from streams.kafka_security import KafkaSecurity, kafka_kwargs
+from streams.secrets import redact_logs, register
 from streams.sinks import Sink
 from streams.sinks.console import ConsoleSink
 from streams.sinks.pagerduty import PagerDutySink
@@ -158,6 +159,18 @@ def worker_options(settings: Settings, security: KafkaSecurity | None = None) ->
     )
 
 
+def protect_secrets(settings: Settings) -> None:
+    """Mask every secret this process may hold in its logs and sink errors (`streams.secrets`): the
+    control keys from the environment, the sinks' tokens, URLs and keys, the Kafka password."""
+    redact_logs()
+    keys = os.environ.get(KEYS_ENV, "")
+    register(keys, *(item.partition(":")[2] for item in keys.split(",")))
+    for read in (settings.slack.token, settings.slack.webhook_url, settings.sinks.webhook_url,
+                 settings.sinks.pagerduty_routing_key):
+        read()  # each registers what it reads
+    register(os.environ.get(settings.kafka.password_env))
+
+
 def make_sinks(settings: Settings, console: Console) -> list[Sink]:
     sinks: list[Sink] = [ConsoleSink(console)]
     s = settings.slack
@@ -165,9 +178,9 @@ def make_sinks(settings: Settings, console: Console) -> list[Sink]:
         sinks.append(SlackSink(token=s.token(), channel=s.channel, webhook_url=s.webhook_url(), base_url=s.base_url))
     elif s.channel:
         log.warning("slack.channel is set but $%s is empty: Slack alerts are off", s.token_env)
-    if url := os.environ.get(settings.sinks.webhook_url_env):
+    if url := settings.sinks.webhook_url():
         sinks.append(WebhookSink(url))
-    if key := os.environ.get(settings.sinks.pagerduty_routing_key_env):
+    if key := settings.sinks.pagerduty_routing_key():
         sinks.append(PagerDutySink(key, base_url=settings.sinks.pagerduty_base_url))
     return sinks
 
@@ -189,6 +202,7 @@ def run(
     for it to be reachable first.
     """
     console = console or Console()
+    protect_secrets(settings)
     with ExitStack() as stack:
         embedded = None
         # the embedded broker speaks plaintext only

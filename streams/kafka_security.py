@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import SecretStr
 
+from streams.secrets import register
+
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
 
@@ -71,6 +73,8 @@ class KafkaSecurity:
                                      f"{', '.join(MECHANISMS)}")
         if isinstance(self.password, str):
             object.__setattr__(self, "password", SecretStr(self.password))
+        if self.password is not None:
+            register(self.password.get_secret_value())
         if self.sasl:
             if not self.username:
                 raise KafkaSecurityError(f"kafka security_protocol {self.protocol} needs a username "
