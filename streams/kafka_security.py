@@ -67,9 +67,11 @@ class KafkaSecurity:
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
-            raise KafkaSecurityError(f"kafka security_protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
+            raise KafkaSecurityError(f"kafka security_protocol (${ENV_KEYS['security_protocol']}) {self.protocol!r}: "
+                                     f"use one of {', '.join(PROTOCOLS)}")
         if self.sasl_mechanism not in MECHANISMS:
-            raise KafkaSecurityError(f"kafka sasl_mechanism {self.sasl_mechanism!r}: use one of "
+            raise KafkaSecurityError(f"kafka sasl_mechanism (${ENV_KEYS['sasl_mechanism']}) {self.sasl_mechanism!r}: "
+                                     f"use one of "
                                      f"{', '.join(MECHANISMS)}")
         if isinstance(self.password, str):
             object.__setattr__(self, "password", SecretStr(self.password))
