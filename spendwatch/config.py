@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from detectors import models, registry
 from detectors.detector import Detector
@@ -20,7 +21,9 @@ from detectors.loops import FEATURES as RUN_FEATURES
 from detectors.policy import PolicyConfig
 from detectors.pricing.prices import PriceBook, Rate
 from schemas.errors import explain
+from streams.kafka_security import KafkaSecurity, SaslMechanism, SecurityProtocol
 from streams.routing import RoutingConfig
+from streams.secrets import secret
 
 
 class _Strict(BaseModel):
@@ -67,11 +70,11 @@ class SlackConfig(_Strict):
     base_url: str | None = None
     """Slack API base URL; only for proxies and tests (default https://slack.com/api/)."""
 
-    def token(self) -> str | None:
-        return os.environ.get(self.token_env) or None
+    def token(self) -> SecretStr | None:
+        return secret(os.environ.get(self.token_env) or None)
 
-    def webhook_url(self) -> str | None:
-        return os.environ.get(self.webhook_url_env) or None
+    def webhook_url(self) -> SecretStr | None:
+        return secret(os.environ.get(self.webhook_url_env) or None)
 
 
 class SinksConfig(_Strict):
@@ -80,6 +83,39 @@ class SinksConfig(_Strict):
     webhook_url_env: str = "SPENDWATCH_WEBHOOK_URL"
     pagerduty_routing_key_env: str = "PAGERDUTY_ROUTING_KEY"
     pagerduty_base_url: str = "https://events.pagerduty.com"
+
+    def webhook_url(self) -> SecretStr | None:
+        return secret(os.environ.get(self.webhook_url_env) or None)
+
+    def pagerduty_routing_key(self) -> SecretStr | None:
+        return secret(os.environ.get(self.pagerduty_routing_key_env) or None)
+
+
+class KafkaConfig(_Strict):
+    """`[kafka]`: how every client (worker, emitter, guard, CLI, dashboard) authenticates to Kafka.
+    Each key can be overridden by SPENDWATCH_KAFKA_<KEY> (e.g. SPENDWATCH_KAFKA_SECURITY_PROTOCOL).
+    The password is never in this file: `password_env` names the variable that holds it."""
+
+    security_protocol: SecurityProtocol | None = None
+    sasl_mechanism: SaslMechanism | None = None
+    username: str | None = None
+    password_env: str = "SPENDWATCH_KAFKA_PASSWORD"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_password(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError("the password is never in the config file: set password_env to the name of "
+                             "the environment variable that holds it")
+        return data
+
+    def security(self, environ: Mapping[str, str] | None = None) -> KafkaSecurity:
+        """These settings with the SPENDWATCH_KAFKA_* variables over them; raises KafkaSecurityError."""
+        return KafkaSecurity.from_sources(self.model_dump(), environ)
 
 
 class WorkerConfig(_Strict):
@@ -311,6 +347,7 @@ class Settings(_Strict):
     slack: SlackConfig = Field(default_factory=SlackConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)

@@ -20,6 +20,7 @@ from schemas.control import ControlCommand, record_of
 from schemas.signing import Keyring
 from spendwatch.emitter import bootstrap_of
 from spendwatch.guard import KillSwitch
+from streams.kafka_security import KafkaSecurity, kafka_kwargs
 
 
 class ControlPlaneUnreachable(RuntimeError):
@@ -31,9 +32,9 @@ def cli_issuer() -> str:
     return f"cli:{getpass.getuser()}@{socket.gethostname()}"
 
 
-async def ensure_control_topic(broker: str, topic: str) -> None:
+async def ensure_control_topic(broker: str, topic: str, security: KafkaSecurity | None = None) -> None:
     """Create the topic compacted (latest command per target survives) unless it exists."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_of(broker))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_of(broker), **kafka_kwargs(security))
     try:
         await admin.start()
         await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
@@ -43,11 +44,13 @@ async def ensure_control_topic(broker: str, topic: str) -> None:
         await admin.close()
 
 
-async def publish_command(broker: str, topic: str, cmd: ControlCommand) -> None:
-    await ensure_control_topic(broker, topic)
+async def publish_command(broker: str, topic: str, cmd: ControlCommand, *,
+                          security: KafkaSecurity | None = None) -> None:
+    """Publish `cmd`; `security` None: the SPENDWATCH_KAFKA_* variables (none set: plaintext)."""
+    await ensure_control_topic(broker, topic, security)
     # idempotence off: the embedded broker rejects InitProducerId; command ids make retries harmless
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_of(broker), enable_idempotence=False,
-                                request_timeout_ms=10_000)
+                                request_timeout_ms=10_000, **kafka_kwargs(security))
     try:
         await producer.start()
         key, value = record_of(cmd)
@@ -57,10 +60,10 @@ async def publish_command(broker: str, topic: str, cmd: ControlCommand) -> None:
 
 
 async def read_active(broker: str, topic: str, keyring: Keyring, now: float | None = None,
-                      timeout: float = 10.0) -> list[ControlCommand]:
+                      timeout: float = 10.0, security: KafkaSecurity | None = None) -> list[ControlCommand]:
     """The kills in force at `now`, exactly as a guard would see them."""
     clock = time.time if now is None else (lambda: now)
-    switch = KillSwitch(broker, topic, keyring=keyring, clock=clock, poll_s=0.2)
+    switch = KillSwitch(broker, topic, keyring=keyring, clock=clock, poll_s=0.2, security=security)
     try:
         if not await switch.start(wait=timeout):
             raise ControlPlaneUnreachable(f"could not read {topic} on {broker} within {timeout:.0f}s")
@@ -69,13 +72,14 @@ async def read_active(broker: str, topic: str, keyring: Keyring, now: float | No
         await switch.stop()
 
 
-async def count_since(broker: str, topic: str, since: float) -> int:
+async def count_since(broker: str, topic: str, since: float, security: KafkaSecurity | None = None) -> int:
     """Records appended to `topic` since `since` (epoch s), from offsets alone: nothing is read.
 
     Exact on Kafka; on the embedded Tansu it undercounts multi-record batches (its end offset is the
     last batch's base offset + 1).
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_of(broker), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_of(broker), enable_auto_commit=False,
+                                **kafka_kwargs(security))
     try:
         await consumer.start()  # its bootstrap fetched the metadata of every topic
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]

@@ -136,7 +136,7 @@ async def inject_incidents(worker: Worker) -> None:
     switch stops it, is released by "on-call" and then finishes; and a triage agent that keeps
     calling the model after its ticket was resolved (a zombie)."""
     console = Console()
-    switch = KillSwitch(worker.broker, worker.control_topic, keyring=Keyring.load())
+    switch = KillSwitch(worker.broker, worker.control_topic, keyring=Keyring.load(), security=worker.kafka)
     await switch.start()
     asyncio.ensure_future(_zombie(worker))
     await asyncio.sleep(10)
@@ -153,7 +153,7 @@ async def inject_incidents(worker: Worker) -> None:
             await asyncio.sleep(15)
             await publish_command(worker.broker, worker.control_topic, make_command(
                 "release", "run_id", run, "on-call: fixed the flaky test, resume", 600, "demo:on-call",
-                keyring=Keyring.load()))
+                keyring=Keyring.load()), security=worker.kafka)
             console.print(f"[green]on-call released run {run}[/] (spendwatch release --run {run})")
             while True:
                 await asyncio.sleep(0.5)

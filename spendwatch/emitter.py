@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import CorruptRecordException, KafkaError, MessageSizeTooLargeError
 
 from schemas.limits import MAX_RECORD_BYTES
+from streams.kafka_security import KafkaSecurity
 
 log = logging.getLogger("spendwatch.emitter")
 
@@ -102,8 +103,12 @@ class UsageEmitter:
     """
 
     def __init__(self, broker: str, topic: str = "spendwatch.usage", *, max_buffer: int = 100_000,
-                 max_batch: int = 500, linger: float = 0.05, **producer_kwargs: Any):
+                 max_batch: int = 500, linger: float = 0.05, security: KafkaSecurity | None = None,
+                 **producer_kwargs: Any):
         self.bootstrap = bootstrap_of(broker)
+        self.security = security if security is not None else KafkaSecurity.from_env()
+        """SASL/TLS settings; by default the SPENDWATCH_KAFKA_* variables (none set: plaintext)."""
+        self._security_kwargs = self.security.aiokafka_kwargs()  # a bad CA/key file fails here, not later
         self.topic = topic
         self.max_batch = max_batch
         self.linger = linger
@@ -263,7 +268,8 @@ class UsageEmitter:
                 self._task.cancel()
         self._loop = loop
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
-                                          request_timeout_ms=10_000, **self.producer_kwargs)
+                                          request_timeout_ms=10_000,
+                                          **{**self._security_kwargs, **self.producer_kwargs})
         self._started = False
         self._inflight = 0
         self._wake = asyncio.Event()

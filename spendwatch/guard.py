@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError
 from schemas.control import ControlCommand
 from schemas.signing import CommandRejected, Keyring, Verifier, parse_command
 from spendwatch.emitter import LoopThread, bootstrap_of
+from streams.kafka_security import KafkaSecurity
 
 log = logging.getLogger("spendwatch.guard")
 
@@ -258,8 +259,11 @@ class KillSwitch:
     def __init__(self, broker: str, topic: str = "spendwatch.control", *, keyring: Keyring,
                  fail_closed: bool = False, stale_after: float = 30.0, poll_s: float = 1.0,
                  clock: Callable[[], float] = time.time, allow_hmac: bool | None = None,
-                 team: str | None = None):
+                 team: str | None = None, security: KafkaSecurity | None = None):
         self.broker, self.topic = broker, topic
+        self.security = security if security is not None else KafkaSecurity.from_env()
+        """SASL/TLS settings; by default the SPENDWATCH_KAFKA_* variables (none set: plaintext)."""
+        self._security_kwargs = self.security.aiokafka_kwargs()
         self.fail_closed, self.stale_after, self.poll_s = fail_closed, stale_after, poll_s
         self.clock = clock
         self.kills = KillSet(Verifier(keyring, allow_hmac=allow_hmac, team=team))
@@ -372,7 +376,8 @@ class KillSwitch:
         backoff = self.poll_s
         while True:
             consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_of(self.broker), enable_auto_commit=False,
-                                        auto_offset_reset="earliest", request_timeout_ms=10_000)
+                                        auto_offset_reset="earliest", request_timeout_ms=10_000,
+                                        **self._security_kwargs)
             try:
                 await consumer.start()
                 return consumer

@@ -19,12 +19,14 @@ from aiokafka import AIOKafkaClient
 from faust.exceptions import ConsistencyError
 from rich.console import Console
 
-from schemas.signing import Keyring, KeyringError
+from schemas.signing import KEYS_ENV, Keyring, KeyringError
 from spendwatch.config import Settings, TopicsConfig
 from spendwatch.emitter import bootstrap_of
 from streams.app import Worker, WorkerOptions, build_app
 from streams.broker import BrokerError, EmbeddedBroker
 from streams.ingest import TimeBounds
+from streams.kafka_security import KafkaSecurity, kafka_kwargs
+from streams.secrets import redact_logs, register
 from streams.sinks import Sink
 from streams.sinks.console import ConsoleSink
 from streams.sinks.pagerduty import PagerDutySink
@@ -52,7 +54,7 @@ def kafka_wait_from_env() -> float:
     return wait
 
 
-def wait_for_kafka(broker: str, max_wait: float) -> None:
+def wait_for_kafka(broker: str, max_wait: float, security: KafkaSecurity | None = None) -> None:
     """Return once a bootstrap server answers a metadata request; retry with capped exponential backoff.
 
     Faust gives up within seconds, with a traceback, on a Kafka that is not up yet, which is the normal
@@ -63,7 +65,7 @@ def wait_for_kafka(broker: str, max_wait: float) -> None:
     while True:
         attempt += 1
         try:
-            asyncio.run(_probe(bootstrap))
+            asyncio.run(_probe(bootstrap, security))
             if attempt > 1:
                 print(f"Kafka at {bootstrap} is reachable; starting the worker", file=sys.stderr, flush=True)
             return
@@ -79,12 +81,12 @@ def wait_for_kafka(broker: str, max_wait: float) -> None:
         time.sleep(delay)
 
 
-async def _probe(bootstrap: str) -> None:
+async def _probe(bootstrap: str, security: KafkaSecurity | None = None) -> None:
     """One metadata request; aiokafka's own error lines are muted: the waiting line says it once."""
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000, **kafka_kwargs(security))
     try:
         await asyncio.wait_for(client.bootstrap(), 10)
     finally:
@@ -92,9 +94,10 @@ async def _probe(bootstrap: str) -> None:
         quiet.setLevel(level)
 
 
-async def partition_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
+async def partition_counts(bootstrap: str, topics: list[str],
+                           security: KafkaSecurity | None = None) -> dict[str, int]:
     """Partitions of each of `topics` that exists (one metadata request)."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **kafka_kwargs(security))
     try:
         await asyncio.wait_for(client.bootstrap(), 15)
         await client.force_metadata_update()
@@ -103,14 +106,16 @@ async def partition_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
         await client.close()
 
 
-def check_partitions(worker: Worker, broker: str, topics_config: TopicsConfig) -> None:
+def check_partitions(worker: Worker, broker: str, topics_config: TopicsConfig,
+                     security: KafkaSecurity | None = None) -> None:
     """Refuse to start on topics whose partition count is not the configured one: a table's
     changelog must match its source topic, and Faust only notices on the first write, after
     saying Ready, and then exits on every event."""
     partitions = topics_config.partitions
     topics = [topics_config.usage, topics_config.rollups] + [
         table.changelog_topic.get_topic_name() for table in worker.app.tables.values()]
-    wrong = {t: n for t, n in asyncio.run(partition_counts(bootstrap_of(broker), topics)).items() if n != partitions}
+    counts = asyncio.run(partition_counts(bootstrap_of(broker), topics, security))
+    wrong = {t: n for t, n in counts.items() if n != partitions}
     if wrong:
         listed = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
         raise BrokerError(
@@ -128,7 +133,7 @@ def signing_keyring(path: Path | None) -> Keyring:
     return keyring
 
 
-def worker_options(settings: Settings) -> WorkerOptions:
+def worker_options(settings: Settings, security: KafkaSecurity | None = None) -> WorkerOptions:
     """The config as the worker's narrow, already-built pieces (control keys are read here, so a
     missing key file stops the start with its error)."""
     return WorkerOptions(
@@ -150,7 +155,20 @@ def worker_options(settings: Settings) -> WorkerOptions:
         check_changelog_offsets=settings.check_changelog_offsets,
         metrics_port=settings.worker.metrics_port,
         metrics_host=settings.worker.metrics_host,
+        kafka=security if security is not None else settings.kafka.security(),
     )
+
+
+def protect_secrets(settings: Settings) -> None:
+    """Mask every secret this process may hold in its logs and sink errors (`streams.secrets`): the
+    control keys from the environment, the sinks' tokens, URLs and keys, the Kafka password."""
+    redact_logs()
+    keys = os.environ.get(KEYS_ENV, "")
+    register(keys, *(item.partition(":")[2] for item in keys.split(",")))
+    for read in (settings.slack.token, settings.slack.webhook_url, settings.sinks.webhook_url,
+                 settings.sinks.pagerduty_routing_key):
+        read()  # each registers what it reads
+    register(os.environ.get(settings.kafka.password_env))
 
 
 def make_sinks(settings: Settings, console: Console) -> list[Sink]:
@@ -160,9 +178,9 @@ def make_sinks(settings: Settings, console: Console) -> list[Sink]:
         sinks.append(SlackSink(token=s.token(), channel=s.channel, webhook_url=s.webhook_url(), base_url=s.base_url))
     elif s.channel:
         log.warning("slack.channel is set but $%s is empty: Slack alerts are off", s.token_env)
-    if url := os.environ.get(settings.sinks.webhook_url_env):
+    if url := settings.sinks.webhook_url():
         sinks.append(WebhookSink(url))
-    if key := os.environ.get(settings.sinks.pagerduty_routing_key_env):
+    if key := settings.sinks.pagerduty_routing_key():
         sinks.append(PagerDutySink(key, base_url=settings.sinks.pagerduty_base_url))
     return sinks
 
@@ -184,17 +202,22 @@ def run(
     for it to be reachable first.
     """
     console = console or Console()
+    protect_secrets(settings)
     with ExitStack() as stack:
         embedded = None
+        # the embedded broker speaks plaintext only
+        security = KafkaSecurity() if broker is None else settings.kafka.security()
         if broker is None:
             embedded = stack.enter_context(EmbeddedBroker())
             broker = embedded.url
             console.print(f"[dim]embedded Tansu broker on {embedded.bootstrap} (memory storage)[/]")
         else:
-            wait_for_kafka(broker, kafka_wait_from_env() if kafka_wait is None else kafka_wait)
-        worker = build_app(worker_options(settings), broker, make_sinks(settings, console), data_dir=data_dir)
+            wait_for_kafka(broker, kafka_wait_from_env() if kafka_wait is None else kafka_wait, security)
+            if security.protocol != "PLAINTEXT":
+                log.info("Kafka security: %s", security.describe())
+        worker = build_app(worker_options(settings, security), broker, make_sinks(settings, console), data_dir=data_dir)
         if embedded is None:
-            check_partitions(worker, broker, settings.topics)
+            check_partitions(worker, broker, settings.topics, security)
         for task in tasks:
             worker.app.task(_bind(task, worker))
         if duration is not None:

@@ -28,6 +28,7 @@ from schemas.signing import Keyring
 from streams.clock import EventClock
 from streams.digests import DigestScheduler
 from streams.ingest import Ingestor, TimeBounds
+from streams.kafka_security import KafkaSecurity
 from streams.metrics import LAG_EVERY_S, MetricsServer, WorkerMetrics
 from streams.notifier import Notifier
 from streams.publisher import AlertPublisher
@@ -67,6 +68,8 @@ class WorkerOptions:
     metrics_port: int = 0
     """Serve `/metrics` (Prometheus) on this port; 0: no endpoint (the metrics are still kept)."""
     metrics_host: str = "127.0.0.1"
+    kafka: KafkaSecurity | None = None
+    """SASL/TLS for every Kafka client of the worker; None: the SPENDWATCH_KAFKA_* variables (none set: plaintext)."""
 
 
 @dataclass
@@ -79,6 +82,8 @@ class Worker:
     control_topic: str
     metrics: WorkerMetrics
     metrics_server: MetricsServer | None = None
+    kafka: KafkaSecurity | None = None
+    """The security its Kafka clients use: what a task talking to the same broker uses too."""
 
 
 def fatal(agent: str) -> None:
@@ -93,9 +98,11 @@ def faust_app(opts: WorkerOptions, broker: str, app_id: str, data_dir: Path | No
     """The Faust app; with `data_dir` its tables live in RocksDB there (one database per table
     and partition), else in memory, rebuilt from changelogs on start."""
     disk = {"store": "rocksdb://", "tabledir": str(data_dir.resolve())} if data_dir else {"store": "memory://"}
+    security = opts.kafka if opts.kafka is not None else KafkaSecurity.from_env()
     app = faust.App(
         app_id,
         broker=broker,
+        broker_credentials=security.faust_credentials(),
         **disk,  # type: ignore[arg-type]  # faust.App's stub checks str values against its typed keywords (monitor...)
         key_serializer="raw",
         value_serializer="raw",
@@ -156,7 +163,8 @@ def build_app(opts: WorkerOptions, broker: str, sinks: Sequence[Sink], *, app_id
     digests = DigestScheduler(remote, opts.routing, topo.route_store(), clock)
     _bind(app, opts, topo, ingest, rollup, snapshots, publisher, console, digests, dead, clock)
     _bind_metrics(app, t.usage, metrics, server)
-    return Worker(app, monitor, stats, topo.usage, broker, t.control, metrics, server)
+    return Worker(app, monitor, stats, topo.usage, broker, t.control, metrics, server,
+                  opts.kafka if opts.kafka is not None else KafkaSecurity.from_env())
 
 
 def _bind_metrics(app: faust.App, usage: str, metrics: WorkerMetrics, server: MetricsServer | None) -> None:

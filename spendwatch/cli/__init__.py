@@ -77,7 +77,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from streams.dashboard.server import Dashboard
 
         t = settings.topics
-        dash = Dashboard(bootstrap_of(worker.broker), FeedTopics(t.snapshots, t.alerts, t.control), port=args.port)
+        dash = Dashboard(bootstrap_of(worker.broker), FeedTopics(t.snapshots, t.alerts, t.control), port=args.port,
+                         security=worker.kafka)
         try:
             url = await dash.start()
         except OSError:  # the port is taken (another dashboard?): any free one will do for a demo
@@ -90,7 +91,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             await dash.stop()
 
     worker = run(settings, args.broker, console=console,
-                 tasks=[produce_traffic, inject_incidents, dashboard, live_summary], duration=args.duration)
+                 tasks=[produce_traffic, inject_incidents, dashboard, live_summary], duration=args.duration,
+                 loglevel=args.log_level)
     counts = worker.stats.alerts
     console.print(f"\nalerts raised: {sum(counts.values())} "
                   + (" ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "(none)"))
@@ -183,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "alerts raised, counted by kind (default: run until Ctrl-C)")
     d.add_argument("--config", type=Path, help="TOML config file (default: demo budgets)")
     d.add_argument("--broker", type=broker_arg, help=broker_help + " (default: embedded)")
+    d.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     d.add_argument("--port", type=port, default=8080, help="the dashboard's port on 127.0.0.1 (default: "
                    "%(default)s, or a free one if it is taken)")
 
@@ -236,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from streams.secrets import redact_logs
+
+    redact_logs()
     try:
         return args.func(args)
     except CliError as err:
@@ -246,9 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # last resort: one clear line instead of a traceback
         from schemas.signing import KeyringError
         from streams.broker import BrokerError
+        from streams.kafka_security import KafkaSecurityError
         from streams.metrics import MetricsPortError
 
-        if isinstance(err, (BrokerError, KeyringError, MetricsPortError)):
+        if isinstance(err, (BrokerError, KeyringError, MetricsPortError, KafkaSecurityError)):
             print(f"spendwatch: error: {err}", file=sys.stderr)
             return 1
         raise

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from spendwatch.config import Settings
+    from streams.kafka_security import KafkaSecurity
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
     """What `add_subparsers` returns: each command module registers its commands on it."""
@@ -45,6 +46,17 @@ def positive(value: str) -> float:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"{value!r} must be > 0")
     return v
+
+
+def kafka_security(settings: Settings) -> KafkaSecurity:
+    """The config's `[kafka]` settings with the SPENDWATCH_KAFKA_* variables over them (never flags:
+    those show in `ps`); a missing file or password is a user error naming it."""
+    from streams.kafka_security import KafkaSecurityError
+
+    try:
+        return settings.kafka.security()
+    except KafkaSecurityError as err:
+        raise CliError(str(err)) from None
 
 
 def load_config(path: Path | None) -> Settings:

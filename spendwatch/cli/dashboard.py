@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from spendwatch.cli.common import CliError, broker_arg, load_config, port
+from spendwatch.cli.common import CliError, broker_arg, kafka_security, load_config, port
 from spendwatch.emitter import bootstrap_of
 
 if TYPE_CHECKING:
@@ -61,7 +61,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
     token = token_for(args.bind)
     topics = FeedTopics(settings.topics.snapshots, settings.topics.alerts, settings.topics.control)
-    dash = Dashboard(bootstrap_of(args.broker), topics, args.bind, args.port, token)
+    dash = Dashboard(bootstrap_of(args.broker), topics, args.bind, args.port, token,
+                     security=kafka_security(settings))
     console = Console()
 
     async def main() -> None:

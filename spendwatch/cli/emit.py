@@ -29,7 +29,7 @@ async def emit_lines(fh: BinaryIO, broker: str, topic: str, skip_bad: bool = Fal
                      **emitter_kwargs: Any) -> Emitted:
     """Publish every valid event, waiting for the producer when its buffer is full (a file is
     never worth a dropped event); a bad line stops with its line number unless `skip_bad`."""
-    emitter = UsageEmitter(broker, topic, **emitter_kwargs)
+    emitter = UsageEmitter(broker, topic, **emitter_kwargs)  # security: SPENDWATCH_KAFKA_* unless given
     await emitter.start()
     out = Emitted()
     try:

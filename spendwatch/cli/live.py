@@ -14,12 +14,15 @@ from collections.abc import Callable, Iterable
 
 from schemas.structs import Event, to_wire
 from spendwatch.emitter import UsageEmitter
+from streams.kafka_security import KafkaSecurity
 
 
 async def replay_live(events: Iterable[Event], broker: str, topic: str, speed: float | None,
-                      progress: Callable[[int], None] | None = None) -> dict[str, float]:
-    """Publish `events`; `speed` None means as fast as the producer goes. Returns rate statistics."""
-    emitter = UsageEmitter(broker, topic, max_buffer=1_000_000)
+                      progress: Callable[[int], None] | None = None,
+                      security: KafkaSecurity | None = None) -> dict[str, float]:
+    """Publish `events`; `speed` None means as fast as the producer goes. Returns rate statistics.
+    `security` None: the SPENDWATCH_KAFKA_* variables (none set: plaintext)."""
+    emitter = UsageEmitter(broker, topic, max_buffer=1_000_000, security=security)
     await emitter.start()
     run = uuid.uuid4().hex[:8]
     t0 = time.time()

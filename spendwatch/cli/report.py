@@ -19,7 +19,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from spendwatch.cli.common import CliError, broker_arg, load_config
+from spendwatch.cli.common import CliError, broker_arg, kafka_security, load_config
 from spendwatch.emitter import bootstrap_of
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ def from_broker(broker: str, settings: Settings, wait_s: float) -> ReadModel:
 
     model = ReadModel()
     t = settings.topics
-    feed = Feed(model, bootstrap_of(broker), FeedTopics(t.snapshots, t.alerts, t.control), rediscover_s=1.0)
+    feed = Feed(model, bootstrap_of(broker), FeedTopics(t.snapshots, t.alerts, t.control), rediscover_s=1.0,
+                security=kafka_security(settings))
 
     async def read() -> None:
         task = asyncio.ensure_future(feed.run())

@@ -49,6 +49,7 @@ from spendwatch.integrations._common import (
     split_model,
 )
 from spendwatch.usage import digest
+from streams.kafka_security import KafkaSecurity
 
 log = logging.getLogger("spendwatch.integrations.otel")
 
@@ -382,11 +383,13 @@ class OtlpBridge:
 
     def __init__(self, broker: str, topic: str = "otlp_spans", encoding: str = "otlp_proto", *,
                  usage_topic: str = "spendwatch.usage", group: str = "spendwatch-otel-bridge",
-                 mapper: SpanMapper | None = None):
+                 mapper: SpanMapper | None = None, security: KafkaSecurity | None = None):
         if encoding not in ("otlp_proto", "otlp_json"):
             raise ValueError(f"unknown encoding {encoding!r}; use otlp_proto or otlp_json")
         self.broker, self.topic, self.encoding, self.group = broker, topic, encoding, group
         self.usage_topic = usage_topic
+        self.security = security if security is not None else KafkaSecurity.from_env()
+        """SASL/TLS for both its consumer and its emitter; by default the SPENDWATCH_KAFKA_* variables."""
         self.mapper = mapper or SpanMapper()
         self.records = self.events = self.malformed = 0
         self._logged_at = float("-inf")
@@ -414,8 +417,9 @@ class OtlpBridge:
         from spendwatch.emitter import bootstrap_of
 
         consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=bootstrap_of(self.broker), group_id=self.group,
-                                    enable_auto_commit=False, auto_offset_reset="earliest")
-        emitter = UsageEmitter(self.broker, self.usage_topic)
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    **self.security.aiokafka_kwargs())
+        emitter = UsageEmitter(self.broker, self.usage_topic, security=self.security)
         await consumer.start()
         await emitter.start()
         idle_since = time.monotonic()

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streams.dashboard.model import ReadModel
+from streams.kafka_security import KafkaSecurity
 
 log = logging.getLogger("spendwatch.dashboard")
 
@@ -32,8 +33,11 @@ class Feed:
     the start (or at a topic's appearance) has been read."""
 
     def __init__(self, model: ReadModel, bootstrap: str, topics: FeedTopics = FeedTopics(),
-                 poll_s: float = 0.5, rediscover_s: float = 5.0):
+                 poll_s: float = 0.5, rediscover_s: float = 5.0, security: KafkaSecurity | None = None):
         self.model = model
+        self.security = security if security is not None else KafkaSecurity.from_env()
+        """SASL/TLS settings; by default the SPENDWATCH_KAFKA_* variables (none set: plaintext)."""
+        self._security_kwargs = self.security.aiokafka_kwargs()
         self.bootstrap = bootstrap
         self.topics = topics
         self.poll_s, self.rediscover_s = poll_s, rediscover_s
@@ -47,7 +51,7 @@ class Feed:
         while True:
             consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                         auto_offset_reset="earliest", request_timeout_ms=10_000,
-                                        max_partition_fetch_bytes=8 * 1024 * 1024)
+                                        max_partition_fetch_bytes=8 * 1024 * 1024, **self._security_kwargs)
             try:
                 await consumer.start()
                 await self._follow(consumer)

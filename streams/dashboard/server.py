@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streams.dashboard.feed import Feed, FeedTopics
 from streams.dashboard.metrics import registry
 from streams.dashboard.model import SORTS, ReadModel
+from streams.kafka_security import KafkaSecurity
 
 COOKIE = "spendwatch_token"
 STATIC = resources.files("streams.dashboard") / "static"
@@ -243,9 +244,9 @@ class Dashboard:
     """Feed + read model + HTTP site, started and stopped together (the CLI and the demo use it)."""
 
     def __init__(self, bootstrap: str, topics: FeedTopics, bind: str = "127.0.0.1", port: int = 8080,
-                 token: str | None = None):
+                 token: str | None = None, security: KafkaSecurity | None = None):
         self.model = ReadModel()
-        self.feed = Feed(self.model, bootstrap, topics)
+        self.feed = Feed(self.model, bootstrap, topics, security=security)
         self.bind, self.port, self.token = bind, port, token
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None

@@ -6,6 +6,7 @@ from typing import Protocol, runtime_checkable
 
 from schemas.alerts import Alert
 from streams.routing import Notification
+from streams.secrets import redact
 
 
 class DeliveryError(Exception):
@@ -13,7 +14,7 @@ class DeliveryError(Exception):
     request may have taken effect anyway (the answer was lost, or Slack says part of it may have)."""
 
     def __init__(self, message: str, retryable: bool, uncertain: bool = False):
-        super().__init__(message)
+        super().__init__(redact(message))  # an HTTP error can carry a webhook URL or a key
         self.retryable = retryable
         self.uncertain = uncertain
 

@@ -11,9 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pydantic import SecretStr
 
 from schemas.alerts import Alert
 from streams.routing import Notification
+from streams.secrets import secret
 from streams.sinks.text import digest_title, title
 from streams.sinks.webhook import HttpJsonSink
 
@@ -24,9 +26,11 @@ SUMMARY_MAX = 1024
 class PagerDutySink(HttpJsonSink):
     name = "pagerduty"
 
-    def __init__(self, routing_key: str, *, base_url: str = "https://events.pagerduty.com", timeout_s: float = 10.0):
+    def __init__(self, routing_key: str | SecretStr, *, base_url: str = "https://events.pagerduty.com",
+                 timeout_s: float = 10.0):
         super().__init__(timeout_s)
-        self.routing_key = routing_key
+        self.routing_key = secret(routing_key)
+        """A SecretStr: it is in the request body only."""
         self.url = f"{base_url.rstrip('/')}/v2/enqueue"
 
     async def send(self, alert: Alert, previous: str | None) -> str | None:
@@ -53,7 +57,9 @@ class PagerDutySink(HttpJsonSink):
 
     async def _enqueue(self, dedup_key: str, payload: dict[str, Any] | None) -> str:
         """Trigger with `payload`, or resolve when there is none; returns PagerDuty's dedup key."""
-        event: dict[str, Any] = {"routing_key": self.routing_key, "dedup_key": dedup_key, "event_action": "resolve"}
+        assert self.routing_key is not None
+        event: dict[str, Any] = {"routing_key": self.routing_key.get_secret_value(), "dedup_key": dedup_key,
+                                 "event_action": "resolve"}
         if payload is not None:
             payload["summary"] = payload["summary"][:SUMMARY_MAX]
             event.update(event_action="trigger", client="spendwatch", payload=payload)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from pydantic import SecretStr
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -32,6 +33,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from schemas.alerts import Alert
 from streams.routing import Notification
+from streams.secrets import secret
 from streams.sinks import DeliveryError, marker
 from streams.sinks.text import SEVERITY_EMOJI, digest_title, evidence_lines, title, who
 
@@ -122,8 +124,13 @@ class SlackSink:
 
     name = "slack"
 
-    def __init__(self, *, token: str | None = None, channel: str | None = None, webhook_url: str | None = None,
-                 base_url: str | None = None, retries: int = 3, timeout_s: float = 30.0):
+    def __init__(self, *, token: str | SecretStr | None = None, channel: str | None = None,
+                 webhook_url: str | SecretStr | None = None, base_url: str | None = None, retries: int = 3,
+                 timeout_s: float = 30.0):
+        # SecretStr, and registered so that no error or log line (slack-sdk's debug lines name the
+        # webhook URL) carries them; slack-sdk itself needs the plain values
+        token = _reveal(secret(token))
+        webhook_url = _reveal(secret(webhook_url))
         self._webhook: AsyncWebhookClient | None = None
         self._web: AsyncWebClient | None = None
         self._posts: AsyncWebClient | None = None
@@ -142,6 +149,9 @@ class SlackSink:
             raise ValueError("Slack needs a bot token and a channel, or an incoming-webhook URL")
         self.channel = channel
         self._channel_id = channel if channel and CHANNEL_ID.fullmatch(channel) else None
+
+    def __repr__(self) -> str:
+        return f"SlackSink(channel={self.channel!r}, webhook={self._webhook is not None})"
 
     async def send(self, alert: Alert, previous: str | None) -> str | None:
         payload = {"text": f"{title(alert)}: {alert.summary}", "blocks": blocks(alert)}
@@ -236,3 +246,7 @@ class SlackSink:
 
     async def close(self) -> None:
         return None
+
+
+def _reveal(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None

@@ -8,9 +8,11 @@ can deduplicate on those ids: delivery is at least once.
 from __future__ import annotations
 
 import aiohttp
+from pydantic import SecretStr
 
 from schemas.alerts import Alert
 from streams.routing import Notification
+from streams.secrets import secret
 from streams.sinks import DeliveryError
 
 
@@ -48,16 +50,24 @@ class HttpJsonSink:
 class WebhookSink(HttpJsonSink):
     """POSTs to one URL; give each webhook its own `name`, which keys its entries in the ledger."""
 
-    def __init__(self, url: str, *, name: str = "webhook", headers: dict[str, str] | None = None,
+    def __init__(self, url: str | SecretStr, *, name: str = "webhook", headers: dict[str, str] | None = None,
                  timeout_s: float = 10.0):
         super().__init__(timeout_s, headers)
-        self.url = url
+        self.url = secret(url)
+        """A SecretStr: a webhook URL often carries its credential (a token in the path or query)."""
         self.name = name
 
+    def __repr__(self) -> str:
+        return f"WebhookSink(name={self.name!r})"
+
     async def send(self, alert: Alert, previous: str | None) -> str | None:
-        await self._post(self.url, alert.model_dump_json().encode())
+        await self._post(self._target(), alert.model_dump_json().encode())
         return None
 
     async def send_digest(self, notification: Notification, previous: str | None) -> str | None:
-        await self._post(self.url, notification.model_dump_json().encode())
+        await self._post(self._target(), notification.model_dump_json().encode())
         return None
+
+    def _target(self) -> str:
+        assert self.url is not None
+        return self.url.get_secret_value()
