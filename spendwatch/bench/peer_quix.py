@@ -82,8 +82,11 @@ def build(broker: str, state_dir: str, progress: _Progress, topic_name: str = "s
                 "calls": 1}
 
     app = Application(broker_address=broker, consumer_group="spendwatch-peer", auto_offset_reset="earliest",
-                      state_dir=state_dir, loglevel="WARNING")
+                      consumer_extra_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 1500},
+                      state_dir=state_dir, loglevel=os.environ.get("SPENDWATCH_PEER_LOGLEVEL", "WARNING"))
     topic = app.topic(topic_name, value_deserializer="json")
+    # Tansu's DescribeConfigs leaves retention.ms out, which quix needs to derive the window's changelog
+    topic.broker_config.extra_config.setdefault("retention.ms", "-1")
     sdf = app.dataframe(topic)
     sdf = sdf.apply(lambda v: v if isinstance(v, list) else [v], expand=True)
     sdf = sdf.set_timestamp(lambda v, key, ts, headers: int(v["ts"] * 1000))
