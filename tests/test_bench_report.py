@@ -46,7 +46,7 @@ def test_json_is_strict_and_keeps_the_miss() -> None:
     assert isinstance(out, dict)
     assert out["single"]["latency"]["missed"] == 1 and out["single"]["latency"]["p99_s"] is None
     assert out["single"]["peak_rss_mb"] is None and out["batched"]["events_per_s"] is None
-    assert out["single"]["vs_ceiling"] == 0.02 and out["single"]["vs_naive"] == 8.0
+    assert out["single"]["vs_ceiling"] == 0.02 and out["naive"]["vs_ceiling"] == 0.0025 and out["single"]["vs_naive"] == 8.0
     assert out["single"]["vs_peer"] is None and out["peer_single"] == {"skipped": PEER_MISSING}
 
 

@@ -61,7 +61,7 @@ def add_ratios(r: dict[str, Any]) -> None:
         assert mine is not None
         for name, ref in (("vs_ceiling", f"raw_{shape}"), ("vs_naive", "naive"), ("vs_peer", f"peer_{shape}")):
             base = rate(ref)
-            row[name] = None if base is None or ref == key else round(mine / base, 2)
+            row[name] = None if base is None or ref == key else float(f"{mine / base:.3g}")
 
 
 def clean(x: Any) -> Any:
@@ -82,6 +82,10 @@ def to_json(r: dict[str, Any]) -> str:
 
 def _fmt(v: Any, spec: str = ",", suffix: str = "") -> str:
     return "—" if v is None else f"{v:{spec}}{suffix}"
+
+
+def _ratio(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3g}×"
 
 
 def _latency_line(name: str, lat: dict[str, Any]) -> str:
@@ -105,8 +109,8 @@ def print_bench(r: dict[str, Any], console: Console | None = None) -> None:
             t.add_row(name, "skipped", "", "", "", "", "", "")
             continue
         t.add_row(name, _fmt(row.get("events")), _fmt(row.get("events_per_s")),
-                  _fmt(row.get("vs_ceiling"), ".2f", "×"), _fmt(row.get("vs_naive"), ".1f", "×"),
-                  _fmt(row.get("vs_peer"), ".2f", "×"), _fmt(row.get("peak_rss_mb"), ",", " MB"),
+                  _ratio(row.get("vs_ceiling")), _ratio(row.get("vs_naive")), _ratio(row.get("vs_peer")),
+                  _fmt(row.get("peak_rss_mb"), ",", " MB"),
                   str(row.get("totals_exact", "—")))
     console.print(t)
     for key in ("peer_single", "peer_batched"):
