@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,37 +22,46 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from detectors.engine.workflow import WorkflowState
+from spendwatch.bench import peer_quix
 from spendwatch.bench.load import Load, loop_run, make_load, publish
+from spendwatch.bench.report import LATENCY_TARGET_S, PEER_MISSING, add_ratios, clean, latency_summary
 from streams.broker import EmbeddedBroker
 from streams.workflow_table import latest_states
 
 TOPIC = "spendwatch.usage"
 BENCH_CONFIG = "session_timeout_s = 6\n"
 """Workers join the group 2 s sooner (start-up only: rates are timed from the first batch on)."""
+DRAIN_S = 30.0
+"""How long the latency run keeps listening after the last event: an alert later than this is missed."""
 
 
-def _rss_peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def _rss_peak_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # the process has exited
+        pass
+    return None
 
 
 class Workers:
     """Worker processes (the real one or the naive baseline) on one broker, each reporting progress."""
 
-    def __init__(self, broker: EmbeddedBroker, naive: bool = False, count: int = 1, config: str = ""):
+    def __init__(self, broker: EmbeddedBroker, kind: str = "worker", count: int = 1, config: str = ""):
         self.dir = Path(tempfile.mkdtemp(prefix="spendwatch-bench-"))
         toml = self.dir / "spendwatch.toml"
         toml.write_text(BENCH_CONFIG + config)
-        cmd = ([sys.executable, "-m", "spendwatch.bench.naive", broker.url] if naive else
-               [sys.executable, "-m", "spendwatch", "worker", "--broker", broker.url, "--config", str(toml)])
+        cmd = {"naive": [sys.executable, "-m", "spendwatch.bench.naive", broker.url],
+               "peer": [sys.executable, "-m", "spendwatch.bench.peer_quix", broker.bootstrap, str(self.dir / "state")],
+               "worker": [sys.executable, "-m", "spendwatch", "worker", "--broker", broker.url, "--config", str(toml)],
+               }[kind]
         self.files = [self.dir / f"progress-{i}.json" for i in range(count)]
         self.procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                        env={**os.environ, "SPENDWATCH_PROGRESS_FILE": str(f)})
                       for f in self.files]
 
-    def progress(self) -> list[dict[str, float]]:
+    def progress(self) -> list[dict[str, Any]]:
         return [orjson.loads(f.read_bytes()) for f in self.files if f.exists()]
 
     def wait_for(self, events: int, timeout: float) -> float:
@@ -70,8 +78,9 @@ class Workers:
         raise TimeoutError(f"workers processed {sum(p['events'] for p in self.progress())} of {events} events "
                            f"in {timeout:.0f}s")
 
-    def peak_rss_mb(self) -> float:
-        return max(_rss_peak_mb(p.pid) for p in self.procs)
+    def peak_rss_mb(self) -> float | None:
+        peaks = [_rss_peak_mb(p.pid) for p in self.procs]
+        return None if any(x is None for x in peaks) else max(x for x in peaks if x is not None)
 
     def stop(self) -> None:
         for p in self.procs:
@@ -79,11 +88,13 @@ class Workers:
             p.wait()
 
 
-async def read_states(bootstrap: str) -> dict[str, WorkflowState]:
+async def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record of `topic`, in partition order."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [TopicPartition("spendwatch-workflows-changelog", p) for p in range(4)]
+        parts = consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
@@ -91,7 +102,70 @@ async def read_states(bootstrap: str) -> dict[str, WorkflowState]:
         for tp in tps:
             while await consumer.position(tp) < end[tp]:
                 records += ((m.key, m.value) for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []))
-        return latest_states(records)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # partitions_for_topic reads cached metadata only
+    return consumer.partitions_for_topic(topic) or set()
+
+
+async def read_states(bootstrap: str) -> dict[str, WorkflowState]:
+    return latest_states(await read_topic(bootstrap, "spendwatch-workflows-changelog"))
+
+
+async def check_naive_totals(broker: EmbeddedBroker, load: Load, patience: float = 30.0) -> bool:
+    """The naive table's last value per workflow is [calls, input + output tokens]: equal to the truth."""
+    deadline = time.monotonic() + patience
+    while True:
+        latest = dict(await read_topic(broker.bootstrap, "spendwatch-naive-naive-spend-changelog"))
+        exact = all((v := latest.get(wf.encode())) is not None and orjson.loads(v) == [c, i + o]
+                    for wf, (c, i, o) in load.truth.items())
+        if exact or time.monotonic() > deadline:
+            return exact
+        await asyncio.sleep(1.0)
+
+
+def totals_match(seen: dict[str, list[int]], load: Load) -> bool:
+    return {wf: list(t) for wf, t in seen.items()} == load.truth
+
+
+async def raw_consume(bootstrap: str, load: Load, timeout: float = 300) -> dict[str, Any]:
+    """The ceiling for one Python consumer: aiokafka `getmany` and an orjson decode of every
+    record, summing calls and tokens per workflow (to check), no other work. Timed from the
+    end of the first fetch, like the workers."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                max_partition_fetch_bytes=8_000_000, fetch_max_bytes=64_000_000)
+    await consumer.start()
+    try:
+        parts = await _partitions(consumer, TOPIC)
+        tps = [TopicPartition(TOPIC, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen: dict[str, list[int]] = {}
+        events = first_events = 0
+        first = 0.0
+        deadline = time.monotonic() + timeout
+        while events < load.events and time.monotonic() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=500, max_records=100_000)).values():
+                for m in msgs:
+                    value = orjson.loads(m.value)
+                    for ev in value if isinstance(value, list) else (value,):
+                        t = seen.get(ev["workflow"])
+                        if t is None:
+                            t = seen[ev["workflow"]] = [0, 0, 0]
+                        t[0] += 1
+                        t[1] += ev["input_tokens"]
+                        t[2] += ev["output_tokens"]
+                        events += 1
+            if events and not first:
+                first, first_events = time.perf_counter(), events
+        span = time.perf_counter() - first
+        rate = (events - first_events) / span if span > 0 else None
+        return {"events": events, "events_per_s": None if rate is None else round(rate), "peak_rss_mb": None,
+                "totals_exact": events == load.events and totals_match(seen, load)}
     finally:
         await consumer.stop()
 
@@ -114,8 +188,13 @@ async def check_totals(broker: EmbeddedBroker, load: Load, patience: float = 30.
         await asyncio.sleep(1.0)
 
 
-async def latency_at(broker: EmbeddedBroker, rate: float, seconds: float) -> list[float]:
-    """Event-to-alert latency of evident loops while background load runs at `rate` events/s."""
+async def latency_at(broker: EmbeddedBroker, rate: float, seconds: float, per_record: int = 500,
+                     patience: float = DRAIN_S) -> dict[str, float | None]:
+    """Event-to-alert latency of evident loops while background load runs at `rate` events/s.
+
+    Two loops a second are injected. After the last event this keeps listening up to
+    `patience` seconds for the outstanding loops' alerts, so a late alert is reported with
+    its latency and only one that never came within that time counts as missed (None)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
     await consumer.start()
     tps = [TopicPartition("spendwatch.alerts", p) for p in range(4)]
@@ -135,36 +214,38 @@ async def latency_at(broker: EmbeddedBroker, rate: float, seconds: float) -> lis
                         got[a["run_id"]] = time.perf_counter()
 
     listener = asyncio.create_task(listen())
-    per_record = 500
     background = make_load(int(rate * seconds) + per_record, per_record, seed=7, t0=time.time())
-    start = time.perf_counter()
+    every = max(1, int(rate / per_record / 2))  # two loops a second
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5, max_request_size=8_000_000)
     await producer.start()
+    start = time.perf_counter()
     try:
         for i, (key, value) in enumerate(background.records):
             due = start + i * per_record / rate
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            if due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
             await producer.send(TOPIC, value, key=key)
-            if i % max(1, int(rate / per_record / 2)) == 0:  # two loops a second
+            if i % every == 0:
                 run = f"loop-{uuid.uuid4().hex[:8]}"
                 for ev in loop_run(run, time.time()):
                     await producer.send(TOPIC, orjson.dumps(ev), key=b"bench-loops")
                 await producer.flush()
                 sent[run] = time.perf_counter()
-        drained = time.perf_counter() + 5
-        while len(got) < len(sent) and time.perf_counter() < drained:  # the last loops' alerts
+        await producer.flush()
+        drained = time.perf_counter() + patience
+        while len(got) < len(sent) and time.perf_counter() < drained:  # late alerts, told from missing ones
             await asyncio.sleep(0.05)
     finally:
         await producer.stop()
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
         await consumer.stop()
-    return [got[r] - t for r, t in sent.items() if r in got] + [float("inf")] * sum(r not in got for r in sent)
+    return {r: (got[r] - t if r in got else None) for r, t in sent.items()}
 
 
-def memory_per_run(runs: int = 100_000, workflows: int = 10_000) -> dict[str, float]:
+def memory_per_run(runs: int = 100_000, workflows: int = 10_000) -> dict[str, float | None]:
     """State per active run, in a fresh process: its peak RSS holding `runs` runs, then the
     bytes the state takes (tracemalloc, a second pass) and the loop detector's share."""
     import multiprocessing
@@ -174,7 +255,7 @@ def memory_per_run(runs: int = 100_000, workflows: int = 10_000) -> dict[str, fl
         return pool.submit(_measure_state, runs, workflows).result()
 
 
-def _measure_state(runs: int, workflows: int) -> dict[str, float]:
+def _measure_state(runs: int, workflows: int) -> dict[str, float | None]:
     import tracemalloc
 
     from detectors.engine.monitor import Monitor
@@ -201,7 +282,7 @@ def _measure_state(runs: int, workflows: int) -> dict[str, float]:
     by_file = tracemalloc.take_snapshot().statistics("filename")
     tracemalloc.stop()
     per_run = sum(st.size for st in by_file if Path(st.traceback[0].filename).match("detectors/loops.py"))
-    return {"active_runs": runs, "workflows": workflows, "peak_rss_mb": round(rss), "state_mb": total / 2**20,
+    return {"active_runs": runs, "workflows": workflows, "peak_rss_mb": _round(rss), "state_mb": total / 2**20,
             "bytes_per_run": total / runs, "run_state_bytes": per_run / runs}
 
 
@@ -215,40 +296,71 @@ def scenario(name: str, fn: Any) -> Any:
 
 def run_bench(quick: bool = False) -> dict[str, Any]:
     n_single, n_batched, n_naive = (15_000, 150_000, 3_000) if quick else (30_000, 600_000, 10_000)
-    out: dict[str, Any] = {"quick": quick, "cores": os.cpu_count()}
+    n_raw, n_peer = (150_000, 50_000) if quick else (600_000, 150_000)
+    out: dict[str, Any] = {"quick": quick, "cores": os.cpu_count(), "latency_target_s": LATENCY_TARGET_S,
+                           "latency_drain_s": DRAIN_S}
 
-    def one(load: Load, naive: bool = False, count: int = 1, extra=None) -> dict[str, Any]:
+    def one(load: Load, kind: str = "worker", count: int = 1, extra: Any = None) -> dict[str, Any]:
         with EmbeddedBroker() as broker:
             asyncio.run(publish(broker.bootstrap, TOPIC, load.records))  # a backlog: max throughput
-            workers = Workers(broker, naive=naive, count=count)
+            if kind == "raw":
+                return asyncio.run(raw_consume(broker.bootstrap, load))
+            workers = Workers(broker, kind=kind, count=count)
             try:
                 rate = workers.wait_for(load.events, timeout=900)
-                res = {"events": load.events, "events_per_s": round(rate), "peak_rss_mb": round(workers.peak_rss_mb())}
-                if not naive:
+                res: dict[str, Any] = {"events": load.events, "events_per_s": round(rate),
+                                       "peak_rss_mb": _round(workers.peak_rss_mb())}
+                if kind == "naive":
+                    res["totals_exact"] = asyncio.run(check_naive_totals(broker, load))
+                elif kind == "peer":
+                    res["totals_exact"] = _peer_totals(workers, load)
+                else:
                     res["totals_exact"] = asyncio.run(check_totals(broker, load))
                 if extra:
-                    res.update(extra(broker, rate))
+                    res["latency"] = extra(broker, rate)
                 return res
             finally:
                 workers.stop()
 
-    def latency(broker: EmbeddedBroker, rate: float) -> dict[str, Any]:
-        lat = asyncio.run(latency_at(broker, rate / 2, 5 if quick else 15))
-        finite = sorted(x for x in lat if x != float("inf"))
-        q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else lat * 2
-        return {"latency_load_events_per_s": round(rate / 2), "latency_samples": len(lat),
-                "latency_missed": len(lat) - len(finite), "latency_p50_s": round(statistics.median(lat), 3),
-                "latency_p99_s": round(q[98], 3)}
+    def latency(per_record: int) -> Any:
+        def measure(broker: EmbeddedBroker, rate: float) -> dict[str, Any]:
+            got = asyncio.run(latency_at(broker, rate / 2, 5 if quick else 15, per_record=per_record))
+            return {"load_events_per_s": round(rate / 2), **latency_summary(list(got.values()))}
+        return measure
 
+    out["raw_single"] = scenario("raw consume ceiling, single-event records (aiokafka getmany + orjson)",
+                                 lambda: one(make_load(n_raw, 1), kind="raw"))
+    out["raw_batched"] = scenario("raw consume ceiling, batched records (500 events)",
+                                  lambda: one(make_load(n_batched, 500), kind="raw"))
     out["naive"] = scenario("naive baseline (one table write per event)",
-                            lambda: one(make_load(n_naive, 1), naive=True))
-    out["single"] = scenario("worker, single-event records", lambda: one(make_load(n_single, 1)))
-    out["batched"] = scenario("worker, batched records (500 events)", lambda: one(make_load(n_batched, 500),
-                                                                                   extra=latency))
+                            lambda: one(make_load(n_naive, 1), kind="naive"))
+    if peer_quix.available():
+        out["peer_single"] = scenario("quix-streams peer, single-event records",
+                                      lambda: one(make_load(n_peer, 1), kind="peer"))
+        out["peer_batched"] = scenario("quix-streams peer, batched records (500 events)",
+                                       lambda: one(make_load(n_batched, 500), kind="peer"))
+    else:
+        out["peer_single"] = out["peer_batched"] = {"skipped": PEER_MISSING}
+        print(f"  · quix-streams peer skipped: {PEER_MISSING}", file=sys.stderr, flush=True)
+    out["single"] = scenario("worker, single-event records",
+                             lambda: one(make_load(n_single, 1), extra=latency(1)))
+    out["batched"] = scenario("worker, batched records (500 events)",
+                              lambda: one(make_load(n_batched, 500), extra=latency(500)))
     out["two_workers"] = scenario("two workers, batched records", lambda: one(make_load(n_batched, 500), count=2))
     out["memory"] = scenario("memory per active run", lambda: memory_per_run(10_000 if quick else 100_000,
                                                                              1_000 if quick else 10_000))
-    base = out["naive"]["events_per_s"] or 1
-    out["ratio_single_vs_naive"] = round(out["single"]["events_per_s"] / base, 1)
-    out["ratio_batched_vs_naive"] = round(out["batched"]["events_per_s"] / base, 1)
-    return out
+    add_ratios(out)
+    return clean(out)
+
+
+def _round(x: float | None) -> int | None:
+    return None if x is None else round(x)
+
+
+def _peer_totals(workers: Workers, load: Load, patience: float = 5.0) -> bool:
+    deadline = time.monotonic() + patience
+    while True:
+        seen = {k: v for p in workers.progress() for k, v in p.get("totals", {}).items()}
+        if totals_match(seen, load) or time.monotonic() > deadline:
+            return totals_match(seen, load)
+        time.sleep(0.2)

@@ -117,7 +117,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from spendwatch.bench.report import print_bench
+    from spendwatch.bench.report import print_bench, to_json
     from spendwatch.bench.run import run_bench
 
     if args.dashboard:
@@ -139,7 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     result = run_bench(quick=args.quick)
     if args.json:
-        print(json.dumps(result))
+        print(to_json(result))
     else:
         print_bench(result)
     return 0
