@@ -14,7 +14,8 @@ from rich.table import Table
 
 LATENCY_TARGET_S = 2.0
 """Issue 18: every loop alert inside 2 s at half load; a slower one is reported as late."""
-PEER_MISSING = "quixstreams is not installed here (pip install -e '.[bench]' adds it)"
+PEER_MISSING = ("quixstreams is not installed here (pip install 'quixstreams==3.28.*', then "
+                "pip install 'pydantic>=2.14': README, Performance)")
 
 SCENARIOS = (  # key, label, record shape: ratios compare like with like
     ("raw_single", "raw consume ceiling, single-event records", "single"),
