@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from schemas.decode import parse_record
 from streams.transport import fetched_highwaters
 
 
@@ -67,3 +71,25 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | Non
             await consumer.stop()
 
     return asyncio.run(go())
+
+
+def topic_of(broker: Any, name: str) -> str:
+    """A fresh one-partition topic named after `name`."""
+    topic = f"{name}-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic, 1)
+    return topic
+
+
+def events_on(broker: Any, topic: str, expect: int, timeout: float = 20.0) -> list[Any]:
+    """What the worker would count: every record decoded by its own parser, strictly (no unknown fields)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events, errors = [], []
+        for _, value in read_all(broker.bootstrap, topic):
+            ok, bad = parse_record(value, strict=True)
+            events += ok
+            errors += bad
+        assert errors == []
+        if len(events) >= expect or time.monotonic() > deadline:
+            return events
+        time.sleep(0.3)

@@ -17,38 +17,16 @@ from litellm.types.utils import ModelResponse, Usage
 
 from detectors.pricing.money import usd_to_micros
 from detectors.pricing.prices import PriceBook
-from schemas.decode import parse_record
 from schemas.signing import Keyring, make_command
 from spendwatch.control import publish_command
 from spendwatch.guard import SpendKilled
 from spendwatch.integrations.litellm import SpendKilledRequest, SpendwatchLogger
-from tests.kafka_io import create_topic, read_all
+from tests.kafka_io import events_on, topic_of
 
 KEYS = "k1:0123456789abcdef0123456789abcdef"
 MSG = [{"role": "user", "content": "hi"}]
 TOLERANCE_MICROS = 1
 """Per call: spendwatch's price (integer micro-USD, rounded half up) against LiteLLM's float `response_cost`."""
-
-
-def topic_of(broker: Any, name: str) -> str:
-    topic = f"{name}-{uuid.uuid4().hex[:8]}"
-    create_topic(broker.bootstrap, topic, 1)
-    return topic
-
-
-def events_on(broker: Any, topic: str, expect: int, timeout: float = 20.0) -> list[Any]:
-    """What the worker would count: every record decoded by its own parser, strictly (no unknown fields)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        events, errors = [], []
-        for _, value in read_all(broker.bootstrap, topic):
-            ok, bad = parse_record(value, strict=True)
-            events += ok
-            errors += bad
-        assert errors == []
-        if len(events) >= expect or time.monotonic() > deadline:
-            return events
-        time.sleep(0.3)
 
 
 def response(model: str, usage: Usage, tool_calls: list[dict[str, Any]] | None = None) -> ModelResponse:

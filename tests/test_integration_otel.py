@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 import uuid
 from typing import Any
 
@@ -20,35 +19,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode
 
 from detectors.pricing.prices import PriceBook
-from schemas.decode import parse_record
 from spendwatch.cli import main
 from spendwatch.integrations.otel import OtlpBridge, SpanMapper, SpendwatchSpanExporter
 from spendwatch.usage import digest
-from tests.kafka_io import create_topic, publish, read_all
+from tests.kafka_io import events_on, publish, topic_of
 
 RESOURCE = Resource.create({"service.name": "search-api", "team": "discovery",
                             "deployment.environment.name": "prod"})
-
-
-def topic_of(broker: Any, name: str) -> str:
-    topic = f"{name}-{uuid.uuid4().hex[:8]}"
-    create_topic(broker.bootstrap, topic, 1)
-    return topic
-
-
-def events_on(broker: Any, topic: str, expect: int, timeout: float = 20.0) -> list[Any]:
-    """The worker's own strict decoding of every record on the topic."""
-    deadline = time.monotonic() + timeout
-    while True:
-        events, errors = [], []
-        for _, value in read_all(broker.bootstrap, topic):
-            ok, bad = parse_record(value, strict=True)
-            events += ok
-            errors += bad
-        assert errors == []
-        if len(events) >= expect or time.monotonic() > deadline:
-            return events
-        time.sleep(0.3)
 
 
 def make_spans(provider: TracerProvider) -> None:

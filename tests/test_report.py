@@ -82,7 +82,7 @@ def test_the_table_names_the_period_and_the_total(traffic: tuple[Path, dict[str,
 @pytest.mark.parametrize(("args", "message"), [
     ((), "give either --broker (a running system) or traffic FILEs (a recording), not neither"),
     (("x.jsonl", "--broker", "kafka://127.0.0.1:9"), "not both"),
-    (("/no/such.jsonl",), "cannot be read"),
+    (("/no/such.jsonl",), "/no/such.jsonl: no such traffic file"),
     (("--by", "model", "x.jsonl"), "invalid choice: 'model'"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args: tuple[str, ...], message: str) -> None:

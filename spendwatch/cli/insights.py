@@ -22,33 +22,10 @@ from spendwatch.cli.common import CliError, broker_arg, load_config
 
 if TYPE_CHECKING:
     from spendwatch.cli.common import Subparsers
-    from spendwatch.config import Settings
-    from streams.dashboard.model import ReadModel
 
 CSV_COLUMNS = ("kind", "workflow", "model", "usd_per_day", "usd_per_month", "summary", "evidence")
 KIND_LABEL = {"right_sizing": "right-sizing", "caching": "caching", "context_bloat": "context bloat",
               "token_waste": "token waste"}
-
-
-def from_traffic(files: list[Path], fmt: str, settings: Settings, skip_bad: bool) -> ReadModel:
-    """Recorded traffic through the configured engine in virtual time, then every workflow's snapshot."""
-    from replay import driver
-    from replay.readers import ReadStats, ReplayInputError, read_traffic
-    from streams.dashboard.model import ReadModel
-
-    for f in files:
-        if not f.is_file():
-            raise CliError(f"{f}: no such traffic file")
-    monitor = settings.build_monitor()
-    try:
-        driver.run(read_traffic(files, fmt=fmt, skip_bad=skip_bad, stats=ReadStats()), monitor)
-    except (ReplayInputError, FileNotFoundError, ValueError) as err:
-        raise CliError(str(err)) from None
-    model = ReadModel()
-    for name in sorted(monitor.workflows):
-        monitor.insights(name, fresh=True)  # as of the workflow's last event
-        model.apply_snapshot(orjson.dumps(monitor.snapshot(name)))
-    return model
 
 
 def render(rows: list[dict[str, Any]], fmt: str) -> str:
@@ -86,6 +63,8 @@ def cmd_insights(args: argparse.Namespace) -> int:
 
         model = from_broker(args.broker, settings, args.wait)
     else:
+        from spendwatch.cli.report import from_traffic
+
         model = from_traffic(args.files, args.traffic_format, settings, args.skip_bad)
     rows = model.insights(workflow=args.workflow, kind=args.kind, limit=args.limit)
     sys.stdout.write(render(rows, args.format))

@@ -66,6 +66,9 @@ def from_traffic(files: list[Path], fmt: str, settings: Settings, skip_bad: bool
     from replay.readers import ReadStats, ReplayInputError, read_traffic
     from streams.dashboard.model import ReadModel
 
+    for f in files:
+        if not f.is_file():
+            raise CliError(f"{f}: no such traffic file")
     monitor = settings.build_monitor()
     try:
         driver.run(read_traffic(files, fmt=fmt, skip_bad=skip_bad, stats=ReadStats()), monitor)
@@ -73,6 +76,7 @@ def from_traffic(files: list[Path], fmt: str, settings: Settings, skip_bad: bool
         raise CliError(str(err)) from None
     model = ReadModel()
     for name in sorted(monitor.workflows):
+        monitor.insights(name, fresh=True)  # as of the workflow's last event
         model.apply_snapshot(orjson.dumps(monitor.snapshot(name)))
     return model
 
