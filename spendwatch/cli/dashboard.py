@@ -14,6 +14,7 @@ from rich.console import Console
 
 from spendwatch.cli.common import CliError, broker_arg, kafka_security, load_config, port
 from spendwatch.emitter import bootstrap_of
+from streams.secrets import register
 
 if TYPE_CHECKING:
     from spendwatch.cli.common import Subparsers
@@ -60,6 +61,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     settings = load_config(args.config)
     token = token_for(args.bind)
+    register(token)  # masked in every log line from here on (streams/secrets.py)
     topics = FeedTopics(settings.topics.snapshots, settings.topics.alerts, settings.topics.control)
     dash = Dashboard(bootstrap_of(args.broker), topics, args.bind, args.port, token,
                      security=kafka_security(settings))
