@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -31,7 +30,7 @@ import pytest
 
 from detectors.pricing.money import fmt_usd, micros_to_usd, usd_to_micros
 from schemas.control import release_command
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, free_port
 from tests.conftest import start_worker, wait_for
 from tests.kafka_io import publish
 
@@ -74,10 +73,6 @@ LOOP_COST = "0.05"
 OUTCOMES = {"support": ("ticket_resolved", 6, 2.0), "code-review": ("pr_merged", 2, 15.0)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def usage(wf: str, i: int, ts: float, cost: str, *, team: str, model: str, **extra: Any) -> dict[str, Any]:

@@ -6,7 +6,6 @@ workflow exact to the micro-dollar, and a new dashboard rebuilding the same view
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from detectors.pricing.money import usd_to_micros
+from streams.broker import free_port
 from tests.conftest import ROOT, start_worker, wait_for
 from tests.kafka_io import publish
 from tests.test_codecs import totals
@@ -22,10 +22,6 @@ from tests.test_codecs import totals
 WORKFLOWS = [f"wf-{i}" for i in range(12)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> Any:

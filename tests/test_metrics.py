@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.decode import parse_record
+from streams.broker import free_port
 from streams.ingest import Record, TimeBounds, deadletter
 from streams.metrics import (
     DEADLETTER_REASONS,
@@ -25,12 +26,6 @@ from streams.metrics import (
 )
 from tests.conftest import start_worker, wait_for
 from tests.kafka_io import publish
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

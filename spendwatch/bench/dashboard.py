@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 
 from detectors.engine.monitor import Monitor
 from schemas.decode import validate_event
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, free_port
 
 ROUTES = ("summary", "workflows?limit=100", "workflows?sort=hour&limit=1000", "workflows/wf-00042", "teams",
           "series", "alerts", "kills", "outcomes", "movers")
@@ -89,9 +88,7 @@ def run_dashboard_bench(n: int) -> dict[str, Any]:
     records = snapshots(n, now)
     with EmbeddedBroker() as broker:
         asyncio.run(publish(broker.bootstrap, records))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         started = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "spendwatch", "dashboard", "--broker", broker.url,
                                  "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
