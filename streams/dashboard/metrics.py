@@ -54,7 +54,7 @@ class ModelCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         m = self.model
-        day, month = m._day()
+        day, month = m.day, m.month
         cost: dict[str, float] = {}
         team_cost: dict[str, float] = {}
         model_cost: dict[str, float] = {}

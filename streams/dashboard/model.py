@@ -197,12 +197,8 @@ class ReadModel:
 
     # -- views -------------------------------------------------------------------------------------
 
-    def _day(self) -> tuple[str, str]:
-        """The current day and month keys: the newest any workflow reports."""
-        return self.day, self.month
-
     def _period(self, snap: WorkflowSnapshot, period: str) -> Totals:
-        day, month = self._day()
+        day, month = self.day, self.month
         if period == "day":
             return snap.totals.day if snap.day == day else Totals()
         return snap.totals.month if snap.month == month else Totals()
@@ -212,7 +208,7 @@ class ReadModel:
         return int(sum(m for start, m in snap.recent if start + 300 > self.now - 3600))
 
     def _outcomes(self, snap: WorkflowSnapshot, period: str) -> dict[str, list[int]]:
-        day, month = self._day()
+        day, month = self.day, self.month
         current = snap.day == day if period == "day" else snap.month == month
         return snap.outcomes.get(period, {}) if current else {}
 
@@ -245,7 +241,7 @@ class ReadModel:
         }
 
     def summary(self) -> dict[str, Any]:
-        day, month = self._day()
+        day, month = self.day, self.month
         today = _sum(self._period(v.snap, "day") for v in self.workflows.values())
         mtd = _sum(self._period(v.snap, "month") for v in self.workflows.values())
         outcomes = sum(n for v in self.workflows.values() for n, _ in self._outcomes(v.snap, "day").values())
@@ -292,7 +288,7 @@ class ReadModel:
         if view is None:
             return None
         s = view.snap
-        spenders = {dim: [{"name": e.name, "today_usd": usd(e.day_micros if s.day == self._day()[0] else 0),
+        spenders = {dim: [{"name": e.name, "today_usd": usd(e.day_micros if s.day == self.day else 0),
                            "hour_usd": usd(e.hour_micros), "month_usd": usd(e.month_micros)}
                           for e in getattr(s.by, dim)] for dim in ("team", "model", "agent")}
         return {
@@ -309,7 +305,7 @@ class ReadModel:
         }
 
     def team_rows(self) -> list[dict[str, Any]]:
-        day, month = self._day()
+        day, month = self.day, self.month
         acc: dict[str, dict[str, Any]] = {}
         for view in self.workflows.values():
             s = view.snap
