@@ -323,7 +323,7 @@ class Monitor:
         if st is None or alert.status != "firing":
             return alert
         today = self.clock.keys(alert.ts)[0]
-        per = cost_per_outcome(st, today, self.clock.keys(self.clock.bounds(today)[0] - 1)[0])
+        per = cost_per_outcome(st, today, self.clock.day_before(today))
         if per is None:
             return alert
         return alert.model_copy(update={"summary": f"{alert.summary}; {per.pop('text')}",
@@ -374,7 +374,7 @@ class Monitor:
         if day is None:
             return []
         alerts = []
-        yesterday = self.clock.keys(self.clock.bounds(day)[0] - 1)[0]
+        yesterday = self.clock.day_before(day)
         for name, st in self.workflows.items():
             if (mark := f"{day}:insights-digest") in st.fired:
                 continue
@@ -459,7 +459,8 @@ class Monitor:
         day, month = self.clock.keys(now)
         keep = self._keep.get(day)
         if keep is None:
-            prev_day, prev_month = PeriodClock(self.timezone).keys(self.clock.bounds(day)[0] - 1)
+            prev_day = self.clock.day_before(day)
+            prev_month = prev_day[:7]
             keep = self._keep[day] = {day, month, prev_day, prev_month}
         return keep
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
@@ -36,6 +36,15 @@ class PeriodClock:
             self._lo, self._hi = start.timestamp(), end.timestamp()
             self._keys = (start.strftime("%Y-%m-%d"), start.strftime("%Y-%m"))
         return self._keys
+
+    @staticmethod
+    def day_before(key: str) -> str:
+        """The day key before day `key`; calendar arithmetic, so the cached current day stays.
+
+        >>> PeriodClock.day_before("2026-03-01")
+        '2026-02-28'
+        """
+        return (date.fromisoformat(key) - timedelta(days=1)).isoformat()
 
     def bounds(self, key: str) -> tuple[float, float]:
         """Start and end (epoch seconds) of a day (`YYYY-MM-DD`) or month (`YYYY-MM`) key (cached:
