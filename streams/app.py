@@ -3,8 +3,10 @@
 `build_app` is the factory: it makes the topics and tables (`streams.topology`), the
 stages (`streams.stages`: ingest, rollup; `streams.publisher`: alerts and kills;
 `streams.digests`: Slack digests) and binds them to Faust's agents, timers and
-rebalance signals. Each agent takes records in batches; the notifier has an agent of
-its own, so a slow or failing Slack never delays detection.
+rebalance signals. Usage records skip Faust's per-record path: the consumer hands each
+fetch to a `streams.bulk.BulkFeed` and one task ingests them in batches. The other
+agents take records in batches too; the notifier has an agent of its own, so a slow or
+failing Slack never delays detection.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from detectors.engine.monitor import Monitor
 from detectors.policy import PolicyConfig
 from schemas.alerts import Alert
 from schemas.signing import Keyring
+from streams.bulk import BulkFeed
 from streams.clock import EventClock
 from streams.digests import DigestScheduler
 from streams.ingest import Ingestor, TimeBounds
@@ -58,7 +61,9 @@ class WorkerOptions:
     time_bounds: TimeBounds
     strict_contract: bool
     batch_max: int
+    """Most usage records ingested as one batch (several fetches merged while the ingest task was busy)."""
     batch_within_s: float
+    """How long the rollup agent waits to fill a batch."""
     tick_every_s: float
     evict_idle_s: float
     snapshot_every_s: float
@@ -115,9 +120,6 @@ def faust_app(opts: WorkerOptions, broker: str, app_id: str, data_dir: Path | No
         consumer_auto_offset_reset="earliest",
         producer_max_request_size=8_000_000,  # table values can outgrow 1 MB on very busy workflows
         broker_commit_interval=opts.commit_interval_s,
-        # take_events waits for batch_max records or batch_within_s; a smaller stream buffer (Faust's
-        # default is 4096) could never hold a full batch, so every batch would wait out the timeout.
-        stream_buffer_maxsize=2 * opts.batch_max,
     )
     app.transport = Transport(app.conf.broker_consumer, app)  # end offsets right on Tansu too
     app.flow_control = FlowControl(loop=app.loop)  # recovery's resume keeps the records already queued
@@ -130,6 +132,8 @@ def build_app(opts: WorkerOptions, broker: str, sinks: Sequence[Sink], *, app_id
     app = faust_app(opts, broker, app_id, data_dir)
     topo = Topology(app, opts.topics)
     t = opts.topics
+    feed = BulkFeed(t.usage, lambda: app.consumer_generation_id)
+    app.transport.bulk = feed  # type: ignore[attr-defined]  # read by streams.transport's consumer
     monitor = opts.monitor(load_workflow=topo.load_workflow, load_team=topo.load_team,
                            load_detectors=topo.load_detectors)
     drain = functools.partial(drained, app.producer)
@@ -161,7 +165,7 @@ def build_app(opts: WorkerOptions, broker: str, sinks: Sequence[Sink], *, app_id
     # between the two is replaced by one that looks the message up instead of posting again.
     remote = Notifier([x for x in sinks if x.name != "console"], ledger, persist=lambda: app.producer.flush())
     digests = DigestScheduler(remote, opts.routing, topo.route_store(), clock)
-    _bind(app, opts, topo, ingest, rollup, snapshots, publisher, console, digests, dead, clock)
+    _bind(app, opts, topo, feed, ingest, rollup, snapshots, publisher, console, digests, dead, clock)
     _bind_metrics(app, t.usage, metrics, server)
     return Worker(app, monitor, stats, topo.usage, broker, t.control, metrics, server,
                   opts.kafka if opts.kafka is not None else KafkaSecurity.from_env())
@@ -197,21 +201,24 @@ def _bind_metrics(app: faust.App, usage: str, metrics: WorkerMetrics, server: Me
         metrics.set_lag(usage, lags)
 
 
-def _bind(app: faust.App, opts: WorkerOptions, topo: Topology, ingest: IngestStage, rollup: RollupStage,
+def _bind(app: faust.App, opts: WorkerOptions, topo: Topology, feed: BulkFeed, ingest: IngestStage, rollup: RollupStage,
           snapshots: SnapshotStage, publisher: AlertPublisher, console: Notifier, digests: DigestScheduler,
           dead: DeadLetters, clock: EventClock) -> None:
     """Faust's agents, timers and signals, each handing its work to a stage."""
     t = opts.topics
 
-    @app.agent(topo.usage, name="ingest")
-    async def ingest_agent(stream: faust.StreamT) -> None:
-        # take_events is faust.Stream's, missing from the StreamT protocol agents are typed with
-        batches = stream.take_events(opts.batch_max, within=opts.batch_within_s)  # type: ignore[attr-defined]
-        async for events in batches:
+    app.topics.add(topo.usage)  # subscribed like an agent's topic; its records go to `feed` (streams.bulk)
+
+    @app.task
+    async def ingest_usage() -> None:
+        while True:
+            batch = await feed.take(opts.batch_max)
             try:
-                await ingest.handle(events, topo.partitions(t.usage))
+                await ingest.handle(batch.records, topo.partitions(t.usage))
             except Exception:
+                feed.failed()
                 fatal("ingest")
+            feed.done(batch)
 
     @app.agent(topo.rollups, name="rollup")
     async def rollup_agent(stream: faust.StreamT) -> None:

@@ -99,11 +99,10 @@ class IngestStage:
         self.changed: set[str] = set()  # workflows whose snapshot is not published yet
         self._unknown_logged = (0, -UNKNOWN_LOG_EVERY_S)  # names the last line on unknown fields named, and when
 
-    async def handle(self, events: Sequence[Any], partitions: int) -> None:
+    async def handle(self, records: list[Record], partitions: int) -> None:
         """One batch of the usage topic, which has `partitions` partitions now."""
         topo, stats = self.topology, self.stats
         started = time.perf_counter()
-        records = [record_of_event(e) for e in events]
         self.ingestor.partitions = partitions
         fx = self.ingestor.handle(records)
         for bad in fx.poisoned:
@@ -117,11 +116,11 @@ class IngestStage:
         if pending:
             await asyncio.gather(*pending)
         if fx.alerts and self.metrics:
-            self._observe_alert_latency(events, fx.alerts)
-        by_offset = {(e.message.partition, e.message.offset): e for e in events}
+            self._observe_alert_latency(records, fx.alerts)
         wall = self.wall()
+        usage = topo.names.usage
         for wf, rec in fx.dirty.items():
-            in_context_of(by_offset[(rec.partition, rec.offset)])
+            in_context_of(topo.of(usage, rec.partition))
             st = self.monitor.workflows[wf]
             workflow_table.save(topo.workflows, st)
             self.clock.advance(st.watermark)
@@ -157,16 +156,16 @@ class IngestStage:
             m.note_unpriced(self.monitor.prices.unpriced)
             m.batch(len(records), time.perf_counter() - started)
 
-    def _observe_alert_latency(self, events: Sequence[Any], alerts: list[Any]) -> None:
-        """Event to alert: from the Kafka timestamp (Faust gives seconds) of the newest record of the
-        alert's workflow in this batch (of the whole batch for alerts about no one workflow) to now,
-        when the broker has acked the alert. The record that tipped it may be older: a lower bound."""
+    def _observe_alert_latency(self, records: list[Record], alerts: list[Any]) -> None:
+        """Event to alert: from the Kafka timestamp of the newest record of the alert's workflow in this
+        batch (of the whole batch for alerts about no one workflow) to now, when the broker has acked
+        the alert. The record that tipped it may be older: a lower bound."""
         assert self.metrics is not None
         newest: dict[bytes | None, float] = {}
-        for e in events:
-            ts = e.message.timestamp
-            if ts is not None and ts > newest.get(e.message.key, 0.0):
-                newest[e.message.key] = ts
+        for rec in records:
+            ts = rec.timestamp
+            if ts is not None and ts > newest.get(rec.key, 0.0):
+                newest[rec.key] = ts
         if not newest:
             return
         latest, now = max(newest.values()), time.time()

@@ -22,6 +22,10 @@ but on a worker with tables the flow is already running then: the queued records
 fetched in this generation, never processed, and the next fetch starts after them, so
 a commit passed them (the chaos run lost up to 1,695 calls that way). `FlowControl` only
 empties queues filled before a suspension.
+
+With a `streams.bulk.BulkFeed` on the transport, the consumer hands the feed's topic's records
+to it, a fetch at a time, instead of to Faust's per-record path, and commits those partitions
+as far as the feed has processed them.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent
+
+from streams.bulk import BulkFeed
 
 PROBE_TIMEOUT_S = 5.0
 log = logging.getLogger("spendwatch.worker")
@@ -97,6 +103,40 @@ class _Consumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self._rewound: dict[TP, int] = {}  # partition -> the committed offset it was last read again from
 
+    @property
+    def bulk(self) -> BulkFeed | None:
+        return getattr(self.transport, "bulk", None)
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        """Faust's fetch, minus the bulk topic's records, which go to the feed (only those of partitions
+        Faust would deliver now, as its `getmany` does; it seeks back when the flow is not active)."""
+        records = await super()._getmany(active_partitions, timeout)
+        feed = self.bulk
+        if feed is None or not records:
+            return records
+        mine = {tp: recs for tp, recs in records.items() if tp.topic == feed.topic}
+        if not mine:
+            return records
+        if self.flow_active:
+            await feed.offer({tp.partition: recs for tp, recs in mine.items()
+                              if active_partitions is None or tp in active_partitions
+                              or tp in self._buffered_partitions}, self.app.consumer_generation_id)
+            for tp in mine:
+                self._acked[tp]  # noqa: B018 - makes Faust's commit look at the partition (`_new_offset`)
+        return {tp: recs for tp, recs in records.items() if tp.topic != feed.topic}
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """The batch in hand finishes before anything is given up, as Faust waits for its streams' events."""
+        if (feed := self.bulk) is not None:
+            await feed.quiesce()
+            feed.forget(tp.partition for tp in revoked if tp.topic == feed.topic)
+        await super().on_partitions_revoked(revoked)
+
+    def resume_flow(self) -> None:
+        super().resume_flow()
+        if (feed := self.bulk) is not None:
+            feed.resume()
+
     def _new_offset(self, tp: TP) -> int | None:
         """Never commit past a record that was not processed.
 
@@ -107,6 +147,9 @@ class _Consumer(faust_aiokafka.Consumer):
         committed offset (1 run in ~10 of the restart test). Here the commit waits and the
         partition is read again from the committed offset; the per-workflow source offsets
         drop what was already applied."""
+        feed = self.bulk
+        if feed is not None and tp.topic == feed.topic:
+            return feed.processed.get(tp.partition)
         committed = self._committed_offset[tp]
         if (committed is not None and unprocessed_head(self._acked[tp], committed) and not self._gap.get(tp)
                 and self._rewound.get(tp) != committed):
