@@ -33,6 +33,7 @@ upgrades older formats.
 
 from __future__ import annotations
 
+import heapq
 import zlib
 from array import array
 from typing import Any
@@ -314,8 +315,8 @@ class LoopDetector:
         wf = self.workflows.get(workflow)
         if wf is None:
             return []
-        live = sorted(((run.micros, rid, run) for rid, run in wf.runs.items() if run.ended is None),
-                      key=lambda t: (-t[0], t[1]))[:n]
+        live = heapq.nsmallest(n, ((-run.micros, rid, run) for rid, run in wf.runs.items() if run.ended is None),
+                               key=lambda t: (t[0], t[1]))
         return [{"run_id": rid, "agent_id": run.agent, "start": run.start, "last": run.last, "steps": run.step,
                  "calls": run.calls, "tokens": run.tokens, "usd": round(micros_to_usd(run.micros), 6),
                  "flagged": run.flag is not None} for _, rid, run in live]

@@ -120,6 +120,7 @@ def faust_app(opts: WorkerOptions, broker: str, app_id: str, data_dir: Path | No
         consumer_auto_offset_reset="earliest",
         producer_max_request_size=8_000_000,  # table values can outgrow 1 MB on very busy workflows
         broker_commit_interval=opts.commit_interval_s,
+        broker_max_poll_records=opts.batch_max,  # a fetch's usage records are one slice of at most a batch
     )
     app.transport = Transport(app.conf.broker_consumer, app)  # end offsets right on Tansu too
     app.flow_control = FlowControl(loop=app.loop)  # recovery's resume keeps the records already queued

@@ -21,7 +21,7 @@ from aiokafka.partitioner import murmur2
 
 from detectors.engine.monitor import Monitor, Poisoned, describe
 from schemas.alerts import Alert
-from schemas.decode import parse_record
+from schemas.decode import parse_records
 from schemas.structs import to_wire
 
 
@@ -154,8 +154,8 @@ class Ingestor:
         latest = now + ahead if ahead is not None else math.inf
         earliest = now - behind if behind is not None else -math.inf
         offsets: dict[str, int] = {}  # workflow -> its last applied offset, looked up once per batch
-        for rec in records:
-            events, errors = parse_record(rec.value, self.max_record_bytes, self.strict, self.unknown_fields)
+        parsed = parse_records([rec.value for rec in records], self.max_record_bytes, self.strict, self.unknown_fields)
+        for rec, (events, errors) in zip(records, parsed, strict=True):
             for err in errors:
                 fx.deadletters.append(deadletter(self.topic, rec, err.reason))
             key: str | None = None
