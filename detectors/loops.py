@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import zlib
 from array import array
+from collections.abc import Sequence
 from typing import Any
 
 from detectors import state
@@ -240,51 +241,61 @@ class LoopDetector:
         self._flagged: dict[str, None] = {}  # flagged since the last `flagged`; a set's order varies by hash seed
 
     def observe(self, event: Event, cost_micros: int) -> None:
-        rid = event.run_id
-        if rid is None:
-            return
-        wf = self.workflows.get(event.workflow)
-        if wf is None:
-            wf = self.workflows[event.workflow] = WorkflowLoops(self.priors, self.z)
-        run = wf.runs.get(rid)
-        if event.type == "outcome":
-            if run is not None and run.ended is None:
-                run.ended = event.ts
-                if not run.fired and run.flag is None:
-                    wf.learn(run, self.z)
-            return
-        if run is None:
-            if len(wf.runs) >= MAX_RUNS:
-                return
-            run = wf.runs[rid] = Run(event.ts, event.agent_id, event.team)
-        if event.ts > run.last:
-            run.last = event.ts
-        if run.ended is not None:
-            return  # spending after the run ended is the zombie detector's case
-        run.step = event.step if event.step is not None else run.step + 1
-        run.calls += 1
-        run.tokens += event.input_tokens + event.output_tokens
-        if event.input_tokens > run.context:
-            run.context = event.input_tokens
-        run.micros += cost_micros
-        if run.flag is not None:
-            return
-        fp = event.fingerprint
-        if fp is not None:
-            flag = run.fingerprint_rule(fp, event.observation, event.status != "ok")
-        elif event.status == "ok":
-            flag = run.echo_rule(event.output_tokens)
-        else:
-            flag = None
-        if flag is None and run.calls >= self.min_calls:
-            lim = wf.limits  # compared inline first: this runs per event, the naming loop once per flag
-            if run.calls > lim[0] or run.tokens > lim[1] or run.context > lim[2] or micros_to_usd(run.micros) > lim[3]:
-                i = next(i for i, (x, limit) in enumerate(zip(run.values(), lim)) if x > limit)
-                flag = (f"{FEATURES[i]} far beyond this workflow's runs", 0, 0, None)
-        if flag is not None:
-            run.flag = flag
-            wf.pending.append(rid)
-            self._flagged[event.workflow] = None
+        self.observe_many(event.workflow, (event,), (cost_micros,))
+
+    def observe_many(self, workflow: str, events: Sequence[Event], costs: Sequence[int]) -> None:
+        """`observe` of each event of one workflow's slice: the workflow's state looked up once."""
+        wf = self.workflows.get(workflow)
+        runs = wf.runs if wf is not None else {}
+        z, min_calls = self.z, self.min_calls
+        for event, cost_micros in zip(events, costs):
+            rid = event.run_id
+            if rid is None:
+                continue
+            if wf is None:
+                wf = self.workflows[workflow] = WorkflowLoops(self.priors, z)
+                runs = wf.runs
+            run = runs.get(rid)
+            if event.type == "outcome":
+                if run is not None and run.ended is None:
+                    run.ended = event.ts
+                    if not run.fired and run.flag is None:
+                        wf.learn(run, z)
+                continue
+            if run is None:
+                if len(runs) >= MAX_RUNS:
+                    continue
+                run = runs[rid] = Run(event.ts, event.agent_id, event.team)
+            if event.ts > run.last:
+                run.last = event.ts
+            if run.ended is not None:
+                continue  # spending after the run ended is the zombie detector's case
+            inp = event.input_tokens
+            run.step = event.step if event.step is not None else run.step + 1
+            run.calls += 1
+            run.tokens += inp + event.output_tokens
+            if inp > run.context:
+                run.context = inp
+            run.micros += cost_micros
+            if run.flag is not None:
+                continue
+            fp = event.fingerprint
+            if fp is not None:
+                flag = run.fingerprint_rule(fp, event.observation, event.status != "ok")
+            elif event.status == "ok":
+                flag = run.echo_rule(event.output_tokens)
+            else:
+                flag = None
+            if flag is None and run.calls >= min_calls:
+                lim = wf.limits  # compared inline first: this runs per event, the naming loop once per flag
+                if (run.calls > lim[0] or run.tokens > lim[1] or run.context > lim[2]
+                        or micros_to_usd(run.micros) > lim[3]):
+                    i = next(i for i, (x, limit) in enumerate(zip(run.values(), lim)) if x > limit)
+                    flag = (f"{FEATURES[i]} far beyond this workflow's runs", 0, 0, None)
+            if flag is not None:
+                run.flag = flag
+                wf.pending.append(rid)
+                self._flagged[workflow] = None
 
     def flagged(self, now: float) -> list[Alert]:
         alerts = []
