@@ -88,6 +88,19 @@ VERSION = 2
 """The format `dump` writes."""
 
 
+_CRCS: dict[str, int] = {}
+"""CRC-32 of recent fingerprints and observations: a run repeats a few actions, so most are hits."""
+MAX_CRCS = 4_096
+
+
+def _crc(text: str) -> int:
+    """CRC-32 of `text`, remembered (forgotten all at once past MAX_CRCS: the names are caller input)."""
+    if len(_CRCS) >= MAX_CRCS:
+        _CRCS.clear()
+    h = _CRCS[text] = zlib.crc32(text.encode())
+    return h
+
+
 class Run:
     """What the detector keeps per run: counters, CRC-32s of the last WINDOW fingerprints and of the
     last observation: about 450 bytes in memory however long the run. `same` counts the last action's
@@ -142,8 +155,15 @@ class Run:
     def fingerprint_rule(self, fp: str, obs: str | None, error: bool) -> Flag | None:
         rec, step = self.recent, self.step
         fp = fp[:MAX_ID_LEN]  # the wire caps it there; a bigger one must not cost O(size) per event, nor be kept
-        h = zlib.crc32(fp.encode())
-        o = None if obs is None else zlib.crc32(obs[:MAX_ID_LEN].encode())
+        h = _CRCS.get(fp)
+        if h is None:
+            h = _crc(fp)
+        o = None
+        if obs is not None:
+            obs = obs[:MAX_ID_LEN]
+            o = _CRCS.get(obs)
+            if o is None:
+                o = _crc(obs)
         last = rec[-1] if rec else None
         if h == last:
             moved = o is not None and self.obs is not None and o != self.obs  # a poll whose answer changed
@@ -166,7 +186,9 @@ class Run:
             return ("A/B alternation", step - self.alt - 1, self.alt + 2, fp)
         if self.cycle >= CYCLE - 3:
             return ("3-step cycle", step - self.cycle - 2, self.cycle + 3, fp)
-        if len(rec) == WINDOW and step % 4 == 0:
+        # The last FEW_DISTINCT + 1 steps hold fewer distinct actions whenever the window does:
+        # a set of 4 rules out most windows before the set of 16.
+        if len(rec) == WINDOW and step % 4 == 0 and len(set(rec[-FEW_DISTINCT - 1:])) <= FEW_DISTINCT:
             distinct = len(set(rec))
             if distinct <= FEW_DISTINCT:
                 return (f"{distinct} distinct actions in {WINDOW} steps", step - WINDOW + 1, WINDOW, fp)

@@ -371,19 +371,22 @@ class Blame:
             else:
                 run[0] += micros
         if aid is not None:
-            if aid in self.agents:
-                self.agents[aid] += micros
+            agents = self.agents
+            spent = agents.get(aid)
+            if spent is not None:
+                agents[aid] = spent + micros
             else:
-                self.agents[aid] = micros
-                if len(self.agents) > MAX_OPEN:
-                    self.agents = _heaviest(self.agents, MAX_OPEN // 2)
-        model = event.model
-        if model in self.models:
-            self.models[model] += micros
+                agents[aid] = micros
+                if len(agents) > MAX_OPEN:
+                    self.agents = _heaviest(agents, MAX_OPEN // 2)
+        model, models = event.model, self.models
+        spent = models.get(model)
+        if spent is not None:
+            models[model] = spent + micros
         else:
-            self.models[model] = micros
-            if len(self.models) > MAX_OPEN:
-                self.models = _heaviest(self.models, MAX_OPEN // 2)
+            models[model] = micros
+            if len(models) > MAX_OPEN:
+                self.models = _heaviest(models, MAX_OPEN // 2)
         t, cr, cw, rs = self.tokens, event.cache_read_tokens, event.cache_write_tokens, event.reasoning_tokens
         t[0] += event.input_tokens - cr - cw
         t[1] += cr
