@@ -15,6 +15,7 @@ must not break stored state.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from detectors import state
@@ -22,7 +23,7 @@ from detectors.engine.versions import StateError
 from schemas.alerts import Alert
 from schemas.structs import Event
 
-__all__ = ["Alert", "Detector", "Event", "LogBaseline", "StateError", "alert_id"]
+__all__ = ["Alert", "Detector", "Event", "LogBaseline", "StateError", "alert_id", "observe_slice"]
 
 
 @runtime_checkable
@@ -53,6 +54,18 @@ class Detector(Protocol):
         """The inverse of `dump`: the detector then behaves exactly as before. Raises
         StateError for a doc it cannot read (unknown version, malformed)."""
         ...
+
+
+def observe_slice(det: Any, workflow: str, events: Sequence[Event], costs: Sequence[int]) -> None:
+    """Fold one workflow's slice of a batch (events of `workflow` only, with their micro-USD) into
+    `det`: through its `observe_many(workflow, events, costs)` when it has one, which hoists the
+    per-workflow lookups out of the per-event loop, else event by event through `observe`."""
+    many = getattr(det, "observe_many", None)
+    if many is not None:
+        many(workflow, events, costs)
+    else:
+        for ev, cost in zip(events, costs):
+            det.observe(ev, cost)
 
 
 def alert_id(kind: str, workflow: str, subject: str, episode: float | None = None) -> str:

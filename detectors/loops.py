@@ -36,6 +36,7 @@ from __future__ import annotations
 import heapq
 import zlib
 from array import array
+from collections.abc import Sequence
 from typing import Any
 
 from detectors import state
@@ -86,6 +87,19 @@ MIGRATIONS = {0: _v0_to_v1, 1: _v1_to_v2}
 """Format n → n + 1 of a workflow's dump: a layout change adds a function here, so stored state still loads."""
 VERSION = 2
 """The format `dump` writes."""
+
+
+_CRCS: dict[str, int] = {}
+"""CRC-32 of recent fingerprints and observations: a run repeats a few actions, so most are hits."""
+MAX_CRCS = 4_096
+
+
+def _crc(text: str) -> int:
+    """CRC-32 of `text`, remembered (forgotten all at once past MAX_CRCS: the names are caller input)."""
+    if len(_CRCS) >= MAX_CRCS:
+        _CRCS.clear()
+    h = _CRCS[text] = zlib.crc32(text.encode())
+    return h
 
 
 class Run:
@@ -142,8 +156,15 @@ class Run:
     def fingerprint_rule(self, fp: str, obs: str | None, error: bool) -> Flag | None:
         rec, step = self.recent, self.step
         fp = fp[:MAX_ID_LEN]  # the wire caps it there; a bigger one must not cost O(size) per event, nor be kept
-        h = zlib.crc32(fp.encode())
-        o = None if obs is None else zlib.crc32(obs[:MAX_ID_LEN].encode())
+        h = _CRCS.get(fp)
+        if h is None:
+            h = _crc(fp)
+        o = None
+        if obs is not None:
+            obs = obs[:MAX_ID_LEN]
+            o = _CRCS.get(obs)
+            if o is None:
+                o = _crc(obs)
         last = rec[-1] if rec else None
         if h == last:
             moved = o is not None and self.obs is not None and o != self.obs  # a poll whose answer changed
@@ -166,7 +187,9 @@ class Run:
             return ("A/B alternation", step - self.alt - 1, self.alt + 2, fp)
         if self.cycle >= CYCLE - 3:
             return ("3-step cycle", step - self.cycle - 2, self.cycle + 3, fp)
-        if len(rec) == WINDOW and step % 4 == 0:
+        # The last FEW_DISTINCT + 1 steps hold fewer distinct actions whenever the window does:
+        # a set of 4 rules out most windows before the set of 16.
+        if len(rec) == WINDOW and step % 4 == 0 and len(set(rec[-FEW_DISTINCT - 1:])) <= FEW_DISTINCT:
             distinct = len(set(rec))
             if distinct <= FEW_DISTINCT:
                 return (f"{distinct} distinct actions in {WINDOW} steps", step - WINDOW + 1, WINDOW, fp)
@@ -241,51 +264,61 @@ class LoopDetector:
         self._flagged: dict[str, None] = {}  # flagged since the last `flagged`; a set's order varies by hash seed
 
     def observe(self, event: Event, cost_micros: int) -> None:
-        rid = event.run_id
-        if rid is None:
-            return
-        wf = self.workflows.get(event.workflow)
-        if wf is None:
-            wf = self.workflows[event.workflow] = WorkflowLoops(self.priors, self.z)
-        run = wf.runs.get(rid)
-        if event.type == "outcome":
-            if run is not None and run.ended is None:
-                run.ended = event.ts
-                if not run.fired and run.flag is None:
-                    wf.learn(run, self.z)
-            return
-        if run is None:
-            if len(wf.runs) >= MAX_RUNS:
-                return
-            run = wf.runs[rid] = Run(event.ts, event.agent_id, event.team)
-        if event.ts > run.last:
-            run.last = event.ts
-        if run.ended is not None:
-            return  # spending after the run ended is the zombie detector's case
-        run.step = event.step if event.step is not None else run.step + 1
-        run.calls += 1
-        run.tokens += event.input_tokens + event.output_tokens
-        if event.input_tokens > run.context:
-            run.context = event.input_tokens
-        run.micros += cost_micros
-        if run.flag is not None:
-            return
-        fp = event.fingerprint
-        if fp is not None:
-            flag = run.fingerprint_rule(fp, event.observation, event.status != "ok")
-        elif event.status == "ok":
-            flag = run.echo_rule(event.output_tokens)
-        else:
-            flag = None
-        if flag is None and run.calls >= self.min_calls:
-            lim = wf.limits  # compared inline first: this runs per event, the naming loop once per flag
-            if run.calls > lim[0] or run.tokens > lim[1] or run.context > lim[2] or micros_to_usd(run.micros) > lim[3]:
-                i = next(i for i, (x, limit) in enumerate(zip(run.values(), lim)) if x > limit)
-                flag = (f"{FEATURES[i]} far beyond this workflow's runs", 0, 0, None)
-        if flag is not None:
-            run.flag = flag
-            wf.pending.append(rid)
-            self._flagged[event.workflow] = None
+        self.observe_many(event.workflow, (event,), (cost_micros,))
+
+    def observe_many(self, workflow: str, events: Sequence[Event], costs: Sequence[int]) -> None:
+        """`observe` of each event of one workflow's slice: the workflow's state looked up once."""
+        wf = self.workflows.get(workflow)
+        runs = wf.runs if wf is not None else {}
+        z, min_calls = self.z, self.min_calls
+        for event, cost_micros in zip(events, costs):
+            rid = event.run_id
+            if rid is None:
+                continue
+            if wf is None:
+                wf = self.workflows[workflow] = WorkflowLoops(self.priors, z)
+                runs = wf.runs
+            run = runs.get(rid)
+            if event.type == "outcome":
+                if run is not None and run.ended is None:
+                    run.ended = event.ts
+                    if not run.fired and run.flag is None:
+                        wf.learn(run, z)
+                continue
+            if run is None:
+                if len(runs) >= MAX_RUNS:
+                    continue
+                run = runs[rid] = Run(event.ts, event.agent_id, event.team)
+            if event.ts > run.last:
+                run.last = event.ts
+            if run.ended is not None:
+                continue  # spending after the run ended is the zombie detector's case
+            inp = event.input_tokens
+            run.step = event.step if event.step is not None else run.step + 1
+            run.calls += 1
+            run.tokens += inp + event.output_tokens
+            if inp > run.context:
+                run.context = inp
+            run.micros += cost_micros
+            if run.flag is not None:
+                continue
+            fp = event.fingerprint
+            if fp is not None:
+                flag = run.fingerprint_rule(fp, event.observation, event.status != "ok")
+            elif event.status == "ok":
+                flag = run.echo_rule(event.output_tokens)
+            else:
+                flag = None
+            if flag is None and run.calls >= min_calls:
+                lim = wf.limits  # compared inline first: this runs per event, the naming loop once per flag
+                if (run.calls > lim[0] or run.tokens > lim[1] or run.context > lim[2]
+                        or micros_to_usd(run.micros) > lim[3]):
+                    i = next(i for i, (x, limit) in enumerate(zip(run.values(), lim)) if x > limit)
+                    flag = (f"{FEATURES[i]} far beyond this workflow's runs", 0, 0, None)
+            if flag is not None:
+                run.flag = flag
+                wf.pending.append(rid)
+                self._flagged[workflow] = None
 
     def flagged(self, now: float) -> list[Alert]:
         alerts = []

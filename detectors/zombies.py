@@ -22,6 +22,7 @@ upgrades older formats.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from detectors import state
@@ -153,40 +154,48 @@ class ZombieDetector:
         self.workflows: dict[str, WorkflowZombies] = {}
 
     def observe(self, event: Event, cost_micros: int) -> None:
-        aid, rid, ts = event.agent_id, event.run_id, event.ts
-        wf = self.workflows.get(event.workflow)
-        if wf is None:
-            if aid is None and (rid is None or event.type != "outcome"):
-                return  # nothing to watch: no agent, and no run that ended
-            wf = self.workflows[event.workflow] = WorkflowZombies()
-        agent = None
-        if aid is not None:
-            agent = wf.agents.get(aid)
-            if agent is None and len(wf.agents) < MAX_WATCHED:
-                agent = wf.agents[aid] = Agent(getattr(event, "team", None), self.prior_gap)
-        if event.type == "outcome":
-            if rid is not None and rid not in wf.ended and len(wf.ended) < MAX_WATCHED:
-                wf.ended[rid] = EndedRun(aid, ts)
+        self.observe_many(event.workflow, (event,), (cost_micros,))
+
+    def observe_many(self, workflow: str, events: Sequence[Event], costs: Sequence[int]) -> None:
+        """`observe` of each event of one workflow's slice: the workflow's state looked up once."""
+        wf = self.workflows.get(workflow)
+        active_cap = self.active_cap
+        for event, cost_micros in zip(events, costs):
+            aid, rid, ts = event.agent_id, event.run_id, event.ts
+            if wf is None:
+                if aid is None and (rid is None or event.type != "outcome"):
+                    continue  # nothing to watch: no agent, and no run that ended
+                wf = self.workflows[workflow] = WorkflowZombies()
+            agent = None
+            if aid is not None:
+                agent = wf.agents.get(aid)
+                if agent is None and len(wf.agents) < MAX_WATCHED:
+                    agent = wf.agents[aid] = Agent(getattr(event, "team", None), self.prior_gap)
+            if event.type == "outcome":
+                if rid is not None and rid not in wf.ended and len(wf.ended) < MAX_WATCHED:
+                    wf.ended[rid] = EndedRun(aid, ts)
+                if agent is not None:
+                    if agent.last_outcome is not None and not agent.fired:
+                        agent.learn_gap(agent.active, self.prior_n, self.window)
+                    agent.last_outcome, agent.active, agent.calls, agent.micros, agent.fired = ts, 0.0, 0, 0, False
+                continue
+            if rid is not None and wf.ended:
+                run = wf.ended.get(rid)
+                if run is not None and ts >= run.ended:
+                    run.calls += 1
+                    run.micros += cost_micros
+                    run.team = event.team
+                    if ts > run.last:
+                        run.last = ts
             if agent is not None:
-                if agent.last_outcome is not None and not agent.fired:
-                    agent.learn_gap(agent.active, self.prior_n, self.window)
-                agent.last_outcome, agent.active, agent.calls, agent.micros, agent.fired = ts, 0.0, 0, 0, False
-            return
-        if rid is not None:
-            run = wf.ended.get(rid)
-            if run is not None and ts >= run.ended:
-                run.calls += 1
-                run.micros += cost_micros
-                run.team = event.team
-                if ts > run.last:
-                    run.last = ts
-        if agent is not None:
-            if agent.last_call is not None and ts > agent.last_call:
-                agent.active += min(ts - agent.last_call, self.active_cap)
-            if agent.last_call is None or ts > agent.last_call:
-                agent.last_call = ts
-            agent.calls += 1
-            agent.micros += cost_micros
+                last = agent.last_call
+                if last is None:
+                    agent.last_call = ts
+                elif ts > last:
+                    agent.active += min(ts - last, active_cap)
+                    agent.last_call = ts
+                agent.calls += 1
+                agent.micros += cost_micros
 
     def limit(self, agent: Agent) -> float:
         """Active seconds without an outcome beyond which this agent is a zombie."""

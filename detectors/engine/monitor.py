@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from detectors.correlation import Inhibitor
-from detectors.detector import Detector
+from detectors.detector import Detector, observe_slice
 from detectors.engine.budgets import Budget, BudgetConfig, budget_alert, crossed_thresholds
 from detectors.engine.burn import BudgetNow, check_burn, has_episode
 from detectors.engine.counters import CACHE_WRITE, CACHED, CALLS, COST, ERRORS, INPUT, OUTPUT, REASONING
@@ -192,22 +192,15 @@ class Monitor:
     def _apply(self, name: str, events: list[Event], out: Output) -> None:
         """One workflow's slice: dedup, price, aggregate, observe, then budgets and alerts.
 
-        The per-event loop is the worker's hot path: locals instead of attribute
-        lookups, and counters summed per (bucket, team, model, agent) before they
-        touch any rolling window.
+        The per-event work is the worker's hot path, so it runs in passes over the slice,
+        each with its state in locals: dedup, pricing (`PriceBook.costs`), counters summed
+        per (bucket, team, model, agent) before they touch any rolling window, then each
+        detector over the whole slice. Detectors keep state of their own only, so observing
+        detector by detector gives what event by event did.
         """
         st = self.workflow(name)
         dedup, watermark, window = st.dedup, st.watermark, self.dedup_window
-        clock_keys, price = self.clock.keys, self.prices.price
-        observers = [det.observe for det in self.detectors]
-        if name in self.inhibitor.workflows:  # open loop or zombie alerts: their subjects' calls keep them open
-            observers.append(self.inhibitor.observe)
-        grouped: dict[tuple, list[int]] = {}
-        unpriced: dict[tuple[str | None, str, str], list[int]] = {}  # (provider, model, day) -> [calls, micros]
-        teams: set[str] = set()
-        applied: list[Event] = []  # with their costs, for the insights engine
-        costs: list[int] = []
-        accepted = micros_sum = 0
+        applied: list[Event] = []  # accepted, in order; with their costs for the detectors and insights
         for ev in events:
             ts = ev.ts
             if ts < watermark - window:
@@ -220,22 +213,22 @@ class Monitor:
             dedup[ev.event_id] = ts
             if ts > watermark:
                 watermark = st.watermark = ts
-            accepted += 1
-            keys = clock_keys(ts)
+            applied.append(ev)
+        if not applied:
+            return
+        accepted = len(applied)
+        costs, fallbacks = self.prices.costs(applied)
+        span = self.clock.span
+        keys, lo, hi = span(applied[0].ts)
+        grouped: dict[tuple, list[int]] = {}
+        teams: set[str] = set()
+        for ev, micros in zip(applied, costs):
+            ts = ev.ts
+            if not lo <= ts < hi:
+                keys, lo, hi = span(ts)
             if ev.type == "outcome":
                 st.add_outcome(keys, ev.outcome, usd_to_micros(ev.value_usd) if ev.value_usd else 0)
-                applied.append(ev)
-                costs.append(0)
-                for observe in observers:
-                    observe(ev, 0)
                 continue
-            priced = price(ev)
-            micros = priced.micros
-            if priced.source == "fallback":
-                st.unpriced += 1
-                seen = unpriced.setdefault((ev.provider, ev.model, keys[0]), [0, 0])
-                seen[0] += 1
-                seen[1] += micros
             group = (ts - ts % BUCKET, keys, ev.team, ev.model, ev.agent_id)
             vec = grouped.get(group)
             if vec is None:
@@ -250,15 +243,21 @@ class Monitor:
                 vec[ERRORS] += ev.status != "ok"
                 vec[CACHE_WRITE] += ev.cache_write_tokens
                 vec[REASONING] += ev.reasoning_tokens
-            micros_sum += micros
-            applied.append(ev)
-            costs.append(micros)
-            for observe in observers:
-                observe(ev, micros)
             if ev.team is not None:
                 teams.add(ev.team)
-        if not accepted:
-            return
+        unpriced: dict[tuple[str | None, str, str], list[int]] = {}  # (provider, model, day) -> [calls, micros]
+        for i in fallbacks:
+            ev = applied[i]
+            assert ev.type == "usage", "an outcome is never priced"
+            st.unpriced += 1
+            seen = unpriced.setdefault((ev.provider, ev.model, self.clock.keys(ev.ts)[0]), [0, 0])
+            seen[0] += 1
+            seen[1] += costs[i]
+        micros_sum = sum(costs)
+        for det in self.detectors:
+            observe_slice(det, name, applied, costs)
+        if name in self.inhibitor.workflows:  # open loop or zombie alerts: their subjects' calls keep them open
+            observe_slice(self.inhibitor, name, applied, costs)
         alerts = [a for det in self.detectors for a in det.flagged(st.watermark)]
         for (ts, keys, team, model, agent), vec in grouped.items():
             st.add_usage(ts, keys, vec, team, model, agent)

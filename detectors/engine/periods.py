@@ -30,12 +30,19 @@ class PeriodClock:
 
     def keys(self, ts: float) -> tuple[str, str]:
         if not self._lo <= ts < self._hi:
+            self.span(ts)
+        return self._keys
+
+    def span(self, ts: float) -> tuple[tuple[str, str], float, float]:
+        """The keys of `ts` and the bounds [lo, hi) of its day: a caller looping over events
+        keeps them and asks again only for a `ts` outside, without a call per event."""
+        if not self._lo <= ts < self._hi:
             local = datetime.fromtimestamp(ts, self.tz)
             start = local.replace(hour=0, minute=0, second=0, microsecond=0)
             end = (start + timedelta(days=1, hours=2)).replace(hour=0)  # DST-safe next midnight
             self._lo, self._hi = start.timestamp(), end.timestamp()
             self._keys = (start.strftime("%Y-%m-%d"), start.strftime("%Y-%m"))
-        return self._keys
+        return self._keys, self._lo, self._hi
 
     @staticmethod
     def day_before(key: str) -> str:
