@@ -29,8 +29,9 @@ lint: $(DEV_STAMP)  ## ruff and mypy, as configured in pyproject.toml
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(STAMP)  ## throughput and latency against a naive baseline, same run
+bench: $(STAMP)  ## throughput and latency against the ceiling, a naive baseline and the peer, same run; then the core alone
 	$(BIN)/spendwatch bench
+	$(BIN)/python -m spendwatch.bench.core
 
 score: $(STAMP)  ## detector scorecard on generated scenarios (and ../shared/data when present)
 	$(BIN)/spendwatch score

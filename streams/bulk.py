@@ -31,8 +31,8 @@ from streams.ingest import Record
 
 log = logging.getLogger("spendwatch.worker")
 
-QUEUED_SLICES = 64
-"""Fetches waiting for the ingest task before the consumer waits too (back-pressure)."""
+QUEUED_SLICES = 4
+"""Fetches (of at most `batch_max` records each) waiting for the ingest task before the consumer waits too."""
 QUIESCE_TIMEOUT_S = 60.0
 """How long a revocation waits for the batch in hand (one batch takes well under a second)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ def make_load(events: int, per_record: int, workflows: int = 200, seed: int = 1,
             provider, model = MODELS[rng.randrange(4)]
             inp, out = rng.randrange(500, 30_000), rng.randrange(20, 1_500)
             batch.append({"type": "usage", "event_id": f"b{seed}-{i}", "ts": t0 + i * 0.002, "workflow": wf,
-                          "team": f"team-{hash(wf) % 9}", "provider": provider, "model": model,
+                          "team": f"team-{zlib.crc32(wf.encode()) % 9}", "provider": provider, "model": model,
                           "input_tokens": inp, "output_tokens": out, "cache_read_tokens": inp // 3,
                           "agent_id": f"{wf}-a{i % 4}", "run_id": f"{wf}-r{i // 40}", "step": i % 40,
                           "fingerprint": f"act-{rng.randrange(60)}"})
