@@ -318,7 +318,10 @@ class InsightsConfig(_Strict):
 class Settings(_Strict):
     timezone: str = "UTC"
     dedup_window_s: float = Field(default=3600.0, ge=60, le=7 * 86400)
-    batch_max: int = Field(default=5000, ge=1, le=100_000)
+    batch_max: int = Field(default=20_000, ge=1, le=100_000)
+    """Most usage records per fetch and per ingest batch: larger batches write each busy workflow's state
+    less often (single-event records: 16.5k events/s at 20,000 vs 13k at 5,000), smaller ones bound a
+    backlog batch's time (~1 s at 20,000 single-event records on 2 cores)."""
     batch_within_s: float = Field(default=0.2, ge=0.001, le=10)
     tick_every_s: float = Field(default=1.0, ge=0.05, le=60)
     commit_interval_s: float = Field(default=2.8, ge=0.1, le=60)
