@@ -38,30 +38,62 @@ def test_a_slice_keeps_partitions_offsets_and_timestamps_in_seconds() -> None:
     assert piece.last == {0: 7, 3: 10} and piece.generation == 4
 
 
-def test_queued_slices_merge_up_to_the_batch_size_and_commit_only_when_done() -> None:
+def test_queued_fetches_merge_up_to_the_batch_size_and_commit_only_when_done() -> None:
     async def scenario() -> None:
         feed = BulkFeed("usage", Generation())
         for start in (0, 3, 6):
             await feed.offer(fetched(0, range(start, start + 3)), 1)
         await feed.offer(fetched(1, range(0, 2)), 1)
         batch = await feed.take(max_records=7)
-        assert [r.offset for r in batch.records] == [0, 1, 2, 3, 4, 5]  # a third slice would make 9
+        assert [r.offset for r in batch.records] == [0, 1, 2, 3, 4, 5, 6]  # the third fetch is split
         assert feed.processed == {}  # nothing may be committed while the batch is in hand
         feed.done(batch)
-        assert feed.processed == {0: 6}
+        assert feed.processed == {0: 7}
         rest = await feed.take(max_records=7)
-        assert [(r.partition, r.offset) for r in rest.records] == [(0, 6), (0, 7), (0, 8), (1, 0), (1, 1)]
+        assert [(r.partition, r.offset) for r in rest.records] == [(0, 7), (0, 8), (1, 0), (1, 1)]
         feed.done(rest)
         assert feed.processed == {0: 9, 1: 2}
 
     run(scenario())
 
 
-def test_one_slice_larger_than_the_batch_size_is_still_taken_whole() -> None:
+def test_a_fetch_larger_than_a_batch_is_split_and_committed_as_far_as_applied() -> None:
+    async def scenario() -> None:
+        feed = BulkFeed("usage", Generation())
+        await feed.offer({**fetched(0, range(10)), **fetched(1, range(4))}, 1)
+        first = await feed.take(max_records=6)
+        assert [(r.partition, r.offset) for r in first.records] == [(0, o) for o in range(6)]
+        feed.done(first)
+        assert feed.processed == {0: 6}  # not past the records still queued
+        second = await feed.take(max_records=6)
+        assert [(r.partition, r.offset) for r in second.records] == [(0, 6), (0, 7), (0, 8), (0, 9), (1, 0), (1, 1)]
+        feed.done(second)
+        third = await feed.take(max_records=6)
+        feed.done(third)
+        assert feed.processed == {0: 10, 1: 4}
+
+    run(scenario())
+
+
+def test_batches_are_bounded_by_bytes_but_hold_at_least_one_record() -> None:
+    async def scenario() -> None:
+        feed = BulkFeed("usage", Generation())
+        await feed.offer(fetched(0, range(5)), 1)  # values of 2 bytes each
+        assert len((await feed.take(max_records=100, max_bytes=5)).records) == 3  # 6 bytes: the third crosses it
+        assert len((await feed.take(max_records=100, max_bytes=1)).records) == 1
+        assert len((await feed.take(max_records=100, max_bytes=100)).records) == 1
+
+    run(scenario())
+
+
+def test_a_revocation_mid_fetch_drops_only_the_records_not_taken() -> None:
     async def scenario() -> None:
         feed = BulkFeed("usage", Generation())
         await feed.offer(fetched(0, range(10)), 1)
-        assert len((await feed.take(max_records=3)).records) == 10
+        batch = await feed.take(max_records=4)
+        feed.done(batch)
+        await feed.quiesce()
+        assert feed.dropped == 6 and feed.processed == {0: 4}
 
     run(scenario())
 

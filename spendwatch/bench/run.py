@@ -45,6 +45,12 @@ def _rss_peak_mb(pid: int) -> float | None:
     return None
 
 
+def _wait_for_file(path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 class Workers:
     """Worker processes (the real one or the naive baseline) on one broker, each reporting progress."""
 
@@ -57,9 +63,16 @@ class Workers:
                "worker": [sys.executable, "-m", "spendwatch", "worker", "--broker", broker.url, "--config", str(toml)],
                }[kind]
         self.files = [self.dir / f"progress-{i}.json" for i in range(count)]
-        self.procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       env={**os.environ, "SPENDWATCH_PROGRESS_FILE": str(f)})
-                      for f in self.files]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for f in self.files:
+            self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                               env={**os.environ, "SPENDWATCH_PROGRESS_FILE": str(f)}))
+            if f != self.files[-1]:
+                # Two workers creating the same topics at once on a fresh Tansu can leave a changelog
+                # partition without a leader in the metadata, and the producer waiting for it forever
+                # (seen in 4 of ~25 simultaneous starts): the next worker joins once this one has
+                # created them, which also makes it a rebalance under load.
+                _wait_for_file(f, timeout=120)
 
     def progress(self) -> list[dict[str, Any]]:
         return [orjson.loads(f.read_bytes()) for f in self.files if f.exists()]
