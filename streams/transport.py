@@ -76,12 +76,31 @@ async def fetched_highwaters(probe: AIOKafkaConsumer, ends: Mapping[TP, int],
     return result
 
 
-async def drained(producer: Any) -> None:
+DRAIN_TIMEOUT_S = 300.0
+"""How long a batch waits for the broker to ack its writes before the worker gives up and exits."""
+
+
+class DrainTimeout(RuntimeError):
+    """The broker did not ack a batch's writes in time: the worker exits, its batch uncommitted."""
+
+
+async def drained(producer: Any, timeout: float = DRAIN_TIMEOUT_S) -> None:
     """Until every message sent so far, table changelog writes included, is acked by the broker.
-    Awaited before a batch is acked, so no commit can cover a batch whose state is not in Kafka."""
-    while producer.buffer.size:
-        await producer.buffer.flush()
-    await producer.flush()
+    Awaited before a batch is acked, so no commit can cover a batch whose state is not in Kafka.
+
+    Not forever: a partition whose leader the producer never learns (seen when two workers create
+    the same topics at once on a fresh Tansu) would hold the worker silently. After `timeout` this
+    raises, the stage's agent exits the process, and a restarted worker reads the batch again."""
+    async def flush() -> None:
+        while producer.buffer.size:
+            await producer.buffer.flush()
+        await producer.flush()
+
+    try:
+        await asyncio.wait_for(flush(), timeout)
+    except TimeoutError:
+        raise DrainTimeout(f"the broker has not acked this batch's writes in {timeout:.0f} s (a partition "
+                           "without a leader?); exiting so a restarted worker reads the batch again") from None
 
 
 def unprocessed_head(acked: list[int], committed: int | None) -> bool:

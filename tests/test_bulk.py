@@ -186,3 +186,18 @@ def test_a_revocation_does_not_wait_forever_for_a_stuck_batch(caplog: pytest.Log
 
     run(scenario())
     assert "still in hand" in caplog.text
+
+
+def test_a_batch_whose_writes_are_never_acked_ends_the_wait_with_a_reason() -> None:
+    """`drained` on a producer whose flush never returns (a partition without a leader): the stage's agent
+    gets an error to exit on instead of waiting forever."""
+    from streams.transport import DrainTimeout, drained
+
+    class Stuck:
+        buffer = SimpleNamespace(size=0)
+
+        async def flush(self) -> None:
+            await asyncio.Event().wait()
+
+    with pytest.raises(DrainTimeout, match="not acked"):
+        run(drained(Stuck(), timeout=0.05))
