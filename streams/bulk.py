@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from streams.ingest import Record
@@ -41,23 +41,21 @@ QUIESCE_TIMEOUT_S = 60.0
 
 @dataclass
 class Slice:
-    """One fetch's usage records (each partition's in offset order) and the generation they belong to."""
+    """Usage records (each partition's in offset order) and the generation they were fetched in."""
 
     records: list[Record]
     generation: int
-    last: dict[int, int] = field(default_factory=dict)  # partition -> its highest offset in the slice
+
+    @property
+    def last(self) -> dict[int, int]:
+        """Partition -> its highest offset in the slice."""
+        return {rec.partition: rec.offset for rec in self.records}
 
 
 def to_slice(fetched: Mapping[int, Sequence[Any]], generation: int) -> Slice:
     """aiokafka's records per partition → a `Slice` (Kafka timestamps in ms become seconds)."""
-    records: list[Record] = []
-    last: dict[int, int] = {}
-    for partition, recs in fetched.items():
-        if recs:
-            records.extend(Record(r.key, r.value, partition, r.offset,
-                                  r.timestamp / 1000.0 if r.timestamp is not None else None) for r in recs)
-            last[partition] = recs[-1].offset
-    return Slice(records, generation, last)
+    return Slice([Record(r.key, r.value, partition, r.offset, r.timestamp / 1000.0 if r.timestamp is not None else None)
+                  for partition, recs in fetched.items() for r in recs], generation)
 
 
 class BulkFeed:
@@ -124,7 +122,7 @@ class BulkFeed:
                 self._head = 0
             self._space.set()
             self._idle.clear()
-            return Slice(records, generation, {rec.partition: rec.offset for rec in records})
+            return Slice(records, generation)
 
     def done(self, batch: Slice) -> None:
         """`batch` is applied and its effects acked: its partitions may be committed past it."""
