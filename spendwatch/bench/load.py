@@ -26,22 +26,28 @@ class Load:
 
 
 def make_load(events: int, per_record: int, workflows: int = 200, seed: int = 1, t0: float | None = None) -> Load:
-    """Realistic agent traffic: many workflows, runs of ~40 steps, varied models and token sizes."""
+    """Realistic agent traffic: many workflows, runs of 40 steps, varied models and token sizes.
+
+    A workflow's calls are numbered on their own, so its runs have 40 steps whether a record holds
+    one call or many (numbered across all workflows, single-call records made nearly every call a
+    run of its own)."""
     rng = random.Random(seed)
     t0 = t0 or time.time() - 600
     load = Load()
+    calls: dict[str, int] = {}  # workflow -> its calls so far
     i = 0
     while i < events:
         wf = f"wf-{rng.randrange(workflows)}"
         n = min(per_record, events - i)
         batch = []
         for _ in range(n):
+            k = calls[wf] = calls.get(wf, -1) + 1
             provider, model = MODELS[rng.randrange(4)]
             inp, out = rng.randrange(500, 30_000), rng.randrange(20, 1_500)
             batch.append({"type": "usage", "event_id": f"b{seed}-{i}", "ts": t0 + i * 0.002, "workflow": wf,
                           "team": f"team-{zlib.crc32(wf.encode()) % 9}", "provider": provider, "model": model,
                           "input_tokens": inp, "output_tokens": out, "cache_read_tokens": inp // 3,
-                          "agent_id": f"{wf}-a{i % 4}", "run_id": f"{wf}-r{i // 40}", "step": i % 40,
+                          "agent_id": f"{wf}-a{k % 4}", "run_id": f"{wf}-r{k // 40}", "step": k % 40,
                           "fingerprint": f"act-{rng.randrange(60)}"})
             t = load.truth.setdefault(wf, [0, 0, 0])
             t[0] += 1
