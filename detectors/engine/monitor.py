@@ -22,7 +22,7 @@ from detectors.engine.periods import PeriodClock
 from detectors.engine.rollup import TeamState
 from detectors.engine.snapshot import workflow_snapshot
 from detectors.engine.versions import StateError
-from detectors.engine.workflow import WorkflowState
+from detectors.engine.workflow import Group, WorkflowState
 from detectors.insights import InsightsEngine
 from detectors.insights.digest import digest_alert, due
 from detectors.loops import LoopDetector
@@ -220,7 +220,7 @@ class Monitor:
         costs, fallbacks = self.prices.costs(applied)
         span = self.clock.span
         keys, lo, hi = span(applied[0].ts)
-        grouped: dict[tuple, list[int]] = {}
+        grouped: dict[Group, list[int]] = {}
         teams: set[str] = set()
         for ev, micros in zip(applied, costs):
             ts = ev.ts
@@ -259,8 +259,7 @@ class Monitor:
         if name in self.inhibitor.workflows:  # open loop or zombie alerts: their subjects' calls keep them open
             observe_slice(self.inhibitor, name, applied, costs)
         alerts = [a for det in self.detectors for a in det.flagged(st.watermark)]
-        for (ts, keys, team, model, agent), vec in grouped.items():
-            st.add_usage(ts, keys, vec, team, model, agent)
+        st.add_groups(grouped)
         self.insight_engine.observe(name, applied, costs)
         alerts.extend(self._check_workflow_budget(st))
         for (provider, model, day), (calls, micros) in unpriced.items():

@@ -38,7 +38,7 @@ def workflow_snapshot(st: WorkflowState, clock: PeriodClock, budgets: BudgetConf
 
     >>> st = WorkflowState("triage")
     >>> vec = [2_000_000, 900, 40, 0, 1, 0, 0, 0]  # counters.FIELDS: $2, 900 input and 40 output tokens, 1 call
-    >>> st.add_usage(1_764_547_200.0, ("2025-12-01", "2025-12"), vec, "cx", "gpt-4o", None)
+    >>> st.add_groups({(1_764_547_200.0, ("2025-12-01", "2025-12"), "cx", "gpt-4o", None): vec})
     >>> st.watermark = 1_764_547_200.0
     >>> snap = workflow_snapshot(st, PeriodClock(), BudgetConfig())
     >>> snap["day"], snap["totals"]["day"]["cost_micros"], snap["by"]["team"]

@@ -13,8 +13,8 @@ import itertools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from detectors.engine.counters import COST, zero
-from detectors.engine.spend import EntityCost, EntitySpend
+from detectors.engine.counters import COST, add_into, zero
+from detectors.engine.spend import HOUR, EntityCost, EntitySpend
 from detectors.engine.versions import upgrade
 from detectors.pricing.money import micros_to_usd
 
@@ -28,6 +28,11 @@ MAX_OUTCOMES = 100
 MAX_ENTITIES = 1_000
 """Teams, models or agents tracked by name per workflow; the rest are summed as `OTHER`. Names are
 caller input: without a bound, an agent id per call would grow a state past what Kafka can carry."""
+OTHER = "(other)"
+ENTITY_BUCKET = HOUR[0] / HOUR[1]
+"""A bucket of the one window a team, model or agent keeps (the last hour's), in seconds."""
+Group = tuple[float, tuple[str, str], str | None, str, str | None]
+"""Calls summed together: (window bucket start, period keys, team, model, agent)."""
 OTHER = "(other)"
 V = 2
 """Format of `dump()`. v0: before versions, and before sealed id buckets (no `buckets`, `next_bucket`);
@@ -74,10 +79,29 @@ class WorkflowState:
         self.unpriced = 0
         self.pruned_at = 0.0
 
-    def add_usage(self, ts: float, keys: tuple[str, str], vec: list[int], team: str | None, model: str,
+    def add_groups(self, groups: dict[Group, list[int]]) -> None:
+        """Counters of calls, grouped (whose vectors it may change), summed first: the workflow's
+        windows per bucket, and each team's, model's and agent's hour per bucket of that window. A
+        workflow's calls spread over many groups when each record holds one call, and this makes the
+        cost an add per bucket and spender instead of one per group."""
+        spend: dict[tuple[float, tuple[str, str]], list[int]] = {}
+        costs: dict[Group, int] = {}
+        for (ts, keys, team, model, agent), vec in groups.items():
+            acc = spend.get((ts, keys))
+            if acc is None:
+                spend[ts, keys] = vec
+            else:
+                add_into(acc, vec)
+            who = (ts - ts % ENTITY_BUCKET, keys, team, model, agent)
+            costs[who] = costs.get(who, 0) + vec[COST]
+        for (ts, keys), vec in spend.items():
+            self.spend.add(ts, keys, vec)
+        for (ts, keys, team, model, agent), micros in costs.items():
+            self._add_cost(ts, keys, micros, team, model, agent)
+
+    def _add_cost(self, ts: float, keys: tuple[str, str], micros: int, team: str | None, model: str,
                   agent: str | None) -> None:
-        self.spend.add(ts, keys, vec)
-        micros = vec[COST]
+        """`micros` spent at `ts` by a team, a model and an agent (their costs only: `spend` has the rest)."""
         for dim, name in (("team", team), ("model", model), ("agent", agent)):
             if name is not None:
                 entities = self.by[dim]
