@@ -39,8 +39,9 @@ score: $(STAMP)  ## detector scorecard on generated scenarios (and ../shared/dat
 fuzz: $(DEV_STAMP)  ## property-based fuzzing with thousands of examples (make test runs a bounded few)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz_engine.py tests/test_record_fuzz.py tests/test_schema_agreement.py -q
 
-chaos: $(DEV_STAMP)  ## 200k events, 5 SIGKILLs of the worker, totals checked against ground truth (minutes)
+chaos: $(DEV_STAMP)  ## 200k events, 5 SIGKILLs of the worker (alone, then beside a second one), totals checked against ground truth (minutes)
 	$(BIN)/python -m tests.chaos --events 200000 --workflows 60 --partitions 8
+	$(BIN)/python -m tests.chaos --events 200000 --workflows 60 --partitions 8 --survivor
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

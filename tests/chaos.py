@@ -11,7 +11,10 @@ In the spirit of Faust's stress "killer" and Kafka's system tests. The harness
    and a few records keyed by the wrong workflow (the worker re-routes them);
 3. runs `python -m spendwatch worker --data-dir ...`, SIGKILLs it when 10, 30,
    50, 70 and 90 % of the backlog has been processed (read from the worker's
-   progress file) and restarts it on the same data directory each time;
+   progress file) and restarts it on the same data directory each time. With
+   `--survivor`, a second worker runs beside it the whole time, on its own data
+   directory: every kill and restart is then a rebalance between two busy
+   workers, each handing partitions over mid-batch;
 4. checks, exactly: per-workflow micro-USD cost, tokens and calls against the
    de-duplicated ground truth (read from the workflows changelog); every budget
    threshold crossed is in the alerts topic, none that was not crossed; every
@@ -21,8 +24,8 @@ In the spirit of Faust's stress "killer" and Kafka's system tests. The harness
    that marks it fired sends it again, with the same alert id, which Slack and
    kills dedup by): repeats there are counted, not failed.
 
-Run: `python -m tests.chaos --events 200000 --workflows 60 --partitions 8` (what
-`make chaos` runs). Exit status 1 on any mismatch. tests/test_chaos.py runs a
+Run: `python -m tests.chaos --events 200000 --workflows 60 --partitions 8`, and again
+with `--survivor` (what `make chaos` runs). Exit status 1 on any mismatch. tests/test_chaos.py runs a
 short variant inside `make test`.
 """
 
@@ -318,6 +321,7 @@ class Run:
 class Report:
     traffic: Traffic
     runs: list[Run] = field(default_factory=list)
+    survivor: Run | None = None  # the worker never killed, with --survivor
     failures: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -346,6 +350,9 @@ class Report:
             code = ("SIGKILL" if r.exit_code == -9 else f"exit {r.exit_code}") if r.exit_code is not None else "alive"
             out.append(f"{i:>3}  {r.pid:>7}  {killed:>10}  {r.events:>9,}  {cum:>10,}  "
                        f"{(f'{rec:.1f}' if rec is not None else '-'):>10}  {code}")
+        if (r := self.survivor) is not None:
+            code = f"exit {r.exit_code}" if r.exit_code is not None else "alive"
+            out.append(f"{'s':>3}  {r.pid:>7}  {'never':>10}  {r.events:>9,}  {'':>10}  {'-':>10}  {code}  (the survivor)")
         recs = [x for i in range(1, len(self.runs)) if (x := self.recovery(i)) is not None]
         if recs:
             out.append(f"recovery kill → first new batch: min {min(recs):.1f} s, max {max(recs):.1f} s, "
@@ -359,9 +366,11 @@ class Report:
 
 def chaos(events: int = 200_000, workflows: int = 60, partitions: int = 8, kills: Sequence[float] = KILL_POINTS,
           seed: int = 1, workdir: Path | None = None, batch_max: int = 20, step_timeout: float = 240.0,
+          survivor: bool = False,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> Report:
-    """Publish, kill at each fraction of `kills`, restart on the same data dir, check. Never raises on a
-    mismatch: the report's `failures` say what went wrong."""
+    """Publish, kill at each fraction of `kills`, restart on the same data dir, check; with `survivor`, a
+    second worker shares the group all along. Never raises on a mismatch: the report's `failures` say
+    what went wrong."""
     started = time.perf_counter()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="spendwatch-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -371,7 +380,8 @@ def chaos(events: int = 200_000, workflows: int = 60, partitions: int = 8, kills
     log(f"chaos: {traffic.published:,} events, {len(traffic.records):,} records, work dir {workdir}")
     slack = FakeSlack().start()
     broker = EmbeddedBroker(log_path=workdir / "tansu.log").start()
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[subprocess.Popen[bytes]] = []  # the worker killed again and again, one run each
+    others: list[subprocess.Popen[bytes]] = []  # the survivor
     try:
         for topic in TOPICS:
             create_topic(broker.bootstrap, topic, partitions)
@@ -383,27 +393,37 @@ def chaos(events: int = 200_000, workflows: int = 60, partitions: int = 8, kills
         config.write_text(config_toml(traffic, partitions, slack.base_url, batch_max))
         data_dir = workdir / "tables"
 
-        def start(i: int) -> Run:
-            progress = workdir / f"progress-{i}.json"
-            out = open(workdir / f"worker-{i}.log", "ab")
+        def spawn(name: str, tables: Path) -> tuple[subprocess.Popen[bytes], Path]:
+            progress = workdir / f"progress-{name}.json"
+            out = open(workdir / f"worker-{name}.log", "ab")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "spendwatch", "worker", "--broker", broker.url, "--config", str(config),
-                 "--data-dir", str(data_dir)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                 "--data-dir", str(tables)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, "SPENDWATCH_PROGRESS_FILE": str(progress), "SLACK_BOT_TOKEN": slack.token})
             out.close()
+            return proc, progress
+
+        def start(i: int) -> Run:
+            proc, progress = spawn(str(i), data_dir)
             procs.append(proc)
             run = Run(i, proc.pid, time.perf_counter(), progress)
             report.runs.append(run)
             return run
 
         def done() -> int:
-            return sum(r.events for r in report.runs[:-1]) + report.runs[-1].poll()
+            standing = report.survivor.poll() if report.survivor else 0
+            return sum(r.events for r in report.runs[:-1]) + report.runs[-1].poll() + standing
 
         t = time.perf_counter()
         run = start(0)
+        if survivor:
+            proc, progress = spawn("survivor", workdir / "tables-survivor")
+            report.survivor = Run(-1, proc.pid, time.perf_counter(), progress)
+            others.append(proc)
         for target in kills:
             deadline = time.perf_counter() + step_timeout
-            while done() < target * traffic.unique:
+            # beside a survivor, a run is killed once it has a batch of its own in: mid-work, not mid-join
+            while done() < target * traffic.unique or (survivor and not run.poll()):
                 if procs[-1].poll() is not None:
                     break
                 if time.perf_counter() > deadline:
@@ -456,9 +476,13 @@ def chaos(events: int = 200_000, workflows: int = 60, partitions: int = 8, kills
         if procs[-1].poll() is not None and run.exit_code is None:
             run.exit_code = procs[-1].returncode
             report.failures.append(f"the last worker (pid {run.pid}) exited with status {run.exit_code}")
+        if others and others[0].poll() is not None and report.survivor is not None:
+            report.survivor.exit_code = others[0].returncode
+            report.failures.append(f"the survivor (pid {report.survivor.pid}) exited with status "
+                                   f"{report.survivor.exit_code} (see {workdir}/worker-survivor.log)")
         report.seconds["check"] = time.perf_counter() - t
     finally:
-        for p in procs:
+        for p in procs + others:
             if p.poll() is None:
                 p.kill()
                 p.wait()
@@ -589,12 +613,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="fractions of the backlog at which to SIGKILL the worker (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--batch-max", type=int, default=20, help="the worker's batch_max (records per batch)")
+    p.add_argument("--survivor", action="store_true",
+                   help="run a second worker beside the killed one the whole time: each kill is a rebalance")
     p.add_argument("--workdir", type=Path, help="keep logs, config and tables here (default: a temp dir, "
                                                 "removed on success)")
     args = p.parse_args(argv)
     kills = [float(k) for k in args.kills.split(",") if k]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spendwatch-chaos-"))
-    report = chaos(args.events, args.workflows, args.partitions, kills, args.seed, workdir, args.batch_max)
+    report = chaos(args.events, args.workflows, args.partitions, kills, args.seed, workdir, args.batch_max,
+                   survivor=args.survivor)
     print(report.table())
     if report.failures:
         print(f"logs and tables kept in {workdir}")
