@@ -27,8 +27,8 @@ A flagged run
 alerts once, when the batch that flagged it ends (`flagged`), so a burst of
 events costs one alert and an evident loop never waits for the next tick.
 
-State is saved as plain data (`dump` / `load`, format "v": 2); `MIGRATIONS`
-upgrades older formats.
+State is saved as plain data (`dump` / `load`, format "v": 3: each run a list
+in `RUN_FIELDS` order); `MIGRATIONS` upgrades older formats.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import heapq
 import zlib
 from array import array
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 from detectors import state
@@ -47,7 +48,8 @@ from schemas.limits import MAX_ID_LEN
 
 MAX_RUNS = 4_000
 """Active runs watched per workflow: its state is one table record (Kafka's default limit is 1 MB,
-~260 B a run); runs beyond are not watched until others end (their spend is still counted)."""
+~150 B a run with a UUID run id); runs beyond are not watched until others end (their spend is
+still counted)."""
 REPEAT_OK = 9
 """Successful repeats of one action (with the same or no observation) that make a loop: one more than
 the longest ordinary poll (2–8), and still within 10 steps of a loop's start."""
@@ -83,9 +85,21 @@ def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "runs": {rid: {**run, "obs": None} for rid, run in state.obj(doc["runs"]).items()}}
 
 
-MIGRATIONS = {0: _v0_to_v1, 1: _v1_to_v2}
+RUN_FIELDS = ("agent", "team", "start", "last", "step", "calls", "tokens", "context", "micros", "recent", "obs",
+              "same", "same_err", "alt", "cycle", "echo", "last_out", "flag", "fired", "ended")
+"""A run's values in a v3 dump, in this order: a list, not an object, is half the bytes and a third of
+the time to write (a workflow's runs are all saved every few seconds). A new field is a new version."""
+
+
+def _v2_to_v3(doc: dict[str, Any]) -> dict[str, Any]:
+    """v3 writes each run as a list in RUN_FIELDS order instead of an object."""
+    runs = state.obj(doc["runs"]).items()
+    return {**doc, "runs": {rid: [state.obj(run)[f] for f in RUN_FIELDS] for rid, run in runs}}
+
+
+MIGRATIONS = {0: _v0_to_v1, 1: _v1_to_v2, 2: _v2_to_v3}
 """Format n → n + 1 of a workflow's dump: a layout change adds a function here, so stored state still loads."""
-VERSION = 2
+VERSION = 3
 """The format `dump` writes."""
 
 
@@ -107,10 +121,7 @@ class Run:
     last observation: about 450 bytes in memory however long the run. `same` counts the last action's
     repeats that got the same observation as the one before (or sent none)."""
 
-    __slots__ = (
-        "agent", "team", "start", "last", "step", "calls", "tokens", "context", "micros",
-        "recent", "obs", "same", "same_err", "alt", "cycle", "echo", "last_out", "flag", "fired", "ended",
-    )
+    __slots__ = RUN_FIELDS
 
     def __init__(self, ts: float, agent: str | None, team: str | None):
         self.agent, self.team = agent, team
@@ -123,15 +134,16 @@ class Run:
         self.fired = False
         self.ended: float | None = None  # ts of the run's outcome
 
-    def dump(self) -> dict[str, Any]:
-        doc = {s: getattr(self, s) for s in self.__slots__}
-        doc["recent"] = self.recent.tolist()
-        doc["flag"] = None if self.flag is None else list(self.flag)
+    def dump(self) -> list[Any]:
+        doc = list(_values(self))
+        doc[_RECENT] = self.recent.tolist()
+        if self.flag is not None:
+            doc[_FLAG] = list(self.flag)
         return doc
 
     @classmethod
-    def load(cls, doc: dict[str, Any]) -> Run:
-        d = state.obj(doc)
+    def load(cls, doc: list[Any]) -> Run:
+        d = dict(zip(RUN_FIELDS, state.seq(doc, len(RUN_FIELDS))))
         run = cls(state.num(d["start"]), state.opt_text(d["agent"]), state.opt_text(d["team"]))
         run.last = state.num(d["last"])
         for s in ("step", "calls", "tokens", "context", "micros", "same", "same_err", "alt", "cycle", "echo",
@@ -204,6 +216,10 @@ class Run:
         if self.echo >= ECHO:
             return (f"identical {output_tokens}-token outputs", self.step - self.echo + 1, self.echo, None)
         return None
+
+
+_values = attrgetter(*RUN_FIELDS)
+_RECENT, _FLAG = RUN_FIELDS.index("recent"), RUN_FIELDS.index("flag")
 
 
 class WorkflowLoops:

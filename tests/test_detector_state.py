@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 from detectors import spikes
 from detectors.checks import calls_during
 from detectors.detector import Detector, StateError
+from detectors.loops import RUN_FIELDS, WINDOW, LoopDetector
 from detectors.loops import VERSION as LOOP_VERSION
-from detectors.loops import WINDOW, LoopDetector
 from detectors.registry import DETECTORS
 from detectors.spikes import Horizon, SpikeDetector
 from detectors.state import V as STATE_V
@@ -272,7 +272,7 @@ def test_tick_of_a_workflow_it_does_not_hold_is_empty(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", VARIANTS)
-@pytest.mark.parametrize("version", [3, 0.5, -1, "1", True, None, "missing", 1.0])  # 3: newer than any writes
+@pytest.mark.parametrize("version", [9, 0.5, -1, "1", True, None, "missing", 1.0])  # 9: newer than any writes
 def test_unknown_version_raises_a_state_error_that_says_whose(kind: str, version: Any) -> None:
     det = warm(kind)
     doc = det.dump("wf")
@@ -362,7 +362,7 @@ def test_a_v0_doc_migrates_to_the_current_format(kind: str) -> None:
     doc = det.dump("wf")
     assert doc is not None and doc["v"] == (LOOP_VERSION if kind == "loop" else 1)
     if kind == "loop":
-        run = doc["runs"]["r9"]
+        run = dict(zip(RUN_FIELDS, doc["runs"]["r9"]))
         assert (run["micros"], run["recent"], run["calls"], run["obs"]) == (21_000, [1, 2, 2], 3, None)
         assert "active" not in doc
     else:
@@ -375,17 +375,20 @@ def test_a_v1_loop_doc_loads_and_its_runs_carry_on_as_if_they_sent_no_observatio
     det = LoopDetector()
     streak = [usage(T0 + k, run="r", step=k, fp="pytest" if k > 2 else f"f{k}") for k in range(1, 8)]
     run(det, [("event", e) for e in streak], T0)
-    v2 = roundtrip(det.dump("wf"))
-    assert v2["v"] == 2 and v2["runs"]["r"]["same"] == 5 and v2["runs"]["r"]["obs"] is None
+    v3 = roundtrip(det.dump("wf"))
+    v2 = {**v3, "v": 2, "runs": {rid: dict(zip(RUN_FIELDS, r)) for rid, r in v3["runs"].items()}}
+    assert v3["v"] == 3 and v2["runs"]["r"]["same"] == 5 and v2["runs"]["r"]["obs"] is None
     v1 = {**v2, "v": 1, "runs": {rid: {k: x for k, x in r.items() if k != "obs"} for rid, r in v2["runs"].items()}}
     migrated = LoopDetector()
     migrated.load("wf", v1)
-    assert migrated.dump("wf") == v2
+    assert migrated.dump("wf") == v3
     rest = [("event", usage(T0 + k, run="r", step=k, fp="pytest", obs="same")) for k in range(8, 12)]
     alerts, _ = run(migrated, rest, T0 + 8)
     assert [(a.evidence["loop_start_step"], a.evidence["repeats"]) for a in alerts] == [(3, 9)]
     with pytest.raises(StateError, match="'wf'"):
         LoopDetector().load("wf", {**v2, "runs": {"r": {**v2["runs"]["r"], "obs": -1}}})
+    with pytest.raises(StateError, match="'wf'"):
+        LoopDetector().load("wf", {**v3, "runs": {"r": v3["runs"]["r"][:-1]}})  # a field short
 
 
 def test_a_v0_spike_doc_migrates_to_v2_and_behaves_the_same() -> None:
