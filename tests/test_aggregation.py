@@ -66,6 +66,23 @@ def test_rolling_windows_forget_old_spend():
     assert st.spend.window("24h", t0 + 3000) == 3_000_000
 
 
+def test_a_spender_across_window_buckets_of_one_batch_counts_every_call():
+    """A batch's counters are summed per 5 s bucket for the workflow and per 5 min bucket for each
+    team, model and agent: six calls 10 s apart, in one batch or one each, count $6 everywhere."""
+    t0 = ts(2026, 5, 1, 12)
+    calls = [ev(i, t0 + 10 * i, team="t", agent_id="a") for i in range(6)]
+    whole, alone = monitor(), monitor()
+    whole.process(calls)
+    for call in calls:
+        alone.process([call])
+    for m in (whole, alone):
+        st = m.workflows["w"]
+        now = st.watermark
+        assert [st.spend.window(w, now) for w in ("1m", "1h", "24h")] == [6_000_000] * 3
+        assert {(dim, who): (e.period("2026-05"), e.last_hour(now)) for dim in st.by for who, e in st.by[dim].items()} \
+            == {(dim, who): (6_000_000, 6_000_000) for dim, who in (("team", "t"), ("model", "m"), ("agent", "a"))}
+
+
 def test_each_threshold_fires_once_per_period_and_again_next_period():
     m = monitor(w={"daily_usd": 10})
     day1 = ts(2026, 5, 1, 9)

@@ -18,6 +18,7 @@ quotes in names, caller-priced calls and long runs:
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -151,6 +152,32 @@ def test_monitor_batches_never_raise_and_totals_are_exact(events: list[dict]) ->
         i += n
     assert monitor.failures == 0, list(monitor.last_failures)
     assert month_totals(monitor) == reference(events, monitor)
+
+
+def spend_now(monitor: Monitor) -> dict[str, Any]:
+    """Per workflow at its event time: the month's counters, each window's total, and each team's,
+    model's and agent's month and last hour (figures pruning cannot change, whenever it ran)."""
+    out = {}
+    for name, wf in monitor.workflows.items():
+        now = wf.watermark
+        out[name] = (wf.spend.periods.get(MONTH), {w: wf.spend.window(w, now) for w in wf.spend.windows},
+                     {dim: {who: (e.period(MONTH), e.last_hour(now)) for who, e in wf.by[dim].items()}
+                      for dim in wf.by})
+    return out
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=traffic())
+def test_spend_by_window_team_model_and_agent_does_not_depend_on_batching(events: list[dict]) -> None:
+    """A slice's counters are summed per bucket and per spender before they are added: one batch of
+    everything and one event per batch must leave the same figures."""
+    parsed = [validate_event(doc) for doc in events]
+    whole, alone = Monitor(BUDGETS), Monitor(BUDGETS)
+    whole.process(parsed)
+    for ev in parsed:
+        alone.process([ev])
+    assert whole.failures == alone.failures == 0
+    assert spend_now(whole) == spend_now(alone)
 
 
 @settings(max_examples=EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
