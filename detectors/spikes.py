@@ -342,7 +342,7 @@ def _heaviest(counts: dict[str, Any], n: int) -> dict[str, Any]:
     return dict(sorted(counts.items(), key=lambda kv: _micros(kv[1]), reverse=True)[:n])
 
 
-def _micros(value: Any) -> int:
+def _micros(value: Any) -> float:
     return value[0] if isinstance(value, list) else value
 
 

@@ -54,8 +54,9 @@ class EntitySpend:
         budget's burn-rate windows exist only where a budget needs them, and stop costing when the
         config no longer asks for them."""
         windows = self.windows
-        for name in names - windows.keys():
-            windows[name] = RollingWindow(*_geometry(name))
+        for name in names:
+            if name not in windows:
+                windows[name] = RollingWindow(*_geometry(name))
         for name in [n for n in windows if n not in WINDOWS and n not in names]:
             del windows[name]
 

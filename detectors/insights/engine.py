@@ -144,7 +144,7 @@ class InsightsEngine:
         days, runs, providers = wf.days, wf.runs, wf.providers
         p = self.params
         max_in, max_out = p.max_prompt_tokens, p.max_output_tokens
-        day_start = day_end = 0.0
+        day_start = day_end = 0  # whole days (`d * DAY`), compared with float event times
         models: dict[str, list[Any]] = {}
         for ev, micros in zip(events, costs):
             rid = ev.run_id
@@ -158,9 +158,7 @@ class InsightsEngine:
             if ts >= day_end or ts < day_start:
                 d = int(ts // DAY)
                 day_start, day_end = d * DAY, (d + 1) * DAY
-                models = days.get(d)  # type: ignore[assignment]
-                if models is None:
-                    models = days[d] = {}
+                models = days.setdefault(d, {})
                 if not wf.first or ts < wf.first:
                     wf.first = ts
             model = ev.model
