@@ -76,6 +76,11 @@ async def fetched_highwaters(probe: AIOKafkaConsumer, ends: Mapping[TP, int],
     return result
 
 
+FETCH_MAX_WAIT_MS = 100
+"""How long the broker may hold a fetch that has too little data. Faust asks 1,500 ms; Kafka answers
+as soon as a byte is there anyway, but Tansu holds a fetch for its whole wait while records arrive
+(measured: records delivered 0.37 s late at the median and 0.75 s at most with 1,500 ms, 4 ms with
+100 ms), and that wait is event-to-alert latency. An idle worker then sends ten empty fetches a second."""
 DRAIN_TIMEOUT_S = 300.0
 """How long a batch waits for the broker to ack its writes before the worker gives up and exits."""
 
@@ -117,10 +122,20 @@ class FlowControl(FlowControlEvent):
             super().resume()
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # Faust passes 1,500 ms, not a setting
+        return consumer
+
+
 class _Consumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rewound: dict[TP, int] = {}  # partition -> the committed offset it was last read again from
+
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     @property
     def bulk(self) -> BulkFeed | None:

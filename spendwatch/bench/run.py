@@ -208,7 +208,8 @@ async def latency_at(broker: EmbeddedBroker, rate: float, seconds: float, per_re
     Two loops a second are injected. After the last event this keeps listening up to
     `patience` seconds for the outstanding loops' alerts, so a late alert is reported with
     its latency and only one that never came within that time counts as missed (None)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+    # Tansu holds a fetch for its whole max wait while records arrive: aiokafka's 500 ms would be timed too
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, fetch_max_wait_ms=20)
     await consumer.start()
     tps = [TopicPartition("spendwatch.alerts", p) for p in range(4)]
     consumer.assign(tps)
