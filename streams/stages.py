@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from detectors.engine.monitor import Monitor
-from detectors.engine.rollup import parse_snapshot
+from detectors.engine.rollup import parse_snapshots, snapshot_records
 from streams import workflow_table
 from streams.clock import EventClock
 from streams.ingest import Ingestor, Record, unknown_fields_note
@@ -131,8 +131,8 @@ class IngestStage:
                 self.saved_at[wf] = wall
         for partition, key, value in fx.reroutes:
             await topo.usage.send(key=key, value=value, partition=partition)
-        for snap in fx.snapshots:
-            await topo.rollups.send(key=snap["team"].encode(), value=orjson.dumps(snap))
+        for team, snaps in snapshot_records(fx.snapshots):
+            await topo.rollups.send(key=team.encode(), value=orjson.dumps(snaps))
         await self.drain()  # state and forwards in Kafka before the batch can be committed
         stats.records += len(records)
         stats.accepted += fx.accepted
@@ -235,12 +235,16 @@ class RollupStage:
         self.drain = drain
 
     async def handle(self, events: Sequence[Any]) -> None:
-        good = []
+        good: list[tuple[dict[str, Any], Any]] = []
         for e in events:
             try:
-                good.append((parse_snapshot(e.value), e))
+                snaps, bad = parse_snapshots(e.value)
             except ValueError as err:
-                await self.dead.put(self.topology.names.rollups, e, f"bad team snapshot: {err}")
+                snaps, bad = [], [str(err)]
+            if bad:  # the record's good snapshots still count: merging is idempotent should it be replayed
+                more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+                await self.dead.put(self.topology.names.rollups, e, f"bad team snapshot: {bad[0]}{more}")
+            good.extend((snap, e) for snap in snaps)
         alerts = self.monitor.merge_snapshots(snap for snap, _ in good)
         sent = await self.publisher.publish(alerts)  # in Kafka before the team state that marks them fired
         if sent:

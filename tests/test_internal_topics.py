@@ -36,6 +36,7 @@ def test_garbage_on_every_input_topic_is_dead_lettered_and_the_worker_goes_on(fr
     publish(broker.bootstrap, "spendwatch.rollups", [
         (b"cx", b"{not json"), (b"cx", b'{"team": 1}'), (b"cx", None),
         (b"cx", b'{"team": "cx", "workflow": "w", "ts": 1, "periods": {"2026-12-01": "lots"}}'),
+        (b"cx", b'[7, {"team": "cx", "workflow": "w", "ts": 1, "periods": {}}, "x"]'),  # the array form, two bad
     ])
     publish(broker.bootstrap, "spendwatch.alerts", [(b"triage", b'{"kind": "loop"}'), (b"triage", None)])
     publish(broker.bootstrap, "spendwatch.usage", [
@@ -47,11 +48,12 @@ def test_garbage_on_every_input_topic_is_dead_lettered_and_the_worker_goes_on(fr
     def letters() -> list[dict]:
         return [orjson.loads(v) for _, v in read_all(broker.bootstrap, "spendwatch.deadletter") if v]
 
-    wait_for(lambda: len(letters()) >= 8, 90, "8 dead letters", describe=lambda: [d["reason"] for d in letters()])
+    wait_for(lambda: len(letters()) >= 9, 90, "9 dead letters", describe=lambda: [d["reason"] for d in letters()])
     by_topic: dict[str, list[str]] = {}
     for d in letters():
         by_topic.setdefault(d["topic"], []).append(d["reason"])
-    assert len(by_topic["spendwatch.rollups"]) == 4
+    assert len(by_topic["spendwatch.rollups"]) == 5
+    assert "bad team snapshot: a snapshot is a JSON object (and 1 more)" in by_topic["spendwatch.rollups"]
     assert any("not valid JSON" in r for r in by_topic["spendwatch.rollups"])
     assert any("periods must map" in r for r in by_topic["spendwatch.rollups"])
     assert len(by_topic["spendwatch.alerts"]) == 2 and all(r.startswith("not an alert") for r in by_topic["spendwatch.alerts"])
