@@ -27,7 +27,7 @@ def _result() -> dict:
                        "latency": lat},
             "batched": {"events": 10, "events_per_s": float("inf"), "peak_rss_mb": 100, "totals_exact": True},
             "memory": {"active_runs": 1, "workflows": 1, "peak_rss_mb": 1, "state_mb": 1.0, "bytes_per_run": 1.0,
-                       "run_state_bytes": 1.0}}
+                       "run_state_bytes": 1.0, "bytes_per_more_run": 1.0, "bytes_per_workflow": 1.0}}
 
 
 def test_missed_loop_is_a_count_and_a_null_percentile() -> None:

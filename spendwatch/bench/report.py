@@ -124,6 +124,7 @@ def print_bench(r: dict[str, Any], console: Console | None = None) -> None:
     m = r.get("memory")
     if m:
         console.print(f"state: {m['state_mb']:.0f} MB for {m['active_runs']:,} active runs in {m['workflows']:,} "
-                      f"workflows = {m['bytes_per_run']:,.0f} bytes per run, of which per-run loop state "
-                      f"{m['run_state_bytes']:,.0f} bytes (the rest: event-id dedup window, per-agent spend, "
-                      f"per-workflow models); a fresh process holding it peaks at {m['peak_rss_mb']:,} MB RSS")
+                      f"workflows = {m['bytes_per_run']:,.0f} bytes per run all told; one more run adds "
+                      f"{m['bytes_per_more_run']:,.0f} bytes (its loop state {m['run_state_bytes']:,.0f}, the rest its "
+                      f"event id, agent and spike-blame entries), one more workflow {m['bytes_per_workflow']:,.0f} "
+                      f"(models, counters, insights); a fresh process holding it peaks at {m['peak_rss_mb']:,} MB RSS")

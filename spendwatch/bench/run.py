@@ -261,7 +261,9 @@ async def latency_at(broker: EmbeddedBroker, rate: float, seconds: float, per_re
 
 def memory_per_run(runs: int = 100_000, workflows: int = 10_000) -> dict[str, float | None]:
     """State per active run, in a fresh process: its peak RSS holding `runs` runs, then the
-    bytes the state takes (tracemalloc, a second pass) and the loop detector's share."""
+    bytes the state takes (tracemalloc, a second pass) and the loop detector's share, and what
+    `runs` more runs of the same workflows add: the cost of one more run, apart from the
+    workflows' own state (models, counters), which the whole divided by `runs` includes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -273,31 +275,40 @@ def _measure_state(runs: int, workflows: int) -> dict[str, float | None]:
     import tracemalloc
 
     from detectors.engine.monitor import Monitor
+    from detectors.loops import LoopDetector
     from schemas.structs import Usage
 
     t0 = time.time() - 3600
+    spacing = 600 / (2 * runs)  # every run stays in flight: none is idle for the loop detector's 900 s
     # type checkers see the pydantic model the Struct mirrors, whose `type` is the Struct's tag
-    events = [Usage(event_id=f"m{i}", ts=t0 + i * 0.01, workflow=f"wf-{i % workflows}",
+    events = [Usage(event_id=f"m{i}", ts=t0 + i * spacing, workflow=f"wf-{i % workflows}",
                     model="gpt-4o", run_id=f"run-{i}", agent_id=f"ag-{i % (workflows * 3)}", step=1,
                     input_tokens=3000, output_tokens=300, fingerprint="a")  # type: ignore[call-arg]
-              for i in range(runs)]
+              for i in range(2 * runs)]
 
-    def fill(monitor: Monitor) -> Monitor:
-        for i in range(0, runs, 5000):
-            monitor.process(events[i:i + 5000])
+    def fill(monitor: Monitor, start: int, stop: int) -> Monitor:
+        for i in range(start, stop, 5000):
+            monitor.process(events[i:min(i + 5000, stop)])
         return monitor
 
-    untraced = fill(Monitor())  # also loads the price catalog, which would take a minute under tracemalloc
+    untraced = fill(Monitor(), 0, runs)  # also loads the price catalog, which would take a minute under tracemalloc
     rss = _rss_peak_mb(os.getpid())
     del untraced
     tracemalloc.start()
-    _kept = fill(Monitor())  # alive while the snapshot is taken
+    kept = fill(Monitor(), 0, runs)
     total = tracemalloc.get_traced_memory()[0]
     by_file = tracemalloc.take_snapshot().statistics("filename")
+    fill(kept, runs, 2 * runs)
+    doubled = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
+    loops = next(d for d in kept.detectors if isinstance(d, LoopDetector))
+    if (in_flight := sum(len(wf.runs) for wf in loops.workflows.values())) != 2 * runs:
+        raise RuntimeError(f"{in_flight:,} runs in flight after {2 * runs:,}: the marginal cost would be wrong")
     per_run = sum(st.size for st in by_file if Path(st.traceback[0].filename).match("detectors/loops.py"))
+    marginal = (doubled - total) / runs
     return {"active_runs": runs, "workflows": workflows, "peak_rss_mb": _round(rss), "state_mb": total / 2**20,
-            "bytes_per_run": total / runs, "run_state_bytes": per_run / runs}
+            "bytes_per_run": total / runs, "run_state_bytes": per_run / runs,
+            "bytes_per_more_run": marginal, "bytes_per_workflow": (total - marginal * runs) / workflows}
 
 
 def scenario(name: str, fn: Any) -> Any:
