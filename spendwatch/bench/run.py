@@ -228,7 +228,7 @@ async def latency_at(broker: EmbeddedBroker, rate: float, seconds: float, per_re
                         got[a["run_id"]] = time.perf_counter()
 
     listener = asyncio.create_task(listen())
-    background = make_load(int(rate * seconds) + per_record, per_record, seed=7, t0=time.time())
+    background = make_load(int(rate * seconds) + per_record, per_record, seed=7, t0=time.time(), spacing=1 / rate)
     every = max(1, int(rate / per_record / 2))  # two loops a second
     from aiokafka import AIOKafkaProducer
 
