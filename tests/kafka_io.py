@@ -9,6 +9,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from schemas.decode import parse_record
@@ -27,6 +28,22 @@ def create_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
             await admin.close()
 
     asyncio.run(go())
+
+
+def topic_configs(bootstrap: str, name: str) -> dict[str, str]:
+    """The topic's configs as the broker describes them."""
+    async def go() -> dict[str, str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+        finally:
+            await admin.close()
+        [(error, _message, _type, _name, entries)] = response.resources
+        assert error == 0, _message
+        return {entry[0]: entry[1] for entry in entries}
+
+    return asyncio.run(go())
 
 
 def publish(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
