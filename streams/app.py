@@ -38,7 +38,7 @@ from streams.publisher import AlertPublisher
 from streams.routing import RoutingConfig
 from streams.sinks import Sink
 from streams.stages import DeadLetters, IngestStage, RollupStage, SnapshotStage, Stats
-from streams.topology import MAX_RECORD_BYTES, Topics, Topology
+from streams.topology import MAX_STATE_RECORD_BYTES, Topics, Topology
 from streams.transport import FlowControl, Transport, drained
 
 log = logging.getLogger("spendwatch.worker")
@@ -118,7 +118,7 @@ def faust_app(opts: WorkerOptions, broker: str, app_id: str, data_dir: Path | No
         broker_session_timeout=opts.session_timeout_s,
         broker_heartbeat_interval=opts.session_timeout_s / 4,
         consumer_auto_offset_reset="earliest",
-        producer_max_request_size=MAX_RECORD_BYTES,  # table values can outgrow 1 MB on very busy workflows
+        producer_max_request_size=MAX_STATE_RECORD_BYTES,  # table values can outgrow 1 MB on very busy workflows
         broker_commit_interval=opts.commit_interval_s,
         broker_max_poll_records=opts.batch_max,  # a fetch's usage records are one slice of at most a batch
     )

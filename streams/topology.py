@@ -23,8 +23,9 @@ from detectors.engine.workflow import WorkflowState
 from streams import workflow_table
 from streams.ingest import home_partition
 
-MAX_RECORD_BYTES = 8_000_000
-"""Largest record the worker writes (the producer's limit) and its changelog topics take: a detectors
+MAX_STATE_RECORD_BYTES = 8_000_000
+"""Largest record the worker writes (the producer's limit) and its changelog topics take; not the
+usage records' limit (`schemas.limits.MAX_RECORD_BYTES`, 1 MB). A detectors
 record of a workflow with thousands of runs in flight can pass 1 MB, Kafka's default, which would
 refuse that state write. Set on the changelog topics the worker creates; older ones need
 `kafka-configs --alter --add-config max.message.bytes=8000000`."""
@@ -79,7 +80,7 @@ class Topology:
 
         def table(name: str) -> Any:
             return app.Table(name, key_type=bytes, value_type=bytes, partitions=n,
-                             extra_topic_configs={"max.message.bytes": str(MAX_RECORD_BYTES)})
+                             extra_topic_configs={"max.message.bytes": str(MAX_STATE_RECORD_BYTES)})
 
         self.usage, self.alerts = topic(topics.usage), topic(topics.alerts)
         self.deadletter, self.rollups = topic(topics.deadletter), topic(topics.rollups)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.topology import MAX_RECORD_BYTES
+from streams.topology import MAX_STATE_RECORD_BYTES
 from tests.conftest import start_worker
 from tests.kafka_io import topic_configs
 
@@ -20,5 +20,5 @@ def test_changelog_topics_take_the_largest_record_the_worker_writes(fresh_broker
     start_worker(spawn, fresh_broker, "--data-dir", str(tmp_path / "tables"))
     for table in CHANGELOGS:
         configs = topic_configs(fresh_broker.bootstrap, f"spendwatch-{table}-changelog")
-        assert configs.get("max.message.bytes") == str(MAX_RECORD_BYTES), (table, configs)
+        assert configs.get("max.message.bytes") == str(MAX_STATE_RECORD_BYTES), (table, configs)
         assert configs.get("cleanup.policy") == "compact", (table, configs)  # Faust's own setting is kept
