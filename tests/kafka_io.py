@@ -90,6 +90,34 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | Non
     return asyncio.run(go())
 
 
+def uncommitted(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """Per partition of `topic`: records past the offset `group` has committed (its end offset
+    when nothing is committed). Read with a consumer that is assigned, not subscribed: it never
+    joins `group`, so the group's members are not rebalanced."""
+
+    async def go() -> dict[int, int]:
+        probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        member = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        await probe.start()
+        await member.start()
+        try:
+            parts = probe.partitions_for_topic(topic)
+            if not parts:
+                await probe._client.force_metadata_update()
+                parts = probe.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            if not tps:
+                return {}
+            end = await fetched_highwaters(probe, await probe.end_offsets(tps))  # Tansu's are short
+            member.assign(tps)
+            return {tp.partition: end[tp] - (await member.committed(tp) or 0) for tp in tps}
+        finally:
+            await member.stop()
+            await probe.stop()
+
+    return asyncio.run(go())
+
+
 def topic_of(broker: Any, name: str) -> str:
     """A fresh one-partition topic named after `name`."""
     topic = f"{name}-{uuid.uuid4().hex[:8]}"

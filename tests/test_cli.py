@@ -99,13 +99,16 @@ def test_emit_missing_file():
 
 def test_the_demo_fires_a_budget_alert_within_its_first_minute(tmp_path):
     """What `make run` shows a newcomer: broker, worker, traffic, an alert, and a dashboard URL whose
-    API shows live spend per workflow, cost per outcome, the demo's loop alert and its kill."""
+    API shows live spend per workflow, cost per outcome, the demo's loop alert and its kill.
+
+    `--duration 40`: the summary printed on exit must list a budget alert by then, within the first
+    minute with margin (alone it fires ~20 s in, the loop's kill ~18 s in)."""
     import re
     import urllib.request
 
     log = tmp_path / "demo.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "spendwatch", "demo", "--duration", "60", "--port", "0"],
+        proc = subprocess.Popen([sys.executable, "-m", "spendwatch", "demo", "--duration", "40", "--port", "0"],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = wait_for(lambda: re.search(r"dashboard: (http://127\.0\.0\.1:\d+/)", log.read_text()), 90,

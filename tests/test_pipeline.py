@@ -28,7 +28,7 @@ from detectors.pricing.money import usd_to_micros
 from streams.broker import EmbeddedBroker
 from streams.workflow_table import latest_states, state_history
 from tests.conftest import ROOT, wait_for
-from tests.kafka_io import create_topic, publish, read_all
+from tests.kafka_io import create_topic, publish, read_all, uncommitted
 
 DAY = 1_768_435_200.0  # 2026-01-15 00:00 UTC
 WORKFLOWS = {"support-bot": "cx", "code-review": "eng", "rag-search": "search", "triage": "cx", "batch-etl": "data"}
@@ -233,9 +233,11 @@ def test_a_digest_left_pending_by_a_killed_worker_is_sent_by_the_next(fresh_brok
     committed, so nothing is redelivered. The next worker reloads the pending digest and sends it."""
     broker = fresh_broker
     config = tmp_path / "spendwatch.toml"
-    config.write_text(f'[budgets.workflows.support-bot]\ndaily_usd = 1\n'
+    # group_wait leaves the test 10 s to see the digest pending, the alerts committed, and kill the
+    # worker (~2 s with commits every second); the next worker sends it group_wait after it resumes.
+    config.write_text(f'commit_interval_s = 1\n[budgets.workflows.support-bot]\ndaily_usd = 1\n'
                       f'[slack]\nchannel = "#llm-spend"\nbase_url = "{fake_slack.base_url}"\n'
-                      "[routing]\ngroup_wait_s = 20\ngroup_interval_s = 20\n")
+                      "[routing]\ngroup_wait_s = 10\ngroup_interval_s = 10\n")
     for topic in ("spendwatch.usage", "spendwatch.alerts", "spendwatch.deadletter", "spendwatch.rollups"):
         create_topic(broker.bootstrap, topic)
     now = time.time()  # live traffic: the next worker, seeing no events, takes event time to be wall time
@@ -247,7 +249,11 @@ def test_a_digest_left_pending_by_a_killed_worker_is_sent_by_the_next(fresh_brok
 
     first = spawn(*args, env=env, log="worker1.log")
     wait_for(lambda: read_all(broker.bootstrap, "spendwatch-alert-routes-changelog"), 120, "a pending digest")
-    time.sleep(4)  # past the 2.8 s offset commit: the next worker will not be handed these alerts again
+    # the alerts' offsets committed: the next worker will not be handed these alerts again
+    lag: dict[int, int] = {}
+    wait_for(lambda: lag.update(uncommitted(broker.bootstrap, "spendwatch", "spendwatch.alerts")) or
+             (sum(lag.values()) == 0 and read_all(broker.bootstrap, "spendwatch.alerts")), 30,
+             "the alerts' offsets to be committed", every=0.3, describe=lambda: lag)
     assert fake_slack.messages == []  # the digest is still waiting out group_wait
     first.kill()
     first.wait()
