@@ -14,6 +14,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas import limits
 from schemas.decode import parse_record, parse_records
 
 
@@ -34,9 +35,11 @@ def spliced(a: bytes, b: bytes, cut: int) -> tuple[bytes, bytes]:
     return both[:cut], both[cut:]
 
 
-def outcome_of(raws: list[bytes | None], batch: bool) -> list[tuple[list[Any], list[str]]]:
+def outcome_of(raws: list[bytes | None], batch: bool, max_bytes: int = limits.MAX_RECORD_BYTES,
+               ) -> list[tuple[list[Any], list[str]]]:
     unknown: Counter[str] = Counter()
-    got = parse_records(raws, unknown=unknown) if batch else [parse_record(r, unknown=unknown) for r in raws]
+    got = (parse_records(raws, max_bytes, unknown=unknown) if batch
+           else [parse_record(r, max_bytes, unknown=unknown) for r in raws])
     return [(evs, [e.reason for e in errs]) for evs, errs in got] + [([], sorted(unknown.items()))]
 
 
@@ -68,6 +71,25 @@ def batches(draw: st.DrawFn) -> list[bytes | None]:
 @given(batches())
 def test_a_batch_decodes_exactly_as_its_records_one_by_one(raws: list[bytes | None]) -> None:
     assert outcome_of(raws, batch=True) == outcome_of(raws, batch=False)
+
+
+braced = st.one_of(  # records that open with `{`, as single-event records do: the batch's fast gate's input
+    st.integers(0, 10_000).map(usage),
+    st.integers(0, 10_000).map(outcome),
+    st.integers(0, 100).map(lambda i: usage(i, region="eu")),
+    st.integers(0, 100).map(lambda i: usage(i, input_tokens=-1)),
+    st.integers(0, 100).map(lambda i: usage(i).replace(b",", b",\n{", 1)),  # a line break that looks like the next line
+    st.integers(0, 100).map(lambda i: usage(i) + b"," + usage(i + 1)),
+    st.integers(0, 100).map(lambda i: usage(i) + b"\n"),
+    st.binary(max_size=20).map(lambda b: b"{" + b),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(braced, min_size=2, max_size=12), st.sampled_from([limits.MAX_RECORD_BYTES, 120, 100]))
+def test_a_batch_of_braced_records_decodes_exactly_as_its_records_one_by_one(raws: list[bytes | None],
+                                                                             max_bytes: int) -> None:
+    assert outcome_of(raws, True, max_bytes) == outcome_of(raws, False, max_bytes)
 
 
 def test_valid_single_event_records_map_to_their_own_events() -> None:
