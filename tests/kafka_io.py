@@ -46,6 +46,19 @@ def topic_configs(bootstrap: str, name: str) -> dict[str, str]:
     return asyncio.run(go())
 
 
+def topic_names(bootstrap: str) -> set[str]:
+    """Every topic the broker has."""
+    async def go() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
+
+
 def publish(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
     async def go() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8_000_000)
