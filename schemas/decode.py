@@ -141,21 +141,21 @@ def parse_records(raws: Sequence[bytes | None], max_bytes: int = limits.MAX_RECO
         joined = b"\n".join(values)
         if (joined[:1] == b"{" and joined.count(b"\n") == joined.count(b"\n{") == len(raws) - 1
                 and max(map(len, values)) <= max_bytes):
-            try:
-                events = _one.decode_lines(joined)
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                events = []
-            if len(events) == len(raws):
+            if (events := _lines_of_one(joined, len(raws))) is not None:
                 return [([ev], []) for ev in events]
             return [parse_record(raw, max_bytes, strict, unknown) for raw in values]
     lines = {i: raw for i, raw in enumerate(raws)
              if raw is not None and raw[:1] == b"{" and len(raw) <= max_bytes and b"\n" not in raw}
     done: dict[int, tuple[list[Any], list[RecordError]]] = {}
-    if len(lines) > 1:
-        try:
-            events = _one.decode_lines(b"\n".join(lines.values()))
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            events = []
-        if len(events) == len(lines):
-            done = {i: ([ev], []) for i, ev in zip(lines, events, strict=True)}
+    if len(lines) > 1 and (events := _lines_of_one(b"\n".join(lines.values()), len(lines))) is not None:
+        done = {i: ([ev], []) for i, ev in zip(lines, events, strict=True)}
     return [done.get(i) or parse_record(raw, max_bytes, strict, unknown) for i, raw in enumerate(raws)]
+
+
+def _lines_of_one(joined: bytes, n: int) -> list[Any] | None:
+    """The events of `n` JSON lines, one each, or None if any line is not exactly one valid event."""
+    try:
+        events = _one.decode_lines(joined)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return events if len(events) == n else None

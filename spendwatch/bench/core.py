@@ -42,10 +42,10 @@ def values(n: int, per_record: int = 500) -> list[bytes]:
     return [value for _key, value in make_load(n, per_record, t0=T0).records]
 
 
-def events(n: int, per_record: int = 500) -> list[Any]:
-    """`n` decoded events of benchmark traffic with `per_record` events per record, in record order."""
+def decoded(raws: list[bytes]) -> list[Any]:
+    """The events of record values, in record order (all valid: they are the bench's own)."""
     out: list[Any] = []
-    for value in values(n, per_record):
+    for value in raws:
         evs, errors = parse_record(value)
         assert not errors, errors
         out.extend(evs)
@@ -109,10 +109,11 @@ def time_pricing(evs: list[Any]) -> float:
 def run(n: int, repeat: int) -> dict[str, float]:
     from spendwatch.runner import tune_gc
 
-    evs, singles = events(n), events(n, per_record=1)
+    raw, raw_singles = values(n), values(n, per_record=1)
+    evs, singles = decoded(raw), decoded(raw_singles)
     chunks, single_chunks = batches(evs), batches(singles)
-    raw_chunks = batches(values(n), BATCH // 500)  # as many events per batch as `chunks`
-    raw_single_chunks = batches(values(n, per_record=1))
+    raw_chunks = batches(raw, BATCH // 500)  # as many events per batch as `chunks`
+    raw_single_chunks = batches(raw_singles)
     time_process(chunks[:2])  # loads the price catalog (seconds) and warms every code path
     tune_gc()
     process = best(lambda: time_process(chunks), repeat)
