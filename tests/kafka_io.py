@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -15,48 +16,43 @@ from aiokafka.errors import TopicAlreadyExistsError
 from schemas.decode import parse_record
 from streams.transport import fetched_highwaters
 
+T = TypeVar("T")
 
-def create_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
-    async def go() -> None:
+
+def _admin(bootstrap: str, call: Callable[[AIOKafkaAdminClient], Awaitable[T]]) -> T:
+    """`call` with a started admin client, closed after."""
+    async def go() -> T:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
+        try:
+            return await call(admin)
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
+    async def create(admin: AIOKafkaAdminClient) -> None:
         try:
             await admin.create_topics([NewTopic(name, partitions, 1)])
         except TopicAlreadyExistsError:
             pass
-        finally:
-            await admin.close()
 
-    asyncio.run(go())
+    _admin(bootstrap, create)
 
 
 def topic_configs(bootstrap: str, name: str) -> dict[str, str]:
     """The topic's configs as the broker describes them."""
-    async def go() -> dict[str, str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
-        finally:
-            await admin.close()
-        [(error, _message, _type, _name, entries)] = response.resources
-        assert error == 0, _message
-        return {entry[0]: entry[1] for entry in entries}
-
-    return asyncio.run(go())
+    [response] = _admin(bootstrap, lambda a: a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)]))
+    [(error, _message, _type, _name, entries)] = response.resources
+    assert error == 0, _message
+    return {entry[0]: entry[1] for entry in entries}
 
 
 def topic_names(bootstrap: str) -> set[str]:
     """Every topic the broker has."""
-    async def go() -> set[str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            return set(await admin.list_topics())
-        finally:
-            await admin.close()
-
-    return asyncio.run(go())
+    return set(_admin(bootstrap, lambda a: a.list_topics()))
 
 
 def publish(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
@@ -72,6 +68,18 @@ def publish(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]
     asyncio.run(go())
 
 
+async def _partitions_and_ends(consumer: AIOKafkaConsumer, topic: str) -> tuple[list[TopicPartition],
+                                                                              dict[TopicPartition, int]]:
+    """`topic`'s partitions, in order, and their end offsets (raised by a fetch: Tansu's are short).
+    Leaves `consumer` assigned to the non-empty ones."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    return tps, (await fetched_highwaters(consumer, await consumer.end_offsets(tps)) if tps else {})
+
+
 def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
     """Every record currently in `topic`, in partition order (no consumer group)."""
 
@@ -80,14 +88,9 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | Non
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            tps, end = await _partitions_and_ends(consumer, topic)
             if not tps:
                 return []
-            end = await fetched_highwaters(consumer, await consumer.end_offsets(tps))  # Tansu's are short
             consumer.assign(tps)  # the probe assigned only the non-empty ones
             await consumer.seek_to_beginning(*tps)
             out: list[tuple[bytes | None, bytes | None]] = []
@@ -114,14 +117,9 @@ def uncommitted(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         await probe.start()
         await member.start()
         try:
-            parts = probe.partitions_for_topic(topic)
-            if not parts:
-                await probe._client.force_metadata_update()
-                parts = probe.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            tps, end = await _partitions_and_ends(probe, topic)
             if not tps:
                 return {}
-            end = await fetched_highwaters(probe, await probe.end_offsets(tps))  # Tansu's are short
             member.assign(tps)
             return {tp.partition: end[tp] - (await member.committed(tp) or 0) for tp in tps}
         finally:
