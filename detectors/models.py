@@ -15,9 +15,7 @@ True
 
 from __future__ import annotations
 
-import base64
 import importlib
-import pickle
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -133,26 +131,23 @@ class FeatureModel:
         return hasattr(self.model, "expected") and hasattr(self.model, "dump")
 
     def dump(self) -> Any:
-        """The project's models dump JSON; others are pickled (the state topic is the worker's own)."""
+        """The project's models dump JSON. A River model from elsewhere has no plain-data form and is
+        never pickled (a changelog record must not be able to run code): only its baseline is kept,
+        and the model learns again after a restart or a reload."""
         if self._bare:
             return self.model.dump()  # type: ignore[attr-defined]  # checked by _bare
         own = getattr(self.model, "dump", None)
-        doc = {"doc": own()} if own else {"pickle": base64.b64encode(pickle.dumps(self.model)).decode()}
-        return {**doc, "baseline": self.baseline.get(), "seen": self.seen}
+        return {**({"doc": own()} if own else {}), "baseline": self.baseline.get(), "seen": self.seen}
 
     def load(self, doc: Any) -> None:
+        """A model without a stored doc (one from elsewhere, or a pickle an older version wrote, which
+        is never read) starts afresh; the baseline its alerts quote is kept."""
         if self._bare:
             self.model.load(doc)  # type: ignore[attr-defined]  # checked by _bare
             return
         d = state.obj(doc)
         if "doc" in d:
             self.model.load(d["doc"])  # type: ignore[attr-defined]  # it dumped, so it loads
-        else:
-            model = pickle.loads(base64.b64decode(state.text(d["pickle"])))
-            if type(model) is not type(self.model):
-                stored, runs = type(model).__name__, type(self.model).__name__
-                raise ValueError(f"a stored {stored} where this detector runs {runs}")
-            self.model = model
         self.baseline, self.seen = stats.EWMean(fading_factor=0.05), state.flag(d["seen"])
         if self.seen:
             self.baseline.update(state.num(d["baseline"]))  # the first update sets the mean
